@@ -1,0 +1,308 @@
+"""Real CKKS on OpenFHE (the ``openfhe`` PyPI wheel).
+
+Facts this backend relies on, measured on OpenFHE 1.6 (wheel 1.6.1.0.22.4):
+
+- ``CKKSDataType.COMPLEX`` must be set, or the imaginary part of every slot is dropped silently.
+- FLEXIBLEAUTO scaling: a bootstrap keeps ~17 bits of precision, against ~11 with FIXEDMANUAL at
+  the same moduli. FLEXIBLEAUTO rescales lazily; ``Compress(ct, towers)`` forces the rescale
+  now, so a ciphertext's OpenFHE level always equals the handle's (checked after every op).
+- Conjugation is the automorphism with index 2N - 1.
+- OpenFHE keeps rotation keys in a process-wide table keyed by the secret key's tag. The
+  client empties it once a bundle is serialized (it needs no evaluation keys itself); each
+  Evaluator keeps its own key map and puts it back into the table before it rotates.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privlearn.he import io
+from privlearn.he.backend import Ciphertext, ClientContext, HEError, bundle_header
+from privlearn.he.backend import Evaluator as _EvaluatorBase
+from privlearn.he.params import CKKSParams
+
+try:
+    import openfhe as ofhe
+except ImportError as e:  # pragma: no cover - depends on the interpreter
+    v = sys.version_info
+    hint = (
+        "OpenFHE publishes no wheel for Python 3.11; use Python 3.10 or 3.12"
+        if v[:2] == (3, 11)
+        else "install it with `pip install 'privlearn[he]'` (wheels exist for CPython 3.10, "
+        "glibc >= 2.36, and 3.12, glibc >= 2.38)"
+    )
+    raise ImportError(f"the openfhe module is not importable on Python {v[0]}.{v[1]} ({e}); {hint}") from e
+
+BACKEND = "openfhe"
+_SER = ofhe.BINARY
+# Which Evaluator's keys currently sit in OpenFHE's process-wide table, per key tag.
+_ACTIVE: dict[str, weakref.ref] = {}
+
+
+def version() -> str:
+    from importlib.metadata import version as v
+
+    return v("openfhe")
+
+
+def make_context(params: CKKSParams):
+    """A CryptoContext for ``params``. OpenFHE runs its own standard check for 128-bit sets."""
+    p = ofhe.CCParamsCKKSRNS()
+    p.SetRingDim(params.ring_dim)
+    p.SetBatchSize(params.slots)
+    p.SetMultiplicativeDepth(params.depth)
+    p.SetScalingModSize(params.scale_bits)
+    p.SetFirstModSize(params.first_mod_bits)
+    p.SetNumLargeDigits(params.num_large_digits)
+    p.SetKeySwitchTechnique(getattr(ofhe.KeySwitchTechnique, params.key_switching))
+    p.SetScalingTechnique(getattr(ofhe.ScalingTechnique, params.scaling))
+    p.SetSecretKeyDist(getattr(ofhe.SecretKeyDist, params.secret_dist.upper()))
+    p.SetCKKSDataType(ofhe.CKKSDataType.COMPLEX)
+    p.SetSecurityLevel(
+        ofhe.SecurityLevel.HEStd_128_classic if params.secure else ofhe.SecurityLevel.HEStd_NotSet
+    )
+    cc = ofhe.GenCryptoContext(p)
+    for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
+        cc.Enable(getattr(ofhe.PKESchemeFeature, feature))
+    return cc
+
+
+def _bootstrap_depth(params: CKKSParams) -> int:
+    """Levels OpenFHE's bootstrapping consumes for ``params`` (asked of OpenFHE itself)."""
+    return ofhe.CryptoContext.GetBootstrapDepth(
+        list(params.bootstrap_level_budget), getattr(ofhe.SecretKeyDist, params.secret_dist.upper())
+    )
+
+
+class _OpenFHEMixin:
+    backend_name = BACKEND
+    params: CKKSParams
+    _cc: Any
+
+    def _raw_to_bytes(self, raw: Any) -> bytes:
+        return ofhe.Serialize(raw, _SER)
+
+    def _raw_from_bytes(self, payload: bytes, level: int, scale_deg: int) -> Any:
+        try:
+            raw = ofhe.DeserializeCiphertextString(payload, _SER)
+        except Exception as e:  # OpenFHE raises RuntimeError subclasses
+            raise io.CorruptError(f"OpenFHE could not read the ciphertext: {e}") from None
+        if raw.GetLevel() != self.params.depth - level or raw.GetNoiseScaleDeg() != scale_deg:
+            raise io.CorruptError("ciphertext header and payload disagree on its level")
+        return raw
+
+    def _pt(self, v: np.ndarray, level: int, scale_deg: int = 1):
+        """Encode slot values at the OpenFHE level matching a handle's ``level``."""
+        return self._cc.MakeCKKSPackedPlaintext(v, scale_deg, self.params.depth - level)
+
+    def _handle(self, raw, level, scale_deg=1, is_complex=False) -> Ciphertext:
+        if raw.GetLevel() != self.params.depth - level or raw.GetNoiseScaleDeg() != scale_deg:
+            raise HEError(  # a bug in privlearn, never a user error
+                f"level bookkeeping diverged from OpenFHE: handle level {level}/deg {scale_deg}, "
+                f"OpenFHE level {raw.GetLevel()}/deg {raw.GetNoiseScaleDeg()}"
+            )
+        return Ciphertext(raw, level, self.params.slots, self.params.fingerprint(), BACKEND,
+                          scale_deg, is_complex)
+
+
+class Client(_OpenFHEMixin, ClientContext):
+    def __init__(self, params: CKKSParams, seed: int | None = None) -> None:
+        super().__init__(params)
+        if params.bootstrappable and params.depth - _bootstrap_depth(params) != (
+            params.levels_after_bootstrap
+        ):
+            raise ValueError(
+                f"{params.name}: depth {params.depth} leaves "
+                f"{params.depth - _bootstrap_depth(params)} levels after bootstrapping, "
+                f"not the {params.levels_after_bootstrap} the preset states"
+            )
+        self._cc = make_context(params)
+        keys = self._cc.KeyGen()
+        self._public_key, self._secret_key = keys.publicKey, keys.secretKey
+        self._tag = self._secret_key.GetKeyTag()
+        self._cc.EvalMultKeyGen(self._secret_key)
+        self._bootstrap_ready = False
+
+    def encrypt(self, values: Any, *, level: int | None = None) -> Ciphertext:
+        level = self._levels_ok(level)
+        v = self._vector(values)
+        self.cost.record("encrypt", level)
+        raw = self._cc.Encrypt(self._public_key, self._pt(v, level))
+        return self._handle(raw, level, 1, np.iscomplexobj(v))
+
+    def decrypt(self, ct: Ciphertext) -> np.ndarray:
+        self._check(ct)
+        self.cost.record("decrypt", ct.level)
+        pt = self._cc.Decrypt(self._secret_key, ct.raw)
+        pt.SetLength(self.slots)
+        if ct.is_complex:
+            return np.asarray(pt.GetCKKSPackedValue(), dtype=np.complex128)
+        return np.asarray(pt.GetRealPackedValue(), dtype=np.float64)
+
+    def public_bundle(self, rotations=(), *, conjugation=False, bootstrap=False, path=None):
+        rotations = sorted({int(k) % self.slots for k in rotations} - {0})
+        if bootstrap and not self.params.bootstrappable:
+            raise ValueError(f"preset {self.params.name} is not bootstrappable")
+        cc, tag = self._cc, self._tag
+        cc.ClearEvalAutomorphismKeys()
+        _ACTIVE.clear()
+        if bootstrap:
+            if not self._bootstrap_ready:
+                cc.EvalBootstrapSetup(list(self.params.bootstrap_level_budget))
+                self._bootstrap_ready = True
+            cc.EvalBootstrapKeyGen(self._secret_key, self.slots)
+        if rotations:
+            cc.EvalRotateKeyGen(self._secret_key, rotations)
+        if conjugation:
+            conj = cc.EvalAutomorphismKeyGen(self._secret_key, [2 * self.params.ring_dim - 1])
+            cc.InsertEvalAutomorphismKey(conj, tag)
+        sections: dict[str, bytes | Path] = {
+            "context": ofhe.Serialize(cc, _SER),
+            "public_key": ofhe.Serialize(self._public_key, _SER),
+            "relin_key": ofhe.SerializeEvalMultKeyString(_SER, tag),
+        }
+        if rotations or conjugation or bootstrap:
+            if path is None:
+                sections["automorphism_keys"] = ofhe.SerializeEvalAutomorphismKeyString(_SER, tag)
+            else:  # gigabytes at N=2^16 with bootstrapping: straight to disk
+                f = Path(path) / "automorphism_keys.bin"
+                f.parent.mkdir(parents=True, exist_ok=True)
+                if not cc.SerializeEvalAutomorphismKey(str(f), _SER, tag):
+                    raise OSError(f"OpenFHE could not write {f}")
+                sections["automorphism_keys"] = f
+        cc.ClearEvalAutomorphismKeys()  # the client keeps no evaluation keys once sent
+        if bootstrap:
+            cc.ClearBootstrapPrecom()  # nor bootstrapping precomputations (gigabytes)
+            self._bootstrap_ready = False
+        meta = {"rotations": rotations, "conjugation": conjugation, "bootstrap": bootstrap,
+                "params": self.params.summary()}
+        if path is not None:
+            return io.write_bundle(path, BACKEND, self.params.fingerprint(), sections, meta)
+        return io.pack("public_bundle", BACKEND, self.params.fingerprint(),
+                       io.pack_sections(sections), meta)
+
+    def _secret_key_bytes(self) -> bytes:
+        """For tests that prove the secret key never leaves: its serialized form."""
+        return ofhe.Serialize(self._secret_key, _SER)
+
+
+def _load_relin_key(blob: bytes, tag: str) -> None:
+    """Insert a relinearisation key unless OpenFHE's table already has this key tag's (it then
+    came from the same secret key: the client, or an earlier evaluator, in this process)."""
+    try:
+        ofhe.DeserializeEvalMultKeyString(blob, _SER)
+    except RuntimeError as e:
+        if "there is a key vector for the given keyTag" not in str(e):
+            raise
+
+
+class Evaluator(_OpenFHEMixin, _EvaluatorBase):
+    @classmethod
+    def load(cls, env: io.Envelope, sections: dict[str, bytes | Path]) -> Evaluator:
+        params, rotations, conj, boot = bundle_header(env)
+        return cls(params, rotations, conj, boot, sections)
+
+    def __init__(self, params, rotations, conjugation, bootstrap, sections) -> None:
+        super().__init__(params, rotations, conjugation, bootstrap)
+        def read(name):  # small sections; automorphism keys are read below, from disk if large
+            blob = sections[name]
+            return blob.read_bytes() if isinstance(blob, Path) else blob
+
+        try:
+            self._cc = ofhe.DeserializeCryptoContextString(read("context"), _SER)
+            for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
+                self._cc.Enable(getattr(ofhe.PKESchemeFeature, feature))
+            self._public_key = ofhe.DeserializePublicKeyString(read("public_key"), _SER)
+            self._tag = self._public_key.GetKeyTag()
+            _load_relin_key(read("relin_key"), self._tag)
+            self._keys = None
+            keys = sections.get("automorphism_keys")
+            if isinstance(keys, Path):
+                if not self._cc.DeserializeEvalAutomorphismKey(str(keys), _SER):
+                    raise RuntimeError(f"cannot read {keys}")
+            elif keys is not None:
+                ofhe.DeserializeEvalAutomorphismKeyString(keys, _SER)
+            if keys is not None:
+                self._keys = self._cc.GetEvalAutomorphismKeyMap(self._tag)
+                _ACTIVE[self._tag] = weakref.ref(self)
+        except KeyError as e:
+            raise io.CorruptError(f"public bundle lacks its {e} section") from None
+        except RuntimeError as e:
+            raise io.CorruptError(f"OpenFHE could not read the public bundle: {e}") from None
+        if bootstrap:
+            self._cc.EvalBootstrapSetup(list(params.bootstrap_level_budget))
+        self._conj_index = 2 * params.ring_dim - 1
+        self._m = self._cc.GetCyclotomicOrder()
+
+    def _activate(self) -> None:
+        """Put this evaluator's keys back in OpenFHE's table if another context replaced them."""
+        ref = _ACTIVE.get(self._tag)
+        if (ref() if ref else None) is not self and self._keys is not None:
+            self._cc.InsertEvalAutomorphismKey(self._keys, self._tag)
+            _ACTIVE[self._tag] = weakref.ref(self)
+
+    # primitives ------------------------------------------------------------------------------
+    def _p_neg(self, a):
+        return self._cc.EvalNegate(a.raw)
+
+    def _p_add_ct(self, a, b, level, negate_b):
+        return (self._cc.EvalSub if negate_b else self._cc.EvalAdd)(a.raw, b.raw)
+
+    def _p_add_scalar(self, a, c):
+        return self._cc.EvalAdd(a.raw, complex(c) if isinstance(c, complex) else float(c))
+
+    def _p_add_plain(self, a, v):
+        return self._cc.EvalAdd(a.raw, self._pt(v, a.level, a.scale_deg))
+
+    def _p_mul_int(self, a, c):
+        cc = self._cc
+        if c == 0:
+            return cc.EvalSub(a.raw, a.raw)
+        acc, base, n = None, a.raw, abs(c)
+        while n:  # double-and-add: no level, exact integer factor
+            if n & 1:
+                acc = base if acc is None else cc.EvalAdd(acc, base)
+            n >>= 1
+            if n:
+                base = cc.EvalAdd(base, base)
+        return cc.EvalNegate(acc) if c < 0 else (acc if acc is not a.raw else acc.Clone())
+
+    def _p_mul_ct(self, a, b, level):
+        if a is b:
+            return self._cc.EvalSquare(a.raw)
+        return self._cc.EvalMult(a.raw, b.raw)
+
+    def _p_mul_scalar(self, a, c):
+        return self._cc.EvalMult(a.raw, complex(c) if isinstance(c, complex) else float(c))
+
+    def _p_mul_plain(self, a, v):
+        return self._cc.EvalMult(a.raw, self._pt(v, a.level))
+
+    def _p_rescale(self, ct):
+        return self._cc.Compress(ct.raw, ct.level)  # towers left = new level + 1
+
+    def _p_rotate(self, ct, r):
+        self._activate()
+        return self._cc.EvalRotate(ct.raw, r)
+
+    def _p_rotate_hoisted(self, ct, rs):
+        self._activate()
+        digits = self._cc.EvalFastRotationPrecompute(ct.raw)
+        return [self._cc.EvalFastRotation(ct.raw, r, self._m, digits) for r in rs]
+
+    def _p_conjugate(self, ct):
+        self._activate()
+        return self._cc.EvalAutomorphism(ct.raw, self._conj_index, self._keys)
+
+    def _p_level_down(self, ct, level):
+        return self._cc.Compress(ct.raw, level + 1)
+
+    def _p_bootstrap(self, ct):
+        self._activate()
+        out = self._cc.EvalBootstrap(ct.raw)  # FLEXIBLEAUTO leaves a rescale pending: do it now
+        return self._cc.Compress(out, self.params.levels_after_bootstrap + 1)

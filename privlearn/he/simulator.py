@@ -1,0 +1,196 @@
+"""The slot simulator: CKKS's arithmetic, levels and noise on plain numpy vectors.
+
+THIS IS NOT ENCRYPTION. A simulator "ciphertext" holds its slot values in the clear. The
+simulator exists to develop and test algorithms at full size, fast: it obeys the same level
+rules as the real backend (the shared base class enforces them), raises the same errors, counts
+the same operations, and adds Gaussian noise of the size OpenFHE shows for the same parameters
+after encryption, each rescale, each key switch and each bootstrap (calibrated by
+``python -m privlearn.he.calibrate``, stored in ``noise_calibration.json``). Anything that
+claims to protect data must run on a real backend.
+
+One check only the simulator can make: bootstrapping slots outside [-1, 1] raises here, where
+OpenFHE would silently return garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from privlearn.he import io
+from privlearn.he.backend import ClientContext, LevelError, bundle_header
+from privlearn.he.backend import Evaluator as _EvaluatorBase
+from privlearn.he.params import PRESETS, CKKSParams
+
+BACKEND = "simulator"
+NOT_ENCRYPTION = "SIMULATOR - NOT ENCRYPTION: slot values travel in the clear"
+BOOTSTRAP_INPUT_BOUND = 1.0
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Standard deviation of the error each operation adds, per real and imaginary part of a
+    slot, in absolute units (for slot values of order 1)."""
+
+    fresh: float
+    rescale: float
+    keyswitch: float
+    bootstrap: float
+    source: str
+
+    @classmethod
+    def for_params(cls, params: CKKSParams) -> NoiseModel:
+        """The calibration measured for this preset, or one scaled from the nearest preset
+        (error grows as sqrt(N) and shrinks as the scale 2^scale_bits)."""
+        table = _calibration()
+        entry = table.get(params.name)
+        if entry and entry["fingerprint"] == params.fingerprint():
+            return cls(**entry["sigma"], source=f"calibrated on {entry['measured_on']}")
+        ref_name = "n16-boot" if params.bootstrappable else "n16-d24"
+        if ref_name not in table:
+            raise RuntimeError(f"noise calibration for {ref_name} is missing; "
+                               "run `python -m privlearn.he.calibrate`")
+        ref, ref_p = table[ref_name], PRESETS[ref_name]
+        f = np.sqrt(params.ring_dim / ref_p.ring_dim) * 2.0 ** (ref_p.scale_bits - params.scale_bits)
+        s = ref["sigma"]
+        return cls(s["fresh"] * f, s["rescale"] * f, s["keyswitch"] * f, s["bootstrap"],
+                   source=f"scaled from {ref_name}'s calibration")
+
+
+_CALIBRATION: dict | None = None
+
+
+def _calibration() -> dict:
+    global _CALIBRATION
+    if _CALIBRATION is None:
+        text = resources.files("privlearn.he").joinpath("noise_calibration.json").read_text()
+        _CALIBRATION = json.loads(text)
+    return _CALIBRATION
+
+
+class _SimMixin:
+    backend_name = BACKEND
+    params: CKKSParams
+    noise: NoiseModel
+    _rng: np.random.Generator
+
+    @property
+    def is_real_encryption(self) -> bool:
+        return False
+
+    def _noise(self, raw: np.ndarray, sigma: float) -> np.ndarray:
+        n = raw.size
+        return raw + sigma * (self._rng.standard_normal(n) + 1j * self._rng.standard_normal(n))
+
+    def _raw_to_bytes(self, raw: np.ndarray) -> bytes:
+        return raw.astype(np.complex128).tobytes()
+
+    def _raw_from_bytes(self, payload: bytes, level: int, scale_deg: int) -> np.ndarray:
+        if len(payload) != 16 * self.params.slots:
+            raise io.CorruptError(
+                f"simulator ciphertext has {len(payload)} bytes, expected {16 * self.params.slots}"
+            )
+        return np.frombuffer(payload, dtype=np.complex128).copy()
+
+
+class Client(_SimMixin, ClientContext):
+    """Simulated data owner. Its 'secret key' is a random token: nothing here is hidden."""
+
+    def __init__(self, params: CKKSParams, seed: int | None = None) -> None:
+        super().__init__(params)
+        self.noise = NoiseModel.for_params(params)
+        self._seed = int(seed) if seed is not None else secrets.randbits(63)
+        self._rng = np.random.default_rng(self._seed)
+        self._secret = secrets.token_bytes(32)
+
+    def encrypt(self, values: Any, *, level: int | None = None):
+        level = self._levels_ok(level)
+        v = self._vector(values)
+        self.cost.record("encrypt", level)
+        return self._handle(self._noise(v.astype(np.complex128), self.noise.fresh), level, 1,
+                            np.iscomplexobj(v))
+
+    def decrypt(self, ct) -> np.ndarray:
+        self._check(ct)
+        self.cost.record("decrypt", ct.level)
+        return ct.raw.copy() if ct.is_complex else ct.raw.real.copy()
+
+    def public_bundle(self, rotations=(), *, conjugation=False, bootstrap=False, path=None):
+        rotations = sorted({int(k) % self.slots for k in rotations} - {0})
+        if bootstrap and not self.params.bootstrappable:
+            raise ValueError(f"preset {self.params.name} is not bootstrappable")
+        meta = {"rotations": rotations, "conjugation": conjugation, "bootstrap": bootstrap,
+                "params": self.params.summary(), "noise_seed": self._seed + 1,
+                "warning": NOT_ENCRYPTION}
+        if path is not None:
+            return io.write_bundle(path, BACKEND, self.params.fingerprint(), {}, meta)
+        return io.pack("public_bundle", BACKEND, self.params.fingerprint(), b"", meta)
+
+    def _secret_key_bytes(self) -> bytes:
+        return self._secret
+
+
+class Evaluator(_SimMixin, _EvaluatorBase):
+    @classmethod
+    def load(cls, env: io.Envelope, sections: dict) -> Evaluator:
+        params, rotations, conj, boot = bundle_header(env)
+        return cls(params, rotations, conj, boot, seed=env.meta.get("noise_seed"))
+
+    def __init__(self, params, rotations, conjugation, bootstrap, seed=None) -> None:
+        super().__init__(params, rotations, conjugation, bootstrap)
+        self.noise = NoiseModel.for_params(params)
+        self._rng = np.random.default_rng(seed)
+
+    def _p_neg(self, a):
+        return -a.raw
+
+    def _p_add_ct(self, a, b, level, negate_b):
+        return a.raw - b.raw if negate_b else a.raw + b.raw
+
+    def _p_add_scalar(self, a, c):
+        return a.raw + c
+
+    def _p_add_plain(self, a, v):
+        return a.raw + v
+
+    def _p_mul_int(self, a, c):
+        return a.raw * c
+
+    def _p_mul_ct(self, a, b, level):
+        return self._noise(a.raw * b.raw, self.noise.keyswitch)  # relinearisation
+
+    def _p_mul_scalar(self, a, c):
+        return a.raw * c
+
+    def _p_mul_plain(self, a, v):
+        return a.raw * v
+
+    def _p_rescale(self, ct):
+        return self._noise(ct.raw, self.noise.rescale)
+
+    def _p_rotate(self, ct, r):
+        return self._noise(np.roll(ct.raw, -r), self.noise.keyswitch)
+
+    def _p_rotate_hoisted(self, ct, rs):
+        return [self._p_rotate(ct, r) for r in rs]
+
+    def _p_conjugate(self, ct):
+        return self._noise(np.conj(ct.raw), self.noise.keyswitch)
+
+    def _p_level_down(self, ct, level):
+        return self._noise(ct.raw, self.noise.rescale)
+
+    def _p_bootstrap(self, ct):
+        worst = max(np.abs(ct.raw.real).max(), np.abs(ct.raw.imag).max())
+        if worst > BOOTSTRAP_INPUT_BOUND * (1 + 1e-6):
+            raise LevelError(
+                f"simulator check: bootstrapping a slot of size {worst:.3g}; inputs must lie in "
+                f"[-{BOOTSTRAP_INPUT_BOUND}, {BOOTSTRAP_INPUT_BOUND}] (OpenFHE would return garbage "
+                f"silently). Scale the values down before bootstrapping."
+            )
+        return self._noise(ct.raw, self.noise.bootstrap)

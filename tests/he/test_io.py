@@ -1,0 +1,118 @@
+"""Malformed files give a specific error; none reaches OpenFHE's deserializer to crash it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from privlearn.he import ClientContext, Evaluator, io
+
+
+@pytest.fixture(scope="module")
+def blob(client):
+    return client.serialize(client.encrypt(np.linspace(-1, 1, 64), level=3))
+
+
+def test_round_trip(client, ev, blob):
+    for ctx in (client, ev):
+        ct = ctx.deserialize(blob)
+        assert ct.level == 3
+        assert np.allclose(client.decrypt(ct)[:64], np.linspace(-1, 1, 64), atol=1e-8)
+    assert client.serialize(ev.mul(client.deserialize(blob), 2.5))  # usable after loading
+
+
+def test_truncated(client, blob):
+    for n in (0, 3, 7, 20, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(io.TruncatedError if n >= 8 or n < 8 else io.EnvelopeError):
+            client.deserialize(blob[:n])
+
+
+def test_flipped_payload_byte_fails_checksum(client, blob):
+    bad = bytearray(blob)
+    bad[-100] ^= 0x01
+    with pytest.raises(io.CorruptError, match="SHA-256"):
+        client.deserialize(bytes(bad))
+
+
+def test_edited_header_fails_checksum(client, blob):
+    bad = blob.replace(b'"level": 3', b'"level": 2', 1)
+    with pytest.raises(io.CorruptError, match="SHA-256"):
+        client.deserialize(bad)
+
+
+def test_wrong_version(client, blob):
+    bad = blob.replace(b'"format": 1', b'"format": 9', 1)
+    with pytest.raises(io.VersionError, match="version 9"):
+        client.deserialize(bad)
+
+
+def test_foreign_parameters(client, backend):
+    other = ClientContext.create("toy-n12-boot", backend, insecure_for_testing=True)
+    with pytest.raises(io.ForeignParametersError, match="parameters"):
+        client.deserialize(other.serialize(other.encrypt([1.0])))
+
+
+def test_wrong_kind_and_garbage(client):
+    bundle = client.public_bundle()
+    with pytest.raises(io.WrongKindError):
+        client.deserialize(bundle)
+    with pytest.raises(io.CorruptError, match="not a privlearn"):
+        client.deserialize(b"\x00" * 100)
+    with pytest.raises(io.EnvelopeError):
+        Evaluator.from_bundle(b"PLHE" + b"\xff" * 40)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck),
+          print_blob=False)
+@given(data=st.data())
+def test_fuzzed_ciphertext_files_raise_envelope_errors(client, blob, data):
+    mode = data.draw(st.sampled_from(["flip", "cut", "insert", "header"]))
+    b = bytearray(blob)
+    if mode == "flip":
+        i = data.draw(st.integers(0, len(b) - 1))
+        b[i] ^= data.draw(st.integers(1, 255))
+    elif mode == "cut":
+        b = b[: data.draw(st.integers(0, len(b) - 1))]
+    elif mode == "insert":
+        i = data.draw(st.integers(0, len(b)))
+        b[i:i] = data.draw(st.binary(min_size=1, max_size=16))
+    else:
+        i = data.draw(st.integers(4, 200))
+        b[i] = data.draw(st.integers(0, 255))
+    if bytes(b) == blob:
+        return
+    with pytest.raises(io.EnvelopeError):
+        client.deserialize(bytes(b))
+
+
+def test_fuzzed_bundles_raise_envelope_errors(client):
+    bundle = client.public_bundle([1])
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        b = bytearray(bundle)
+        b[int(rng.integers(0, len(b)))] ^= int(rng.integers(1, 256))
+        if bytes(b) == bundle:
+            continue
+        with pytest.raises(io.EnvelopeError):
+            Evaluator.from_bundle(bytes(b))
+
+
+def test_bundle_directory_round_trip_and_tamper(client, tmp_path):
+    path = client.public_bundle([1], path=tmp_path / "b")
+    ev = Evaluator.from_bundle(path)
+    x = np.linspace(0, 1, 8)
+    assert np.allclose(client.decrypt(ev.rotate(client.encrypt(x), 1))[:7], x[1:], atol=1e-8)
+    sections = [f for f in path.iterdir() if f.name != "bundle.plhe"]
+    if not sections:  # the simulator's bundle is header-only
+        return
+    victim = max(sections, key=lambda f: f.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(io.CorruptError, match="SHA-256"):
+        Evaluator.from_bundle(path)
+    victim.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(io.TruncatedError):
+        Evaluator.from_bundle(path)
