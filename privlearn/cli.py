@@ -15,10 +15,14 @@ from rich.table import Table
 import privlearn
 from privlearn.he import PRESETS, available_backends
 
-app = typer.Typer(help="privlearn: machine learning on data its owners will not reveal.",
-                  no_args_is_help=True, add_completion=False)
-bench_app = typer.Typer(help="Benchmarks: each prints a table and writes JSON.",
-                        no_args_is_help=True)
+app = typer.Typer(
+    help="privlearn: machine learning on data its owners will not reveal.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+bench_app = typer.Typer(
+    help="Benchmarks: each prints a table and writes JSON.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
@@ -33,8 +37,10 @@ def _version(pkg: str) -> str:
 @app.command()
 def info() -> None:
     """Versions, which CKKS backends load, and the parameter presets with their security."""
-    console.print(f"privlearn {privlearn.__version__} on Python {platform.python_version()} "
-                  f"({platform.machine()})")
+    console.print(
+        f"privlearn {privlearn.__version__} on Python {platform.python_version()} "
+        f"({platform.machine()})"
+    )
     for pkg in ("openfhe", "numpy", "torch", "flwr"):
         console.print(f"  {pkg:8s} {_version(pkg)}")
     console.print("\nCKKS backends:")
@@ -43,17 +49,33 @@ def info() -> None:
         note = " (NOT encryption: a slot simulator)" if name == "simulator" else ""
         console.print(f"  {name:10s} {status}{note}")
     t = Table(title="CKKS presets")
-    for col in ("preset", "N", "slots", "depth", "scale/q0 bits", "dnum", "secret key",
-                "levels after boot", "log2 QP / max", "security"):
+    for col in (
+        "preset",
+        "N",
+        "slots",
+        "depth",
+        "scale/q0 bits",
+        "dnum",
+        "secret key",
+        "levels after boot",
+        "log2 QP / max",
+        "security",
+    ):
         t.add_column(col)
     for p in PRESETS.values():
         s = p.summary()
-        t.add_row(p.name, f"2^{p.ring_dim.bit_length() - 1}", str(p.slots), str(p.depth),
-                  f"{p.scale_bits}/{p.first_mod_bits}", str(p.num_large_digits),
-                  p.secret_dist.replace("uniform_", "").replace("_encapsulated", "-encaps."),
-                  str(p.levels_after_bootstrap) if p.bootstrappable else "-",
-                  f"{s['log_qp']} / {s['max_log_qp_128']}",
-                  "128-bit" if p.secure else "[red]INSECURE (tests only)[/]")
+        t.add_row(
+            p.name,
+            f"2^{p.ring_dim.bit_length() - 1}",
+            str(p.slots),
+            str(p.depth),
+            f"{p.scale_bits}/{p.first_mod_bits}",
+            str(p.num_large_digits),
+            p.secret_dist.replace("uniform_", "").replace("_encapsulated", "-encaps."),
+            str(p.levels_after_bootstrap) if p.bootstrappable else "-",
+            f"{s['log_qp']} / {s['max_log_qp_128']}",
+            "128-bit" if p.secure else "[red]INSECURE (tests only)[/]",
+        )
     console.print(t)
 
 

@@ -18,8 +18,9 @@ from rich.console import Console
 from privlearn.he import ClientContext, Evaluator, get_params
 
 
-def run_linear_scores_demo(backend: str = "openfhe", preset: str = "n16-d24",
-                           console: Console | None = None) -> dict:
+def run_linear_scores_demo(
+    backend: str = "openfhe", preset: str = "n16-d24", console: Console | None = None
+) -> dict:
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
@@ -74,19 +75,29 @@ def run_linear_scores_demo(backend: str = "openfhe", preset: str = "n16-d24",
         "server_ops": server.cost.total.as_dict(),
         **{k: round(v, 3) for k, v in timings.items()},
     }
-    console.print(f"[bold]privlearn demo[/]: encrypted linear scores on digits "
-                  f"({result['samples']} images x 64 pixels, 10 classes)")
-    console.print(f"  backend {backend}"
-                  + ("" if client.is_real_encryption else " [red](SIMULATOR: NOT ENCRYPTION)[/]")
-                  + f", preset {preset} (N=2^{params.ring_dim.bit_length() - 1}, "
-                  f"{result['security']})")
-    console.print("  secret key: held by the client object only; the server was built from "
-                  f"{len(bundle) / 1e6:.1f} MB of public bundle bytes")
-    console.print(f"  keygen {timings['keygen_s']:.1f} s | encrypt 64 columns "
-                  f"{timings['encrypt_s']:.1f} s | server scores {timings['server_s']:.1f} s | "
-                  f"decrypt {timings['decrypt_s']:.1f} s")
-    console.print(f"  max |encrypted - numpy| = {result['max_abs_error']:.2e}; same argmax on "
-                  f"{100 * result['same_predictions']:.1f} % of images; accuracy "
-                  f"{100 * result['accuracy_encrypted']:.2f} % encrypted vs "
-                  f"{100 * result['accuracy_plaintext']:.2f} % plaintext")
+    console.print(
+        f"[bold]privlearn demo[/]: encrypted linear scores on digits "
+        f"({result['samples']} images x 64 pixels, 10 classes)"
+    )
+    console.print(
+        f"  backend {backend}"
+        + ("" if client.is_real_encryption else " [red](SIMULATOR: NOT ENCRYPTION)[/]")
+        + f", preset {preset} (N=2^{params.ring_dim.bit_length() - 1}, "
+        f"{result['security']})"
+    )
+    console.print(
+        "  secret key: held by the client object only; the server was built from "
+        f"{len(bundle) / 1e6:.1f} MB of public bundle bytes"
+    )
+    console.print(
+        f"  keygen {timings['keygen_s']:.1f} s | encrypt 64 columns "
+        f"{timings['encrypt_s']:.1f} s | server scores {timings['server_s']:.1f} s | "
+        f"decrypt {timings['decrypt_s']:.1f} s"
+    )
+    console.print(
+        f"  max |encrypted - numpy| = {result['max_abs_error']:.2e}; same argmax on "
+        f"{100 * result['same_predictions']:.1f} % of images; accuracy "
+        f"{100 * result['accuracy_encrypted']:.2f} % encrypted vs "
+        f"{100 * result['accuracy_plaintext']:.2f} % plaintext"
+    )
     return result

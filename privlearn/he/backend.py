@@ -125,10 +125,22 @@ class _Context(ABC):
         """False for the simulator, whose 'ciphertexts' are plain numbers."""
         return True
 
-    def _handle(self, raw: Any, level: int, scale_deg: int = 1, is_complex: bool = False,
-                ) -> Ciphertext:
-        return Ciphertext(raw, level, self.slots, self.params.fingerprint(), self.backend_name,
-                          scale_deg, is_complex)
+    def _handle(
+        self,
+        raw: Any,
+        level: int,
+        scale_deg: int = 1,
+        is_complex: bool = False,
+    ) -> Ciphertext:
+        return Ciphertext(
+            raw,
+            level,
+            self.slots,
+            self.params.fingerprint(),
+            self.backend_name,
+            scale_deg,
+            is_complex,
+        )
 
     def _like(self, ct: Ciphertext, raw: Any) -> Ciphertext:
         """A result at the same level, degree and kind as ``ct``."""
@@ -150,7 +162,9 @@ class _Context(ABC):
         if v.ndim != 1:
             v = v.reshape(-1) if v.ndim > 1 else v.reshape(1)
         if v.size > self.slots:
-            raise ValueError(f"{what} has {v.size} entries but a ciphertext holds {self.slots} slots")
+            raise ValueError(
+                f"{what} has {v.size} entries but a ciphertext holds {self.slots} slots"
+            )
         if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
             raise TypeError(f"{what} must be numeric, got dtype {v.dtype}")
         if not np.all(np.isfinite(v)):
@@ -165,13 +179,22 @@ class _Context(ABC):
         """Ciphertext -> enveloped bytes (see :mod:`privlearn.he.io`)."""
         self._check(ct)
         meta = {"level": ct.level, "scale_deg": ct.scale_deg, "complex": ct.is_complex}
-        return io.pack("ciphertext", self.backend_name, self.params.fingerprint(),
-                       self._raw_to_bytes(ct.raw), meta)
+        return io.pack(
+            "ciphertext",
+            self.backend_name,
+            self.params.fingerprint(),
+            self._raw_to_bytes(ct.raw),
+            meta,
+        )
 
     def deserialize(self, data: bytes) -> Ciphertext:
         """Enveloped bytes -> Ciphertext; raises a specific :class:`io.EnvelopeError` if bad."""
-        env = io.unpack(data, kind="ciphertext", backend=self.backend_name,
-                        params_fingerprint=self.params.fingerprint())
+        env = io.unpack(
+            data,
+            kind="ciphertext",
+            backend=self.backend_name,
+            params_fingerprint=self.params.fingerprint(),
+        )
         try:
             level, deg, cplx = env.meta["level"], env.meta["scale_deg"], env.meta["complex"]
         except KeyError as e:
@@ -192,8 +215,13 @@ class ClientContext(_Context):
     """The data owner's side: holds the secret key. Never hand this object to a server."""
 
     @staticmethod
-    def create(preset: str | CKKSParams = "n16-d24", backend: str = "openfhe", *,
-               seed: int | None = None, insecure_for_testing: bool = False) -> ClientContext:
+    def create(
+        preset: str | CKKSParams = "n16-d24",
+        backend: str = "openfhe",
+        *,
+        seed: int | None = None,
+        insecure_for_testing: bool = False,
+    ) -> ClientContext:
         """Generate keys for ``preset`` on ``backend`` ("openfhe" or "simulator").
 
         ``seed`` fixes the simulator's noise; OpenFHE draws keys and encryption randomness from
@@ -212,9 +240,14 @@ class ClientContext(_Context):
         """All slots, as float64 for a real ciphertext and complex128 for a complex one."""
 
     @abstractmethod
-    def public_bundle(self, rotations: Iterable[int] = (), *, conjugation: bool = False,
-                      bootstrap: bool = False, path: str | os.PathLike | None = None,
-                      ) -> bytes | Path:
+    def public_bundle(
+        self,
+        rotations: Iterable[int] = (),
+        *,
+        conjugation: bool = False,
+        bootstrap: bool = False,
+        path: str | os.PathLike | None = None,
+    ) -> bytes | Path:
         """Serialized public material for a server: public key, relinearisation key, the
         rotation keys for ``rotations`` only (each costs memory), and on request the
         conjugation and bootstrapping keys. Holds no secret key.
@@ -241,8 +274,9 @@ class Evaluator(_Context):
     record costs, then call the backend's primitives.
     """
 
-    def __init__(self, params: CKKSParams, rotations: Iterable[int], conjugation: bool,
-                 bootstrap: bool) -> None:
+    def __init__(
+        self, params: CKKSParams, rotations: Iterable[int], conjugation: bool, bootstrap: bool
+    ) -> None:
         super().__init__(params)
         self.rotation_keys = frozenset(int(k) % params.slots for k in rotations) - {0}
         self.has_conjugation_key = conjugation
@@ -355,7 +389,7 @@ class Evaluator(_Context):
             self.cost.record("decompose", ct.level)
             self.cost.record("hoisted_rotate", ct.level, len(distinct))
             raws = self._p_rotate_hoisted(ct, distinct)
-            rotated = {r: self._like(ct, raw) for r, raw in zip(distinct, raws)}
+            rotated = {r: self._like(ct, raw) for r, raw in zip(distinct, raws, strict=True)}
         else:
             rotated = {}
         for k, r in idx.items():
@@ -392,13 +426,17 @@ class Evaluator(_Context):
         (measured on toy-n12-boot: 24 bits at 1, 18 at 64, garbage at 1024), silently."""
         self._check(ct)
         if not (self.params.bootstrappable and self.can_bootstrap):
-            why = ("the parameter set is not bootstrappable" if not self.params.bootstrappable
-                   else "the bundle has no bootstrapping keys (request bootstrap=True)")
+            why = (
+                "the parameter set is not bootstrappable"
+                if not self.params.bootstrappable
+                else "the bundle has no bootstrapping keys (request bootstrap=True)"
+            )
             raise MissingKeyError(f"cannot bootstrap: {why}")
         self._need_level(ct, 1, "bootstrapping (its first step rescales the input)")
         self.cost.record("bootstrap", ct.level)
-        return self._handle(self._p_bootstrap(ct), self.params.levels_after_bootstrap, 1,
-                            ct.is_complex)
+        return self._handle(
+            self._p_bootstrap(ct), self.params.levels_after_bootstrap, 1, ct.is_complex
+        )
 
     def _need_level(self, ct: Ciphertext, n: int, what: str) -> None:
         self._need_no_pending(ct, "multiplied")
@@ -411,8 +449,10 @@ class Evaluator(_Context):
     @staticmethod
     def _need_no_pending(ct: Ciphertext, what: str) -> None:
         if ct.pending_rescale:
-            raise LevelError(f"a ciphertext with a pending rescale cannot be {what}; "
-                             f"call evaluator.rescale(ct) first")
+            raise LevelError(
+                f"a ciphertext with a pending rescale cannot be {what}; "
+                f"call evaluator.rescale(ct) first"
+            )
 
     # -- backend primitives: compute only, all checks are done above ----------------------------
     @abstractmethod
@@ -449,7 +489,11 @@ def bundle_header(env: io.Envelope) -> tuple[CKKSParams, list[int], bool, bool]:
     """Parameters, rotations, conjugation and bootstrap flags from a bundle's header."""
     try:
         params = CKKSParams.from_summary(env.meta["params"])
-        rotations, conj, boot = env.meta["rotations"], env.meta["conjugation"], env.meta["bootstrap"]
+        rotations, conj, boot = (
+            env.meta["rotations"],
+            env.meta["conjugation"],
+            env.meta["bootstrap"],
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise io.CorruptError(f"public bundle header is incomplete: {e}") from None
     if params.fingerprint() != env.params_fingerprint:

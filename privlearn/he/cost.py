@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 
 # Op names. Key switches are not an op of their own: they are derived (see key_switches).
 OPS = (
@@ -121,8 +121,9 @@ class CostCounter:
 class TimeModel:
     """Seconds per op as a linear function of the ciphertext's number of RNS limbs (level + 1).
 
-    ``coef[op] = (a, b)``: t(level) = a + b * (level + 1). Fitted by ``privlearn bench he-ops``
-    from timings at the top and the bottom level of a preset, on one backend and machine.
+    ``coef[op] = (a, b)``: t(level) = a + b * (level + 1), fitted by ``privlearn bench he-ops``
+    from timings at the top level and at level 2 of one preset, on one backend and machine.
+    ``privlearn/he/time_models.json`` keeps the fit measured for each 128-bit preset here.
     """
 
     backend: str
@@ -133,19 +134,31 @@ class TimeModel:
     def seconds(self, counts: Counts) -> float:
         total = 0.0
         for (op, level), n in counts.by_op_level.items():
+            if op in _ALIASES:
+                op = _ALIASES[op]
             a, b = self.coef.get(op, (0.0, 0.0))
             total += n * (a + b * (level + 1))
         return total
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {"backend": self.backend, "preset": self.preset, "machine": self.machine,
-             "coef": {k: list(v) for k, v in self.coef.items()}},
-            indent=1,
-        )
+    @classmethod
+    def from_bench(cls, results: dict, preset: str, backend: str = "openfhe") -> TimeModel:
+        """The fit for ``preset``/``backend`` from a ``bench he-ops`` JSON document."""
+        for row in results["rows"]:
+            if row["preset"] == preset and row["backend"] == backend:
+                m = results["machine"]
+                return cls(
+                    backend,
+                    preset,
+                    f"{m['processor']}, {m['host_cpus']} cpus, load {m['loadavg_1m']}, {m['utc']}",
+                    {k: tuple(v) for k, v in row["time_model"].items()},
+                )
+        raise KeyError(f"no he-ops measurement for {preset} on {backend}")
 
     @classmethod
-    def load(cls, path: str | Path) -> TimeModel:
-        d = json.loads(Path(path).read_text())
-        return cls(d["backend"], d["preset"], d["machine"],
-                   {k: tuple(v) for k, v in d["coef"].items()})
+    def default(cls, preset: str, backend: str = "openfhe") -> TimeModel:
+        text = resources.files("privlearn.he").joinpath("time_models.json").read_text()
+        return cls.from_bench(json.loads(text), preset, backend)
+
+
+# ops the bench does not time separately, timed like their closest sibling
+_ALIASES = {"conjugate": "rotate", "imult": "add", "level_down": "rescale"}

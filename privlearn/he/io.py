@@ -59,8 +59,13 @@ class Envelope:
     payload: bytes
 
 
-def pack(kind: str, backend: str, params_fingerprint: str, payload: bytes,
-         meta: dict[str, Any] | None = None) -> bytes:
+def pack(
+    kind: str,
+    backend: str,
+    params_fingerprint: str,
+    payload: bytes,
+    meta: dict[str, Any] | None = None,
+) -> bytes:
     header = {
         "format": FORMAT_VERSION,
         "kind": kind,
@@ -74,8 +79,9 @@ def pack(kind: str, backend: str, params_fingerprint: str, payload: bytes,
     return MAGIC + struct.pack(">I", len(hb)) + hb + payload
 
 
-def unpack(data: bytes, *, kind: str, backend: str | None = None,
-           params_fingerprint: str | None = None) -> Envelope:
+def unpack(
+    data: bytes, *, kind: str, backend: str | None = None, params_fingerprint: str | None = None
+) -> Envelope:
     """Verify and open an envelope; raise a specific EnvelopeError on any mismatch."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EnvelopeError(f"expected bytes for a serialized {kind}, got {type(data).__name__}")
@@ -135,8 +141,13 @@ def _digest(header: dict[str, Any], payload: bytes) -> str:
     return h.hexdigest()
 
 
-def write_bundle(path: str | os.PathLike, backend: str, params_fingerprint: str,
-                 sections: dict[str, bytes | Path], meta: dict[str, Any]) -> Path:
+def write_bundle(
+    path: str | os.PathLike,
+    backend: str,
+    params_fingerprint: str,
+    sections: dict[str, bytes | Path],
+    meta: dict[str, Any],
+) -> Path:
     """A public bundle as a directory: one file per section plus ``bundle.plhe``, an envelope
     whose payload indexes the sections with their lengths and SHA-256. Bootstrapping keys at
     N=2^16 run to gigabytes; this layout lets OpenFHE write and read them straight from disk
@@ -152,8 +163,13 @@ def write_bundle(path: str | os.PathLike, backend: str, params_fingerprint: str,
         elif blob.resolve() != f.resolve():
             raise ValueError(f"section {name} must be written to {f}, not {blob}")
         index[name] = {"length": f.stat().st_size, "sha256": _file_sha256(f)}
-    envelope = pack("public_bundle", backend, params_fingerprint,
-                    json.dumps(index, sort_keys=True).encode(), {**meta, "layout": "directory"})
+    envelope = pack(
+        "public_bundle",
+        backend,
+        params_fingerprint,
+        json.dumps(index, sort_keys=True).encode(),
+        {**meta, "layout": "directory"},
+    )
     (path / "bundle.plhe").write_bytes(envelope)
     return path
 

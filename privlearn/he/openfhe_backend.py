@@ -36,7 +36,9 @@ except ImportError as e:  # pragma: no cover - depends on the interpreter
         else "install it with `pip install 'privlearn[he]'` (wheels exist for CPython 3.10, "
         "glibc >= 2.36, and 3.12, glibc >= 2.38)"
     )
-    raise ImportError(f"the openfhe module is not importable on Python {v[0]}.{v[1]} ({e}); {hint}") from e
+    raise ImportError(
+        f"the openfhe module is not importable on Python {v[0]}.{v[1]} ({e}); {hint}"
+    ) from e
 
 BACKEND = "openfhe"
 _SER = ofhe.BINARY
@@ -106,8 +108,9 @@ class _OpenFHEMixin:
                 f"level bookkeeping diverged from OpenFHE: handle level {level}/deg {scale_deg}, "
                 f"OpenFHE level {raw.GetLevel()}/deg {raw.GetNoiseScaleDeg()}"
             )
-        return Ciphertext(raw, level, self.params.slots, self.params.fingerprint(), BACKEND,
-                          scale_deg, is_complex)
+        return Ciphertext(
+            raw, level, self.params.slots, self.params.fingerprint(), BACKEND, scale_deg, is_complex
+        )
 
 
 class Client(_OpenFHEMixin, ClientContext):
@@ -179,12 +182,17 @@ class Client(_OpenFHEMixin, ClientContext):
         if bootstrap:
             cc.ClearBootstrapPrecom()  # nor bootstrapping precomputations (gigabytes)
             self._bootstrap_ready = False
-        meta = {"rotations": rotations, "conjugation": conjugation, "bootstrap": bootstrap,
-                "params": self.params.summary()}
+        meta = {
+            "rotations": rotations,
+            "conjugation": conjugation,
+            "bootstrap": bootstrap,
+            "params": self.params.summary(),
+        }
         if path is not None:
             return io.write_bundle(path, BACKEND, self.params.fingerprint(), sections, meta)
-        return io.pack("public_bundle", BACKEND, self.params.fingerprint(),
-                       io.pack_sections(sections), meta)
+        return io.pack(
+            "public_bundle", BACKEND, self.params.fingerprint(), io.pack_sections(sections), meta
+        )
 
     def _secret_key_bytes(self) -> bytes:
         """For tests that prove the secret key never leaves: its serialized form."""
@@ -209,6 +217,7 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
 
     def __init__(self, params, rotations, conjugation, bootstrap, sections) -> None:
         super().__init__(params, rotations, conjugation, bootstrap)
+
         def read(name):  # small sections; automorphism keys are read below, from disk if large
             blob = sections[name]
             return blob.read_bytes() if isinstance(blob, Path) else blob

@@ -170,9 +170,22 @@ class CKKSParams:
         """Inverse of :meth:`summary` (the derived fields are recomputed, not trusted)."""
         budget = d["bootstrap_level_budget"]
         return cls(
-            **{k: d[k] for k in ("name", "ring_dim", "depth", "scale_bits", "first_mod_bits",
-                                 "num_large_digits", "secret_dist", "levels_after_bootstrap",
-                                 "key_switching", "scaling", "security")},
+            **{
+                k: d[k]
+                for k in (
+                    "name",
+                    "ring_dim",
+                    "depth",
+                    "scale_bits",
+                    "first_mod_bits",
+                    "num_large_digits",
+                    "secret_dist",
+                    "levels_after_bootstrap",
+                    "key_switching",
+                    "scaling",
+                    "security",
+                )
+            },
             bootstrap_level_budget=tuple(budget) if budget else None,
         )
 
@@ -265,5 +278,7 @@ def get_params(preset: str | CKKSParams, *, insecure_for_testing: bool = False) 
     try:
         params = PRESETS[preset]
     except KeyError:
-        raise ValueError(f"unknown CKKS preset {preset!r}; choose one of {sorted(PRESETS)}") from None
+        raise ValueError(
+            f"unknown CKKS preset {preset!r}; choose one of {sorted(PRESETS)}"
+        ) from None
     return params.validate(insecure_for_testing=insecure_for_testing)

@@ -53,13 +53,22 @@ class NoiseModel:
             return cls(**entry["sigma"], source=f"calibrated on {entry['measured_on']}")
         ref_name = "n16-boot" if params.bootstrappable else "n16-d24"
         if ref_name not in table:
-            raise RuntimeError(f"noise calibration for {ref_name} is missing; "
-                               "run `python -m privlearn.he.calibrate`")
+            raise RuntimeError(
+                f"noise calibration for {ref_name} is missing; "
+                "run `python -m privlearn.he.calibrate`"
+            )
         ref, ref_p = table[ref_name], PRESETS[ref_name]
-        f = np.sqrt(params.ring_dim / ref_p.ring_dim) * 2.0 ** (ref_p.scale_bits - params.scale_bits)
+        f = np.sqrt(params.ring_dim / ref_p.ring_dim) * 2.0 ** (
+            ref_p.scale_bits - params.scale_bits
+        )
         s = ref["sigma"]
-        return cls(s["fresh"] * f, s["rescale"] * f, s["keyswitch"] * f, s["bootstrap"],
-                   source=f"scaled from {ref_name}'s calibration")
+        return cls(
+            s["fresh"] * f,
+            s["rescale"] * f,
+            s["keyswitch"] * f,
+            s["bootstrap"],
+            source=f"scaled from {ref_name}'s calibration",
+        )
 
 
 _CALIBRATION: dict | None = None
@@ -112,8 +121,9 @@ class Client(_SimMixin, ClientContext):
         level = self._levels_ok(level)
         v = self._vector(values)
         self.cost.record("encrypt", level)
-        return self._handle(self._noise(v.astype(np.complex128), self.noise.fresh), level, 1,
-                            np.iscomplexobj(v))
+        return self._handle(
+            self._noise(v.astype(np.complex128), self.noise.fresh), level, 1, np.iscomplexobj(v)
+        )
 
     def decrypt(self, ct) -> np.ndarray:
         self._check(ct)
@@ -124,9 +134,14 @@ class Client(_SimMixin, ClientContext):
         rotations = sorted({int(k) % self.slots for k in rotations} - {0})
         if bootstrap and not self.params.bootstrappable:
             raise ValueError(f"preset {self.params.name} is not bootstrappable")
-        meta = {"rotations": rotations, "conjugation": conjugation, "bootstrap": bootstrap,
-                "params": self.params.summary(), "noise_seed": self._seed + 1,
-                "warning": NOT_ENCRYPTION}
+        meta = {
+            "rotations": rotations,
+            "conjugation": conjugation,
+            "bootstrap": bootstrap,
+            "params": self.params.summary(),
+            "noise_seed": self._seed + 1,
+            "warning": NOT_ENCRYPTION,
+        }
         if path is not None:
             return io.write_bundle(path, BACKEND, self.params.fingerprint(), {}, meta)
         return io.pack("public_bundle", BACKEND, self.params.fingerprint(), b"", meta)
@@ -189,8 +204,8 @@ class Evaluator(_SimMixin, _EvaluatorBase):
         worst = max(np.abs(ct.raw.real).max(), np.abs(ct.raw.imag).max())
         if worst > BOOTSTRAP_INPUT_BOUND * (1 + 1e-6):
             raise LevelError(
-                f"simulator check: bootstrapping a slot of size {worst:.3g}; inputs must lie in "
-                f"[-{BOOTSTRAP_INPUT_BOUND}, {BOOTSTRAP_INPUT_BOUND}] (OpenFHE would return garbage "
-                f"silently). Scale the values down before bootstrapping."
+                f"simulator check: bootstrapping a slot of size {worst:.3g}; inputs must lie "
+                f"in [-{BOOTSTRAP_INPUT_BOUND}, {BOOTSTRAP_INPUT_BOUND}] (OpenFHE would return "
+                f"garbage silently). Scale the values down before bootstrapping."
             )
         return self._noise(ct.raw, self.noise.bootstrap)

@@ -64,8 +64,9 @@ def test_wrong_kind_and_garbage(client):
         Evaluator.from_bundle(b"PLHE" + b"\xff" * 40)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck),
-          print_blob=False)
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), print_blob=False
+)
 @given(data=st.data())
 def test_fuzzed_ciphertext_files_raise_envelope_errors(client, blob, data):
     mode = data.draw(st.sampled_from(["flip", "cut", "insert", "header"]))

@@ -154,8 +154,14 @@ def test_cost_counts(client, ev, data):
     cx = client.encrypt(x)
     with ev.cost.measure() as c, ev.cost.scope("demo"):
         ev.rotate(ev.mul(ev.mul(cx, cx), x), 1)
-    assert c.as_dict() == {"mult": 1, "cmult": 1, "rescale": 2, "rotate": 1,
-                           "rotations": 1, "key_switches": 2}
+    assert c.as_dict() == {
+        "mult": 1,
+        "cmult": 1,
+        "rescale": 2,
+        "rotate": 1,
+        "rotations": 1,
+        "key_switches": 2,
+    }
     assert ev.cost.scopes["demo"]["rescale"] >= 2
 
 

@@ -80,3 +80,22 @@ def test_openfhe_own_check_also_rejects_an_oversized_set():
     too_deep = dataclasses.replace(PRESETS["n16-d24"], depth=26)
     with pytest.raises(RuntimeError, match="HE standards"):
         make_context(too_deep)
+
+
+def test_time_model_predicts_from_counts():
+    from privlearn.he import ClientContext, Evaluator, TimeModel
+
+    tm = TimeModel.default("n16-d24")
+    client = ClientContext.create("n16-d24", "simulator", seed=0)
+    ev = Evaluator.from_bundle(client.public_bundle([1]))
+    ct = client.encrypt([0.5])
+    with ev.cost.measure() as one:
+        ev.rotate(ct, 1)
+    with ev.cost.measure() as two:
+        ev.rotate(ev.rotate(ct, 1), 1)
+    assert tm.seconds(one) > 0
+    assert abs(tm.seconds(two) - 2 * tm.seconds(one)) < 1e-12
+    low = ev.level_down(ct, 2)
+    with ev.cost.measure() as cheap:
+        ev.rotate(low, 1)
+    assert tm.seconds(cheap) < tm.seconds(one)  # fewer limbs, less time

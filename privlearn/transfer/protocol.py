@@ -1,0 +1,148 @@
+"""The one narrow interface between client and server: messages of bytes.
+
+Everything the two roles exchange is a :class:`Message`: a kind, small public metadata (shapes,
+epoch numbers: never data) and a tuple of byte strings (serialized ciphertexts or a public
+bundle). A message travels as one enveloped byte string (``privlearn.he.io``), checked on
+arrival, so the same code runs in one process, across processes, or over a network. Channels
+can record a transcript of every byte that crossed, which the tests search for secret-key bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from privlearn.he import io
+
+KINDS = {
+    "setup": "client -> server: public bundle (or a bundle directory's path) and model metadata",
+    "upload": "client -> server: encrypted batches of a split (train or val)",
+    "train_epoch": "client -> server: run one epoch; the reply is an encrypted validation loss",
+    "val_loss": "server -> client: the encrypted validation loss of the epoch just run",
+    "refresh": "server -> client: ciphertexts to decrypt and encrypt afresh (client refresh)",
+    "refreshed": "client -> server: the fresh ciphertexts, same order",
+    "predict": "client -> server: encrypted features to score",
+    "predictions": "server -> client: encrypted logits",
+    "get_model": "client -> server: ask for the retained encrypted weight snapshots",
+    "model": "server -> client: encrypted weights, one snapshot per retained epoch",
+    "ack": "either way: done, nothing to return",
+}
+# What the server learns beyond ciphertexts: message kinds, sizes, timing and metadata. The
+# early-stopping decision reaches it as one bit per epoch: whether another "train_epoch" comes.
+
+
+class ProtocolError(ValueError):
+    """A message is malformed or of a kind the receiver does not take."""
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    blobs: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ProtocolError(f"unknown message kind {self.kind!r}; known: {sorted(KINDS)}")
+        json.dumps(self.meta)  # metadata must be plain JSON (no arrays, no objects)
+
+    def to_bytes(self) -> bytes:
+        sections = {f"{i:06d}": b for i, b in enumerate(self.blobs)}
+        return io.pack("message", "protocol", self.kind, io.pack_sections(sections), self.meta)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> Message:
+        env = io.unpack(data, kind="message", backend="protocol")
+        blobs = io.unpack_sections(env.payload)
+        return Message(env.params_fingerprint, env.meta, tuple(blobs[k] for k in sorted(blobs)))
+
+    def expect(self, *kinds: str) -> Message:
+        if self.kind not in kinds:
+            raise ProtocolError(f"expected a {' or '.join(kinds)} message, got {self.kind!r}")
+        return self
+
+
+Handler = Callable[[Message], Message]
+
+
+class Endpoint:
+    """One side of a two-way link. :meth:`request` sends a message and waits for the reply,
+    answering with ``handler`` any request that arrives from the other side meanwhile (the
+    server asks for refreshes while the client waits for an epoch to finish)."""
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.handler = handler
+        self.bytes_sent = self.bytes_received = 0
+
+    def handle(self, data: bytes) -> bytes:
+        if self.handler is None:
+            raise ProtocolError("this endpoint answers no requests")
+        return self.handler(Message.from_bytes(data)).to_bytes()
+
+
+class LocalEndpoint(Endpoint):
+    """Both sides in one process. Every message is still serialized and parsed, so nothing
+    crosses that could not cross a wire; a shared ``transcript`` can keep all the bytes."""
+
+    def __init__(
+        self, handler: Handler | None = None, transcript: list[bytes] | None = None
+    ) -> None:
+        super().__init__(handler)
+        self.peer: LocalEndpoint | None = None
+        self.transcript = transcript
+
+    def request(self, msg: Message) -> Message:
+        out = msg.to_bytes()
+        reply = self.peer.handle(out)
+        self.bytes_sent += len(out)
+        self.bytes_received += len(reply)
+        if self.transcript is not None:
+            self.transcript += [out, reply]
+        return Message.from_bytes(reply)
+
+
+def local_pair(
+    handler_a: Handler | None,
+    handler_b: Handler | None,
+    *,
+    record: bool = False,
+) -> tuple[LocalEndpoint, LocalEndpoint]:
+    transcript: list[bytes] | None = [] if record else None
+    a, b = LocalEndpoint(handler_a, transcript), LocalEndpoint(handler_b, transcript)
+    a.peer, b.peer = b, a
+    return a, b
+
+
+class PipeEndpoint(Endpoint):
+    """One side of a duplex ``multiprocessing`` pipe: frames are b"Q"/b"A" + message bytes,
+    and b"X" ends the other side's :meth:`serve_forever`."""
+
+    def __init__(self, conn: Connection, handler: Handler | None = None) -> None:
+        super().__init__(handler)
+        self.conn = conn
+
+    def request(self, msg: Message) -> Message:
+        out = msg.to_bytes()
+        self.conn.send_bytes(b"Q" + out)
+        self.bytes_sent += len(out)
+        while True:
+            frame = self.conn.recv_bytes()
+            if frame[:1] == b"A":
+                self.bytes_received += len(frame) - 1
+                return Message.from_bytes(frame[1:])
+            self._answer(frame)
+
+    def serve_forever(self) -> None:
+        while (frame := self.conn.recv_bytes()) != b"X":
+            self._answer(frame)
+
+    def close(self) -> None:
+        self.conn.send_bytes(b"X")
+
+    def _answer(self, frame: bytes) -> None:
+        if frame[:1] != b"Q":
+            raise ProtocolError(f"unexpected frame type {frame[:1]!r}")
+        self.conn.send_bytes(b"A" + self.handle(frame[1:]))
