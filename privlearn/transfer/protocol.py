@@ -18,20 +18,22 @@ from typing import Any
 from privlearn.he import io
 
 KINDS = {
-    "setup": "client -> server: public bundle (or a bundle directory's path) and model metadata",
-    "upload": "client -> server: encrypted batches of a split (train or val)",
-    "train_epoch": "client -> server: run one epoch; the reply is an encrypted validation loss",
-    "val_loss": "server -> client: the encrypted validation loss of the epoch just run",
-    "refresh": "server -> client: ciphertexts to decrypt and encrypt afresh (client refresh)",
+    "setup": "client -> server: public bundle (or a bundle directory's path), the training "
+    "spec and the encrypted initial weights",
+    "upload": "client -> server: one encrypted batch (features, labels) of a split",
+    "train_step": "client -> server: one step on the named training batch",
+    "validate": "client -> server: forward pass over the validation batches",
+    "squared_errors": "server -> client: encrypted (P − Y)² summed over validation batches",
+    "refresh": "server -> client: ciphertexts to decrypt and encrypt afresh at a level",
     "refreshed": "client -> server: the fresh ciphertexts, same order",
     "predict": "client -> server: encrypted features to score",
-    "predictions": "server -> client: encrypted logits",
+    "predictions": "server -> client: encrypted logits (divided by the logit range)",
     "get_model": "client -> server: ask for the retained encrypted weight snapshots",
     "model": "server -> client: encrypted weights, one snapshot per retained epoch",
     "ack": "either way: done, nothing to return",
 }
 # What the server learns beyond ciphertexts: message kinds, sizes, timing and metadata. The
-# early-stopping decision reaches it as one bit per epoch: whether another "train_epoch" comes.
+# early-stopping decision reaches it as one bit per epoch: whether another "train_step" comes.
 
 
 class ProtocolError(ValueError):
@@ -78,9 +80,13 @@ class Endpoint:
         self.bytes_sent = self.bytes_received = 0
 
     def handle(self, data: bytes) -> bytes:
+        """Answer one request; traffic both ways is counted as this side's."""
         if self.handler is None:
             raise ProtocolError("this endpoint answers no requests")
-        return self.handler(Message.from_bytes(data)).to_bytes()
+        reply = self.handler(Message.from_bytes(data)).to_bytes()
+        self.bytes_received += len(data)
+        self.bytes_sent += len(reply)
+        return reply
 
 
 class LocalEndpoint(Endpoint):
@@ -120,23 +126,36 @@ class PipeEndpoint(Endpoint):
     """One side of a duplex ``multiprocessing`` pipe: frames are b"Q"/b"A" + message bytes,
     and b"X" ends the other side's :meth:`serve_forever`."""
 
-    def __init__(self, conn: Connection, handler: Handler | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        handler: Handler | None = None,
+        peer_alive: Callable[[], bool] | None = None,
+    ) -> None:
         super().__init__(handler)
         self.conn = conn
+        self.peer_alive = peer_alive
+
+    def _recv(self) -> bytes:
+        """The next frame; raises instead of waiting forever if the peer process died."""
+        while self.peer_alive is not None and not self.conn.poll(1.0):
+            if not self.peer_alive():
+                raise ProtocolError("the other side's process exited before answering")
+        return self.conn.recv_bytes()
 
     def request(self, msg: Message) -> Message:
         out = msg.to_bytes()
         self.conn.send_bytes(b"Q" + out)
         self.bytes_sent += len(out)
         while True:
-            frame = self.conn.recv_bytes()
+            frame = self._recv()
             if frame[:1] == b"A":
                 self.bytes_received += len(frame) - 1
                 return Message.from_bytes(frame[1:])
             self._answer(frame)
 
     def serve_forever(self) -> None:
-        while (frame := self.conn.recv_bytes()) != b"X":
+        while (frame := self._recv()) != b"X":
             self._answer(frame)
 
     def close(self) -> None:

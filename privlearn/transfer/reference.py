@@ -31,9 +31,11 @@ def one_hot(y: np.ndarray, c: int) -> np.ndarray:
     return np.eye(c)[y]
 
 
-def cross_entropy(p: np.ndarray, y: np.ndarray, floor: float = 1e-12) -> float:
-    """Mean −log p_y, with p clipped at ``floor`` (approximate softmaxes can undershoot 0)."""
-    return float(np.mean(-np.log(np.clip(p[np.arange(len(y)), y], floor, None))))
+def brier(p: np.ndarray, y: np.ndarray) -> float:
+    """Mean over samples of Σ_c (p_c − y_c)²: the validation loss early stopping watches.
+    A proper scoring rule that is a polynomial, so the server computes it under encryption
+    (cross-entropy would need a logarithm, which no polynomial follows near 0)."""
+    return float(np.mean(np.sum((p - one_hot(y, p.shape[1])) ** 2, axis=1)))
 
 
 def nesterov_gamma(step: int) -> float:
@@ -67,14 +69,16 @@ class EarlyStopping:
         return len(self.losses) - 1 - self.best_epoch < self.patience
 
 
-def batch_order(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
-    """Sample indices of each batch in one epoch. Samples are shuffled once (seeded) and packed
-    into fixed batches (the client encrypts them that way); each epoch visits the batches in a
-    seeded order, the only shuffling an encrypted server can do."""
+def fixed_batches(n: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Sample indices of each batch: samples shuffled once (seeded), then cut in order. The
+    client encrypts batches this way, once, so the server can only reorder whole batches."""
     perm = np.random.default_rng(seed).permutation(n)
-    batches = [perm[i : i + batch_size] for i in range(0, n, batch_size)]
-    order = np.random.default_rng([seed, epoch]).permutation(len(batches))
-    return [batches[i] for i in order]
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def epoch_order(n_batches: int, epoch: int, seed: int) -> np.ndarray:
+    """The order in which an epoch visits the fixed batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n_batches)
 
 
 @dataclass
@@ -108,10 +112,14 @@ def train_reference(
     v_prev = w.copy()
     stopper = EarlyStopping(patience if early_stopping else epochs + 1)
     snapshots, history, step = [], [], 0
+    batches = fixed_batches(len(xb), batch_size, seed)
     for epoch in range(epochs):
-        for idx in batch_order(len(xb), batch_size, epoch, seed):
+        for b in epoch_order(len(batches), epoch, seed):
+            idx = batches[b]
             xi, yi = xb[idx], yh[idx]
-            g = (softmax(xi @ w.T) - yi).T @ xi / len(idx)
+            g = (
+                (softmax(xi @ w.T) - yi).T @ xi / batch_size
+            )  # nominal size: a short last batch steps less
             v = w - lr * g
             if nesterov:
                 gamma = nesterov_gamma(step)
@@ -120,7 +128,7 @@ def train_reference(
                 w = v
             step += 1
         snapshots.append(w.copy())
-        loss = cross_entropy(softmax(xvb @ w.T), y_val)
+        loss = brier(softmax(xvb @ w.T), y_val)
         acc = float(np.mean((xvb @ w.T).argmax(1) == y_val))
         history.append({"epoch": epoch, "val_loss": loss, "val_acc": acc, "steps": step})
         if not stopper.update(loss):

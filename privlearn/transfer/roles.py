@@ -1,0 +1,307 @@
+"""Client and Server: the two roles of encrypted transfer learning, talking only in messages.
+
+The **client** owns the data and the only secret key. It encrypts features and labels, answers
+the server's refresh requests (in ``client`` refresh mode), decrypts the validation errors and
+decides alone whether training continues, and finally decrypts the weights.
+
+The **server** is built from the ``setup`` message: a public bundle, the training spec and the
+encrypted initial weights. It never holds a secret key (its Evaluator has no decrypt method),
+keeps uploaded batches on disk at the lowest level they need, and runs the training math of
+:mod:`privlearn.transfer.train`.
+
+What the server learns: the public spec (classes, feature count, batch size, hyper-parameters),
+the number of batches, message sizes and timing, and one bit per epoch: whether the client asks
+for another epoch. In ``client`` refresh mode it also learns how often refreshes happen, which
+the public spec determines anyway. It never sees a feature, a label, a weight or a loss.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from privlearn.he import Ciphertext, ClientContext, Evaluator
+from privlearn.he.backend import _Context
+from privlearn.he.flooding import flood
+from privlearn.linalg.packing import BlockShape, EncMatrix, Layout
+from privlearn.transfer.protocol import Endpoint, Message, ProtocolError
+from privlearn.transfer.reference import EarlyStopping, add_bias, fixed_batches, one_hot
+from privlearn.transfer.train import EncryptedTrainer, TrainSpec, brier_from_squared_errors
+
+
+# -- encrypted matrices in messages -------------------------------------------------------------
+def matrix_meta(m: EncMatrix) -> dict:
+    return {
+        "shape": list(m.shape),
+        "block": [m.block.s0, m.block.s1],
+        "layout": m.layout.value,
+        "count": len(m.blocks),
+    }
+
+
+def matrix_blobs(ctx: _Context, m: EncMatrix) -> tuple[bytes, ...]:
+    return tuple(ctx.serialize(ct) for ct in m.blocks)
+
+
+def read_matrix(ctx: _Context, meta: dict, blobs) -> EncMatrix:
+    try:
+        shape, block, layout = tuple(meta["shape"]), BlockShape(*meta["block"]), meta["layout"]
+        count = meta["count"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"encrypted matrix metadata is malformed: {e}") from None
+    if len(blobs) != count:
+        raise ProtocolError(f"expected {count} ciphertexts, got {len(blobs)}")
+    return EncMatrix(tuple(ctx.deserialize(b) for b in blobs), shape, block, Layout(layout))
+
+
+# -- the server ---------------------------------------------------------------------------------
+class Server:
+    """Answers client messages. ``endpoint`` (set by the caller) reaches the client, for
+    refresh requests; ``workdir`` holds uploaded batches (a temporary directory by default)."""
+
+    def __init__(self, workdir: str | Path | None = None) -> None:
+        self._tmp = None if workdir else tempfile.mkdtemp(prefix="privlearn-server-")
+        self.workdir = Path(workdir or self._tmp)
+        self.endpoint: Endpoint | None = None
+        self.ev: Evaluator | None = None
+        self.trainer: EncryptedTrainer | None = None
+        self.batches: dict[str, list[tuple[dict, dict]]] = {"train": [], "val": []}
+        self.snapshots: deque[tuple[int, EncMatrix]] = deque()
+        self.epoch = 0
+
+    def close(self) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def handle(self, msg: Message) -> Message:
+        handler = {
+            "setup": self._setup,
+            "upload": self._upload,
+            "train_step": self._train_step,
+            "validate": self._validate,
+            "predict": self._predict,
+            "get_model": self._get_model,
+        }.get(msg.kind)
+        if handler is None:
+            raise ProtocolError(f"the server does not take {msg.kind!r} messages")
+        if msg.kind != "setup" and self.trainer is None:
+            raise ProtocolError("the server has no setup yet")
+        return handler(msg)
+
+    def _setup(self, msg: Message) -> Message:
+        path = msg.meta.get("bundle_path")
+        self.ev = Evaluator.from_bundle(Path(path) if path else msg.blobs[0])
+        spec = TrainSpec(**msg.meta["spec"])
+        weights = read_matrix(self.ev, msg.meta["weights"], msg.blobs[0 if path else 1 :])
+        refresh = self._refresh if spec.refresh == "client" else None
+        self.trainer = EncryptedTrainer(self.ev, spec, weights, refresh=refresh)
+        return Message("ack", {"backend": self.ev.backend_name, "preset": self.ev.params.name})
+
+    def _refresh(self, cts: list[Ciphertext], level: int) -> list[Ciphertext]:
+        if self.endpoint is None:
+            raise ProtocolError("client refresh mode needs a link to the client")
+        reply = self.endpoint.request(
+            Message("refresh", {"level": level}, tuple(self.ev.serialize(c) for c in cts))
+        )
+        out = [self.ev.deserialize(b) for b in reply.expect("refreshed").blobs]
+        if len(out) != len(cts) or any(c.level < level for c in out):
+            raise ProtocolError("the client's refresh returned the wrong ciphertexts")
+        return out
+
+    def _upload(self, msg: Message) -> Message:
+        split = msg.meta["split"]
+        if split not in self.batches:
+            raise ProtocolError(f"unknown split {split!r}")
+        folder = self.workdir / split / str(len(self.batches[split]))
+        folder.mkdir(parents=True, exist_ok=True)
+        nx = msg.meta["x"]["count"]
+        for i, blob in enumerate(msg.blobs):
+            (folder / f"{i}.ct").write_bytes(blob)
+        self.batches[split].append((msg.meta["x"], msg.meta["y"]))
+        return Message("ack", {"stored": len(msg.blobs), "features": nx})
+
+    def _load(self, split: str, index: int) -> tuple[EncMatrix, EncMatrix]:
+        mx, my = self.batches[split][index]
+        folder = self.workdir / split / str(index)
+        blobs = [(folder / f"{i}.ct").read_bytes() for i in range(mx["count"] + my["count"])]
+        return (
+            read_matrix(self.ev, mx, blobs[: mx["count"]]),
+            read_matrix(self.ev, my, blobs[mx["count"] :]),
+        )
+
+    def _train_step(self, msg: Message) -> Message:
+        index, epoch = msg.meta["batch"], msg.meta["epoch"]
+        if not 0 <= index < len(self.batches["train"]):
+            raise ProtocolError(f"no training batch {index}")
+        if epoch != self.epoch:  # a new epoch began: keep the last one's weights
+            self._snapshot()
+            self.epoch = epoch
+        self.trainer.step(*self._load("train", index))
+        return Message("ack", {"step": self.trainer.step_count})
+
+    def _snapshot(self) -> None:
+        self.snapshots.append((self.epoch, self.trainer.w))
+        while len(self.snapshots) > self.trainer.spec.patience + 1:
+            self.snapshots.popleft()
+
+    def _validate(self, msg: Message) -> Message:
+        n = len(self.batches["val"])
+        sums = self.trainer.squared_errors(self._load("val", i) for i in range(n))
+        return Message(
+            "squared_errors", {"count": len(sums)}, tuple(self.ev.serialize(c) for c in sums)
+        )
+
+    def _predict(self, msg: Message) -> Message:
+        x = read_matrix(self.ev, msg.meta["x"], msg.blobs)
+        z = self.trainer.logits(x)
+        return Message("predictions", {"z": matrix_meta(z)}, matrix_blobs(self.ev, z))
+
+    def _get_model(self, msg: Message) -> Message:
+        self._snapshot()
+        self.epoch += 1  # a later train_step starts a new epoch, not this one again
+        metas, blobs = [], []
+        for epoch, w in self.snapshots:
+            metas.append({"epoch": epoch, **matrix_meta(w)})
+            blobs += matrix_blobs(self.ev, w)
+        return Message("model", {"snapshots": metas}, tuple(blobs))
+
+
+# -- the client ---------------------------------------------------------------------------------
+class Client:
+    """The data owner: holds ``ctx`` (the secret key) and speaks to the server via messages."""
+
+    def __init__(
+        self, ctx: ClientContext, spec: TrainSpec, *, seed: int = 0, flood_security: int = 30
+    ) -> None:
+        self.ctx, self.spec, self.seed = ctx, spec, seed
+        self.block = spec.block(ctx.slots)
+        self.flood_security = flood_security
+        self._rng = np.random.default_rng([seed, 7])
+        self.refreshes = 0
+
+    # messages the client sends
+    def setup(self, *, bundle_dir: str | Path | None = None) -> Message:
+        """The public bundle (bytes, or written to ``bundle_dir`` for gigabyte-sized
+        bootstrapping keys), the spec and the initial (zero) weights, encrypted."""
+        rots, conj = self.spec.keys(self.ctx.slots)
+        boot = self.spec.refresh == "bootstrap"
+        bundle = self.ctx.public_bundle(
+            sorted(rots), conjugation=conj, bootstrap=boot, path=bundle_dir
+        )
+        w0 = EncMatrix.encrypt(
+            self.ctx,
+            np.zeros((self.spec.classes, self.spec.features)),
+            self.block,
+            Layout.ROW_TILED,
+        )
+        meta = {"spec": self.spec.to_meta(), "weights": matrix_meta(w0)}
+        if bundle_dir is not None:
+            return Message(
+                "setup", {**meta, "bundle_path": str(bundle)}, matrix_blobs(self.ctx, w0)
+            )
+        return Message("setup", meta, (bundle, *matrix_blobs(self.ctx, w0)))
+
+    def batches(self, x: np.ndarray, y: np.ndarray, split: str, level: int) -> list[Message]:
+        """``upload`` messages: the split packed in fixed batches (samples shuffled once,
+        seeded); padding rows get the uniform label, so their errors vanish."""
+        c, b = self.spec.classes, self.spec.batch_size
+        xb = add_bias(np.asarray(x, np.float64))
+        yh = one_hot(np.asarray(y), c)
+        groups = (
+            fixed_batches(len(xb), b, self.seed)
+            if split == "train"
+            else np.array_split(np.arange(len(xb)), range(b, len(xb), b))
+        )
+        out = []
+        for idx in groups:
+            yb = np.full((b, c), 1.0 / c)
+            yb[: len(idx)] = yh[idx]
+            xe = EncMatrix.encrypt(self.ctx, xb[idx], self.block, Layout.PLAIN, level=level)
+            ye = EncMatrix.encrypt(self.ctx, yb, self.block, Layout.COL_TILED, level=1)
+            out.append(
+                Message(
+                    "upload",
+                    {"split": split, "x": matrix_meta(xe), "y": matrix_meta(ye)},
+                    matrix_blobs(self.ctx, xe) + matrix_blobs(self.ctx, ye),
+                )
+            )
+        return out
+
+    def encrypt_features(self, x: np.ndarray, level: int) -> list[Message]:
+        """``predict`` messages, one per batch-sized block of rows."""
+        xb = add_bias(np.asarray(x, np.float64))
+        b = self.block.s0
+        msgs = []
+        for i in range(0, len(xb), b):
+            xe = EncMatrix.encrypt(self.ctx, xb[i : i + b], self.block, Layout.PLAIN, level=level)
+            msgs.append(
+                Message(
+                    "predict",
+                    {"x": matrix_meta(xe), "rows": len(xb[i : i + b])},
+                    matrix_blobs(self.ctx, xe),
+                )
+            )
+        return msgs
+
+    # replies the client reads
+    def validation_loss(self, reply: Message, n: int) -> tuple[float, float]:
+        """(exact Brier score, flooded Brier score). Only the flooded one may steer a decision
+        the server learns (IND-CPA^D: see privlearn.he.flooding)."""
+        sums = [
+            self.ctx.decrypt(self.ctx.deserialize(b)) for b in reply.expect("squared_errors").blobs
+        ]
+        loss = brier_from_squared_errors(sums, n, self.block, self.spec.classes)
+        bound = self._error_bound(sum(s.size for s in sums)) / n
+        noisy = float(
+            flood(
+                np.array(loss),
+                bound,
+                statistical_security=self.flood_security,
+                queries=self.spec.epochs,
+                rng=self._rng,
+            )
+        )
+        return loss, noisy
+
+    def _error_bound(self, terms: int) -> float:
+        """A bound on the CKKS error of a sum of ``terms`` decrypted slots: 6 standard
+        deviations of the calibrated per-slot error (bootstrap error in bootstrap mode)."""
+        from privlearn.he.simulator import NoiseModel
+
+        noise = NoiseModel.for_params(self.ctx.params)
+        per_slot = noise.bootstrap if self.spec.refresh == "bootstrap" else noise.fresh
+        return 6 * per_slot * np.sqrt(2 * terms)
+
+    def logits(self, reply: Message, rows: int) -> np.ndarray:
+        z = read_matrix(self.ctx, reply.expect("predictions").meta["z"], reply.blobs)
+        return z.decrypt(self.ctx)[:rows] * self.spec.logit_range
+
+    def weights(self, reply: Message, epoch: int) -> np.ndarray:
+        """The decrypted weights (c x (f+1), bias last) of ``epoch``'s snapshot."""
+        start = 0
+        for meta in reply.expect("model").meta["snapshots"]:
+            count = meta["count"]
+            if meta["epoch"] == epoch:
+                w = read_matrix(self.ctx, meta, reply.blobs[start : start + count])
+                return w.decrypt(self.ctx) * self.spec.logit_range
+            start += count
+        raise ProtocolError(f"the server kept no snapshot of epoch {epoch}")
+
+    # requests the client answers
+    def handle(self, msg: Message) -> Message:
+        msg.expect("refresh")
+        level = int(msg.meta["level"])
+        out = tuple(
+            self.ctx.serialize(self.ctx.refresh(self.ctx.deserialize(b), level=level))
+            for b in msg.blobs
+        )
+        self.refreshes += len(out)
+        return Message("refreshed", {}, out)
+
+
+def early_stopping(spec: TrainSpec) -> EarlyStopping:
+    return EarlyStopping(spec.patience if spec.early_stopping else spec.epochs + 1)
