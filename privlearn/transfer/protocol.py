@@ -30,6 +30,7 @@ KINDS = {
     "predictions": "server -> client: encrypted logits (divided by the logit range)",
     "get_model": "client -> server: ask for the retained encrypted weight snapshots",
     "model": "server -> client: encrypted weights, one snapshot per retained epoch",
+    "set_model": "client -> server: the chosen weights, encrypted afresh, to serve",
     "ack": "either way: done, nothing to return",
 }
 # What the server learns beyond ciphertexts: message kinds, sizes, timing and metadata. The

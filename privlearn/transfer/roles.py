@@ -26,7 +26,7 @@ import numpy as np
 
 from privlearn.he import Ciphertext, ClientContext, Evaluator
 from privlearn.he.backend import _Context
-from privlearn.he.flooding import flood
+from privlearn.he.flooding import flood, flooding_sigma
 from privlearn.linalg.packing import BlockShape, EncMatrix, Layout
 from privlearn.transfer.protocol import Endpoint, Message, ProtocolError
 from privlearn.transfer.reference import EarlyStopping, add_bias, fixed_batches, one_hot
@@ -85,6 +85,7 @@ class Server:
             "validate": self._validate,
             "predict": self._predict,
             "get_model": self._get_model,
+            "set_model": self._set_model,
         }.get(msg.kind)
         if handler is None:
             raise ProtocolError(f"the server does not take {msg.kind!r} messages")
@@ -150,15 +151,21 @@ class Server:
 
     def _validate(self, msg: Message) -> Message:
         n = len(self.batches["val"])
-        sums = self.trainer.squared_errors(self._load("val", i) for i in range(n))
-        return Message(
-            "squared_errors", {"count": len(sums)}, tuple(self.ev.serialize(c) for c in sums)
-        )
+        sums, probs = self.trainer.validate(self._load("val", i) for i in range(n))
+        blobs = [self.ev.serialize(c) for c in sums]
+        for p in probs:
+            blobs += matrix_blobs(self.ev, p)
+        meta = {"count": len(sums), "probabilities": [matrix_meta(p) for p in probs]}
+        return Message("squared_errors", meta, tuple(blobs))
 
     def _predict(self, msg: Message) -> Message:
         x = read_matrix(self.ev, msg.meta["x"], msg.blobs)
         z = self.trainer.logits(x)
         return Message("predictions", {"z": matrix_meta(z)}, matrix_blobs(self.ev, z))
+
+    def _set_model(self, msg: Message) -> Message:
+        self.trainer.w = read_matrix(self.ev, msg.meta["weights"], msg.blobs)
+        return Message("ack")
 
     def _get_model(self, msg: Message) -> Message:
         self._snapshot()
@@ -205,10 +212,25 @@ class Client:
             )
         return Message("setup", meta, (bundle, *matrix_blobs(self.ctx, w0)))
 
+    def set_model(self, weights: np.ndarray) -> Message:
+        """The chosen weights, encrypted afresh, for the server to serve: asking it to keep
+        a snapshot by epoch number would tell it which epoch was best."""
+        w = EncMatrix.encrypt(
+            self.ctx, weights / self.spec.logit_range, self.block, Layout.ROW_TILED
+        )
+        return Message("set_model", {"weights": matrix_meta(w)}, matrix_blobs(self.ctx, w))
+
     def batches(self, x: np.ndarray, y: np.ndarray, split: str, level: int) -> list[Message]:
         """``upload`` messages: the split packed in fixed batches (samples shuffled once,
-        seeded); padding rows get the uniform label, so their errors vanish."""
+        seeded). A padding row's features are zero, so its logits are; its label is what the
+        softmax approximation gives an all-zero row, so its error is zero too."""
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError(
+                f"the {split} split needs as many labels as rows, and at least "
+                f"one row; got {len(x)} rows and {len(y)} labels"
+            )
         c, b = self.spec.classes, self.spec.batch_size
+        pad_label = self.spec.softmax_method().reference(np.zeros((1, c)))[0]
         xb = add_bias(np.asarray(x, np.float64))
         yh = one_hot(np.asarray(y), c)
         groups = (
@@ -218,7 +240,7 @@ class Client:
         )
         out = []
         for idx in groups:
-            yb = np.full((b, c), 1.0 / c)
+            yb = np.tile(pad_label, (b, 1))
             yb[: len(idx)] = yh[idx]
             xe = EncMatrix.encrypt(self.ctx, xb[idx], self.block, Layout.PLAIN, level=level)
             ye = EncMatrix.encrypt(self.ctx, yb, self.block, Layout.COL_TILED, level=1)
@@ -248,24 +270,29 @@ class Client:
         return msgs
 
     # replies the client reads
-    def validation_loss(self, reply: Message, n: int) -> tuple[float, float]:
-        """(exact Brier score, flooded Brier score). Only the flooded one may steer a decision
-        the server learns (IND-CPA^D: see privlearn.he.flooding)."""
-        sums = [
-            self.ctx.decrypt(self.ctx.deserialize(b)) for b in reply.expect("squared_errors").blobs
-        ]
+    def validation(self, reply: Message, y: np.ndarray) -> dict[str, float]:
+        """Decrypt a ``validate`` reply: the Brier score computed under encryption, its
+        flooded copy (only that may steer a decision the server learns: IND-CPA^D, see
+        privlearn.he.flooding), and the accuracy of the decrypted probabilities."""
+        reply.expect("squared_errors")
+        count, n = reply.meta["count"], len(y)
+        sums = [self.ctx.decrypt(self.ctx.deserialize(b)) for b in reply.blobs[:count]]
         loss = brier_from_squared_errors(sums, n, self.block, self.spec.classes)
         bound = self._error_bound(sum(s.size for s in sums)) / n
-        noisy = float(
-            flood(
-                np.array(loss),
-                bound,
-                statistical_security=self.flood_security,
-                queries=self.spec.epochs,
-                rng=self._rng,
-            )
-        )
-        return loss, noisy
+        kw = {"statistical_security": self.flood_security, "queries": self.spec.epochs}
+        noisy = float(flood(np.array(loss), bound, rng=self._rng, **kw))
+        probs, start = [], count
+        for meta in reply.meta["probabilities"]:
+            p = read_matrix(self.ctx, meta, reply.blobs[start : start + meta["count"]])
+            probs.append(p.decrypt(self.ctx)[:, : self.spec.classes])
+            start += meta["count"]
+        pred = np.vstack(probs)[:n].argmax(axis=1)
+        return {
+            "val_brier": loss,
+            "val_brier_flooded": noisy,
+            "val_accuracy": float(np.mean(pred == y)),
+            "flooding_sigma": flooding_sigma(bound, **kw),
+        }
 
     def _error_bound(self, terms: int) -> float:
         """A bound on the CKKS error of a sum of ``terms`` decrypted slots: 6 standard

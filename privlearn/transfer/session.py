@@ -68,6 +68,168 @@ def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+class EncryptedSession:
+    """A client, its server and the link between them, for a training run and encrypted
+    inference afterwards. Use as a context manager (it owns a server process or directory)."""
+
+    def __init__(
+        self,
+        spec: TrainSpec,
+        *,
+        preset: str,
+        backend: str = "openfhe",
+        seed: int = 0,
+        separate_process: bool = False,
+        workdir: str | None = None,
+        record_transcript: bool = False,
+        insecure_for_testing: bool = False,
+    ) -> None:
+        t0 = time.perf_counter()
+        self.spec, self.seed = spec, seed
+        self.ctx = ClientContext.create(
+            preset, backend, seed=seed, insecure_for_testing=insecure_for_testing
+        )
+        self.client = Client(self.ctx, spec, seed=seed)
+        self.seconds: dict[str, float] = {"keygen": time.perf_counter() - t0}
+        self.server = self.proc = None
+        if separate_process:
+            ctx = mp.get_context("spawn")
+            self._conn, child = ctx.Pipe()
+            self.proc = ctx.Process(target=_serve, args=(child, workdir), daemon=True)
+            self.proc.start()
+            self.link = PipeEndpoint(self._conn, self.client.handle, peer_alive=self.proc.is_alive)
+        else:
+            self.server = Server(workdir)
+            self.link, server_end = local_pair(
+                self.client.handle, self.server.handle, record=record_transcript
+            )
+            self.server.endpoint = server_end
+        self._bundle_tmp = (
+            tempfile.TemporaryDirectory(prefix="privlearn-bundle-")
+            if spec.refresh == "bootstrap"
+            else None
+        )
+        t = time.perf_counter()
+        self.link.request(
+            self.client.setup(bundle_dir=self._bundle_tmp.name if self._bundle_tmp else None)
+        )
+        self.seconds["setup"] = time.perf_counter() - t
+        self.server_ops: dict[str, int] = {}
+        self.server_peak_gb: float | None = None
+
+    def __enter__(self) -> EncryptedSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def data_level(self) -> int:
+        return self.spec.data_level(
+            self.ctx.slots, spare=1 if self.spec.refresh == "bootstrap" else 0
+        )
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        *,
+        progress: bool = True,
+    ) -> EncryptedRun:
+        """Upload, train with early stopping, fetch and decrypt the best epoch's weights; the
+        server then serves those weights (re-encrypted by the client) for inference."""
+        spec, client, link = self.spec, self.client, self.link
+        t = time.perf_counter()
+        for msg in client.batches(x, y, "train", self.data_level) + client.batches(
+            x_val, y_val, "val", self.data_level
+        ):
+            link.request(msg)
+        self.seconds["encrypt_upload"] = time.perf_counter() - t
+        n_batches = -(-len(x) // spec.batch_size)
+        stopper = early_stopping(spec)
+        history: list[dict] = []
+        steps, train_s, val_s = 0, 0.0, 0.0
+        with _progress(progress) as bar:
+            task = bar.add_task("encrypted training", total=spec.epochs * n_batches)
+            for epoch in range(spec.epochs):
+                t = time.perf_counter()
+                for b in epoch_order(n_batches, epoch, self.seed):
+                    link.request(Message("train_step", {"batch": int(b), "epoch": epoch}))
+                    steps += 1
+                    bar.advance(task)
+                epoch_s = time.perf_counter() - t
+                t = time.perf_counter()
+                val = client.validation(link.request(Message("validate")), np.asarray(y_val))
+                val_time = time.perf_counter() - t
+                train_s, val_s = train_s + epoch_s, val_s + val_time
+                go_on = stopper.update(val["val_brier_flooded"])
+                history.append(
+                    {
+                        "epoch": epoch,
+                        **val,
+                        "train_s": epoch_s,
+                        "validate_s": val_time,
+                        "refreshes": client.refreshes,
+                    }
+                )
+                bar.update(
+                    task,
+                    description=f"epoch {epoch}: val Brier {val['val_brier']:.4f}"
+                    f", accuracy {val['val_accuracy']:.3f}",
+                )
+                if not go_on:
+                    bar.update(task, total=steps)
+                    break
+        self.seconds.update(train=train_s, validate=val_s)
+        t = time.perf_counter()
+        weights = client.weights(link.request(Message("get_model")), stopper.best_epoch)
+        link.request(client.set_model(weights))
+        self.seconds["fetch_model"] = time.perf_counter() - t
+        return EncryptedRun(
+            weights=weights,
+            best_epoch=stopper.best_epoch,
+            history=history,
+            backend=self.ctx.backend_name,
+            real_encryption=self.ctx.is_real_encryption,
+            preset=self.ctx.params.name,
+            security="128-bit (HE standard, classic)"
+            if self.ctx.params.secure
+            else "INSECURE (tests)",
+            refresh=spec.refresh,
+            steps=steps,
+            seconds=dict(self.seconds),
+            client_refreshes=client.refreshes,
+            bytes_to_server=link.bytes_sent,
+            bytes_to_client=link.bytes_received,
+            server_ops=(self.server.ev.cost.total.as_dict() if self.server else {}),
+            peak_memory_gb={"client" if self.proc else "client+server": _peak_gb()},
+            transcript=getattr(self.link, "transcript", None),
+        )
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        """Encrypted inference: the client encrypts ``x``, the server returns encrypted
+        logits, the client decrypts them."""
+        out = []
+        for msg in self.client.encrypt_features(x, self.data_level):
+            out.append(self.client.logits(self.link.request(msg), msg.meta["rows"]))
+        return np.vstack(out)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.link.close()
+            final = Message.from_bytes(self.link._recv())
+            self.server_ops, self.server_peak_gb = final.meta["ops"], final.meta["peak_gb"]
+            self.proc.join(60)
+        if self.server is not None:
+            self.server_ops = self.server.ev.cost.total.as_dict()
+            self.server.close()
+        if self._bundle_tmp is not None:
+            self._bundle_tmp.cleanup()
+            self._bundle_tmp = None
+
+
 def run_encrypted(
     x: np.ndarray,
     y: np.ndarray,
@@ -75,122 +237,16 @@ def run_encrypted(
     y_val: np.ndarray,
     spec: TrainSpec,
     *,
-    preset: str,
-    backend: str = "openfhe",
-    seed: int = 0,
-    separate_process: bool = False,
-    workdir: str | None = None,
-    record_transcript: bool = False,
     progress: bool = True,
-    insecure_for_testing: bool = False,
+    **session,
 ) -> EncryptedRun:
-    """Train ``spec`` on encrypted (x, y) with early stopping on (x_val, y_val)."""
-    t0 = time.perf_counter()
-    ctx = ClientContext.create(
-        preset, backend, seed=seed, insecure_for_testing=insecure_for_testing
-    )
-    client = Client(ctx, spec, seed=seed)
-    seconds: dict[str, float] = {"keygen": time.perf_counter() - t0}
-    server = proc = transcript = None
-    if separate_process:
-        parent, child = mp.get_context("spawn").Pipe()
-        proc = mp.get_context("spawn").Process(target=_serve, args=(child, workdir), daemon=True)
-        proc.start()
-        link = PipeEndpoint(parent, client.handle, peer_alive=proc.is_alive)
-    else:
-        server = Server(workdir)
-        link, server_end = local_pair(client.handle, server.handle, record=record_transcript)
-        server.endpoint = server_end
-        transcript = link.transcript
-    bundle_tmp = (
-        tempfile.TemporaryDirectory(prefix="privlearn-bundle-")
-        if spec.refresh == "bootstrap"
-        else None
-    )
-    try:
-        t = time.perf_counter()
-        link.request(client.setup(bundle_dir=bundle_tmp.name if bundle_tmp else None))
-        seconds["setup"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        level = spec.data_level(ctx.slots, spare=1 if spec.refresh == "bootstrap" else 0)
-        uploads = client.batches(x, y, "train", level) + client.batches(x_val, y_val, "val", level)
-        for msg in uploads:
-            link.request(msg)
-        seconds["encrypt_upload"] = time.perf_counter() - t
-        n_batches = -(-len(x) // spec.batch_size)
-
-        stopper = early_stopping(spec)
-        history: list[dict] = []
-        steps = 0
-        train_s = val_s = 0.0
-        with _progress(progress) as bar:
-            task = bar.add_task("encrypted training", total=spec.epochs * n_batches)
-            for epoch in range(spec.epochs):
-                t = time.perf_counter()
-                for b in epoch_order(n_batches, epoch, seed):
-                    link.request(Message("train_step", {"batch": int(b), "epoch": epoch}))
-                    steps += 1
-                    bar.advance(task)
-                epoch_s = time.perf_counter() - t
-                t = time.perf_counter()
-                loss, noisy = client.validation_loss(link.request(Message("validate")), len(y_val))
-                val_time = time.perf_counter() - t
-                train_s, val_s = train_s + epoch_s, val_s + val_time
-                go_on = stopper.update(noisy)
-                history.append(
-                    {
-                        "epoch": epoch,
-                        "val_brier": loss,
-                        "val_brier_flooded": noisy,
-                        "train_s": epoch_s,
-                        "validate_s": val_time,
-                        "refreshes": client.refreshes,
-                    }
-                )
-                bar.update(task, description=f"epoch {epoch}: val Brier {loss:.4f}")
-                if not go_on:
-                    bar.update(task, total=steps)
-                    break
-        seconds.update(train=train_s, validate=val_s)
-        t = time.perf_counter()
-        weights = client.weights(link.request(Message("get_model")), stopper.best_epoch)
-        seconds["fetch_model"] = time.perf_counter() - t
-        if proc is not None:
-            link.close()
-            final = Message.from_bytes(link._recv())
-            proc.join(60)
-            ops, server_peak = final.meta["ops"], final.meta["peak_gb"]
-        else:
-            ops, server_peak = server.ev.cost.total.as_dict(), None
-    finally:
-        if server is not None:
-            server.close()
-        if bundle_tmp is not None:
-            bundle_tmp.cleanup()
-    seconds["total"] = time.perf_counter() - t0
-    params = ctx.params
-    return EncryptedRun(
-        weights=weights,
-        best_epoch=stopper.best_epoch,
-        history=history,
-        backend=backend,
-        real_encryption=ctx.is_real_encryption,
-        preset=params.name,
-        security="128-bit (HE standard, classic)" if params.secure else "INSECURE (tests)",
-        refresh=spec.refresh,
-        steps=steps,
-        seconds=seconds,
-        client_refreshes=client.refreshes,
-        bytes_to_server=link.bytes_sent,
-        bytes_to_client=link.bytes_received,
-        server_ops=ops,
-        peak_memory_gb={
-            "client" if proc else "client+server": _peak_gb(),
-            **({"server": server_peak} if proc else {}),
-        },
-        transcript=transcript,
-    )
+    """One training run in a fresh session (see :class:`EncryptedSession` for options)."""
+    with EncryptedSession(spec, **session) as s:
+        run = s.fit(x, y, x_val, y_val, progress=progress)
+    if s.proc is not None:
+        run.server_ops = s.server_ops
+        run.peak_memory_gb["server"] = s.server_peak_gb
+    return run
 
 
 def _progress(enabled: bool) -> Progress:

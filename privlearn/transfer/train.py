@@ -245,9 +245,14 @@ class EncryptedTrainer:
             if on_step:
                 on_step(self.step_count)
 
-    def squared_errors(self, batches: Iterable[tuple[EncMatrix, EncMatrix]]) -> list[Ciphertext]:
-        """Σ over batches of (P − Y)², one ciphertext per block row, under encryption."""
+    def validate(
+        self,
+        batches: Iterable[tuple[EncMatrix, EncMatrix]],
+    ) -> tuple[list[Ciphertext], list[EncMatrix]]:
+        """Under encryption: Σ over batches of (P − Y)² (one ciphertext per block row), and
+        each batch's probabilities P (for the client's accuracy curve)."""
         total: list[Ciphertext] | None = None
+        probs = []
         for x, y in batches:
             p = self.probabilities(x)
             sq = [
@@ -257,9 +262,10 @@ class EncryptedTrainer:
             total = (
                 sq if total is None else [self.ev.add(a, b) for a, b in zip(total, sq, strict=True)]
             )
+            probs.append(p)
         if total is None:
             raise ValueError("no validation batches")
-        return total
+        return total, probs
 
 
 def brier_from_squared_errors(

@@ -1,0 +1,92 @@
+"""What the server holds and sees: public material and ciphertexts, never the secret key."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from privlearn.he import io
+from privlearn.transfer.protocol import Message
+from privlearn.transfer.roles import Server
+from privlearn.transfer.session import EncryptedSession
+from privlearn.transfer.train import TrainSpec
+
+from .test_training import _problem
+
+
+@pytest.fixture(scope="module")
+def session_and_data():
+    x, y, xv, yv = _problem(n=90, f=5, c=2)
+    spec = TrainSpec(classes=2, features=6, batch_size=32, lr=2.0, epochs=2, logit_range=16)
+    s = EncryptedSession(
+        spec, preset="toy-n12", backend="openfhe", insecure_for_testing=True, record_transcript=True
+    )
+    s.fit(x, y, xv, yv, progress=False)
+    yield s, (x, y, xv, yv)
+    s.close()
+
+
+pytestmark = pytest.mark.openfhe
+
+
+def test_server_is_built_from_messages_alone_and_cannot_decrypt(session_and_data):
+    s, _ = session_and_data
+    server = s.server
+    assert isinstance(server, Server)
+    assert not any("decrypt" in n.lower() for n in dir(server.ev))
+    held = {
+        type(v).__name__ for obj in (server, server.ev, server.trainer) for v in vars(obj).values()
+    }
+    assert not held & {"Client", "ClientContext", "PrivateKey"}
+
+
+def test_secret_key_bytes_appear_nowhere_in_the_transcript(session_and_data):
+    s, _ = session_and_data
+    sk = s.ctx._secret_key_bytes()
+    public = s.ctx.public_bundle()
+    step = max(1, len(sk) // 64)
+    windows = [sk[i : i + 32] for i in range(0, len(sk) - 31, step) if sk[i : i + 32] not in public]
+    assert len(windows) >= 48
+    transcript = s.link.transcript
+    assert len(transcript) > 20
+    for blob in transcript:
+        for w in windows:
+            assert w not in blob
+
+
+def test_no_plaintext_data_crosses(session_and_data):
+    s, (x, y, xv, yv) = session_and_data
+    for blob in s.link.transcript:
+        msg = Message.from_bytes(blob)
+        json.dumps(msg.meta)  # metadata is small JSON: shapes, counts, indices
+        for arr in (x, xv):  # no run of 4 feature values in float64, as serialized
+            for row in arr[:10]:
+                assert row[:4].astype(np.float64).tobytes() not in blob
+
+
+def test_requests_carry_no_data_derived_metadata(session_and_data):
+    """The decision to go on reaches the server only as whether another train_step comes:
+    no loss, accuracy or label statistic rides in any request's metadata."""
+    s, _ = session_and_data
+    allowed = {
+        "setup": {"spec", "weights"},
+        "upload": {"split", "x", "y"},
+        "train_step": {"batch", "epoch"},
+        "validate": set(),
+        "get_model": set(),
+        "set_model": {"weights"},
+        "refreshed": set(),
+    }
+    for blob in s.link.transcript:
+        msg = Message.from_bytes(blob)
+        if msg.kind in allowed:
+            assert set(msg.meta) <= allowed[msg.kind], (msg.kind, msg.meta)
+
+
+def test_malformed_setup_is_refused():
+    server = Server()
+    with pytest.raises(io.EnvelopeError):
+        server.handle(Message("setup", {"spec": {}, "weights": {}}, (b"not a bundle",)))
+    server.close()
