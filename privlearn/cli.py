@@ -24,6 +24,11 @@ bench_app = typer.Typer(
     help="Benchmarks: each prints a table and writes JSON.", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+he_app = typer.Typer(
+    help="Encrypted transfer learning (HETAL): train and serve on ciphertexts.",
+    no_args_is_help=True,
+)
+app.add_typer(he_app, name="he")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -101,6 +106,71 @@ def bench_he_ops(
     from privlearn.bench.he_ops import print_table, run
 
     results = run(presets, backends, reps=reps, console=console)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print_table(results, console)
+    console.print(f"wrote {out}")
+
+
+@he_app.command("train")
+def he_train(
+    task: str = typer.Option("cancer", help="mnist, digits, tweets, cancer or wine"),
+    refresh: str = typer.Option("client", help="client (interactive) or bootstrap"),
+    preset: str = typer.Option(
+        None, help="CKKS preset (default: n16-d24, or n16-boot7 for bootstrap)"
+    ),
+    backend: str = typer.Option("openfhe", help="openfhe, or simulator (NOT encryption)"),
+    epochs: int = typer.Option(None, help="override the task's default epochs"),
+    max_train: int = typer.Option(None, help="train on the first N training samples only"),
+    separate_process: bool = typer.Option(False, help="run the server in its own process"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("results"), help="folder for the JSON and PNG"),
+) -> None:
+    """Fine-tune a softmax head on encrypted features; compare with plaintext training."""
+    from privlearn.transfer.experiment import TASK_DEFAULTS, run_task, with_epochs
+    from privlearn.transfer.report import print_result
+
+    preset = preset or ("n16-boot7" if refresh == "bootstrap" else "n16-d24")
+    result = run_task(
+        task,
+        refresh=refresh,
+        preset=preset,
+        backend=backend,
+        seed=seed,
+        config=with_epochs(TASK_DEFAULTS[task], epochs),
+        max_train=max_train,
+        separate_process=separate_process,
+        out_dir=out,
+    )
+    print_result(result, console)
+
+
+@bench_app.command("transfer")
+def bench_transfer(
+    tasks: list[str] = typer.Option(["cancer", "wine", "digits", "mnist", "tweets"], "--task"),
+    refresh: list[str] = typer.Option(["client"], "--refresh"),
+    backend: str = typer.Option("openfhe"),
+    epochs: int = typer.Option(None, help="override each task's default epochs"),
+    max_train: int = typer.Option(None, help="train on the first N samples of each task"),
+    hetal: list[str] = typer.Option(
+        [], "--hetal-shape", help="time HETAL's shape in these refresh modes (client, bootstrap)"
+    ),
+    peer_task: str = typer.Option(None, "--peer", help="run Concrete ML on this binary task"),
+    out: Path = typer.Option(Path("results/bench-transfer.json")),
+) -> None:
+    """Encrypted fine-tuning per task vs plaintext; HETAL's shape; Concrete ML side by side."""
+    from privlearn.bench.transfer import print_table, run
+
+    results = run(
+        tasks,
+        refresh,
+        backend=backend,
+        epochs=epochs,
+        max_train=max_train,
+        hetal=hetal,
+        peer_task=peer_task,
+        console=console,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print_table(results, console)

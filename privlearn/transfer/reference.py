@@ -130,7 +130,7 @@ def train_reference(
         snapshots.append(w.copy())
         loss = brier(softmax(xvb @ w.T), y_val)
         acc = float(np.mean((xvb @ w.T).argmax(1) == y_val))
-        history.append({"epoch": epoch, "val_loss": loss, "val_acc": acc, "steps": step})
+        history.append({"epoch": epoch, "val_brier": loss, "val_accuracy": acc, "steps": step})
         if not stopper.update(loss):
             break
     best = stopper.best_epoch if early_stopping else len(snapshots) - 1

@@ -94,10 +94,12 @@ class Server:
         return handler(msg)
 
     def _setup(self, msg: Message) -> Message:
-        path = msg.meta.get("bundle_path")
-        self.ev = Evaluator.from_bundle(Path(path) if path else msg.blobs[0])
-        spec = TrainSpec(**msg.meta["spec"])
-        weights = read_matrix(self.ev, msg.meta["weights"], msg.blobs[0 if path else 1 :])
+        try:
+            self.ev = Evaluator.from_bundle(Path(msg.meta["bundle_path"]))
+            spec = TrainSpec(**msg.meta["spec"])
+        except (KeyError, TypeError) as e:
+            raise ProtocolError(f"setup message is malformed: {e}") from None
+        weights = read_matrix(self.ev, msg.meta["weights"], msg.blobs)
         refresh = self._refresh if spec.refresh == "client" else None
         self.trainer = EncryptedTrainer(self.ev, spec, weights, refresh=refresh)
         return Message("ack", {"backend": self.ev.backend_name, "preset": self.ev.params.name})
@@ -191,26 +193,22 @@ class Client:
         self.refreshes = 0
 
     # messages the client sends
-    def setup(self, *, bundle_dir: str | Path | None = None) -> Message:
-        """The public bundle (bytes, or written to ``bundle_dir`` for gigabyte-sized
-        bootstrapping keys), the spec and the initial (zero) weights, encrypted."""
+    def setup(self, bundle_dir: str | Path) -> Message:
+        """The spec, the initial (zero) weights encrypted, and where the public bundle is:
+        written to ``bundle_dir`` as files, since its keys run to gigabytes at N=2^16 (one
+        rotation key is ~100 MB) and would be copied several times over inside a message.
+        The server reads and verifies the files (privlearn.he.io.open_bundle)."""
         rots, conj = self.spec.keys(self.ctx.slots)
-        boot = self.spec.refresh == "bootstrap"
         bundle = self.ctx.public_bundle(
-            sorted(rots), conjugation=conj, bootstrap=boot, path=bundle_dir
+            sorted(rots),
+            conjugation=conj,
+            bootstrap=self.spec.refresh == "bootstrap",
+            path=bundle_dir,
         )
-        w0 = EncMatrix.encrypt(
-            self.ctx,
-            np.zeros((self.spec.classes, self.spec.features)),
-            self.block,
-            Layout.ROW_TILED,
-        )
-        meta = {"spec": self.spec.to_meta(), "weights": matrix_meta(w0)}
-        if bundle_dir is not None:
-            return Message(
-                "setup", {**meta, "bundle_path": str(bundle)}, matrix_blobs(self.ctx, w0)
-            )
-        return Message("setup", meta, (bundle, *matrix_blobs(self.ctx, w0)))
+        zeros = np.zeros((self.spec.classes, self.spec.features))
+        w0 = EncMatrix.encrypt(self.ctx, zeros, self.block, Layout.ROW_TILED)
+        meta = {"spec": self.spec.to_meta(), "weights": matrix_meta(w0), "bundle_path": str(bundle)}
+        return Message("setup", meta, matrix_blobs(self.ctx, w0))
 
     def set_model(self, weights: np.ndarray) -> Message:
         """The chosen weights, encrypted afresh, for the server to serve: asking it to keep

@@ -14,6 +14,7 @@ import resource
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -84,7 +85,7 @@ class EncryptedSession:
         record_transcript: bool = False,
         insecure_for_testing: bool = False,
     ) -> None:
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         self.spec, self.seed = spec, seed
         self.ctx = ClientContext.create(
             preset, backend, seed=seed, insecure_for_testing=insecure_for_testing
@@ -104,15 +105,10 @@ class EncryptedSession:
                 self.client.handle, self.server.handle, record=record_transcript
             )
             self.server.endpoint = server_end
-        self._bundle_tmp = (
-            tempfile.TemporaryDirectory(prefix="privlearn-bundle-")
-            if spec.refresh == "bootstrap"
-            else None
-        )
+        self._bundle_tmp = tempfile.TemporaryDirectory(prefix="privlearn-bundle-")
+        self.bundle_dir = Path(self._bundle_tmp.name) / "bundle"
         t = time.perf_counter()
-        self.link.request(
-            self.client.setup(bundle_dir=self._bundle_tmp.name if self._bundle_tmp else None)
-        )
+        self.link.request(self.client.setup(self.bundle_dir))
         self.seconds["setup"] = time.perf_counter() - t
         self.server_ops: dict[str, int] = {}
         self.server_peak_gb: float | None = None
@@ -187,6 +183,7 @@ class EncryptedSession:
         weights = client.weights(link.request(Message("get_model")), stopper.best_epoch)
         link.request(client.set_model(weights))
         self.seconds["fetch_model"] = time.perf_counter() - t
+        self.seconds["total"] = time.perf_counter() - self._t0
         return EncryptedRun(
             weights=weights,
             best_epoch=stopper.best_epoch,

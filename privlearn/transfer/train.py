@@ -165,7 +165,9 @@ class EncryptedTrainer:
         """softmax(X·Wᵀ) for a PLAIN-packed batch, COL_TILED like the logits."""
         self.w = self._ready(self.w, self.abt_cost.lag[1])
         z = self.abt(self.ev, x, self.w)
-        z = self._ready(z, 1)
+        # the softmax is deep: a client refresh brings the logits to the top level at once;
+        # a bootstrap needs its one spare level here and gives what it gives later
+        z = self._ready(z, self.params.depth if self.spec.refresh == "client" else 1)
         p = tuple(self.softmax.evaluate(self.lm, ct) for ct in z.blocks)
         return EncMatrix(p, z.shape, z.block, z.layout)
 

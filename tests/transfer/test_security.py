@@ -42,14 +42,15 @@ def test_server_is_built_from_messages_alone_and_cannot_decrypt(session_and_data
     assert not held & {"Client", "ClientContext", "PrivateKey"}
 
 
-def test_secret_key_bytes_appear_nowhere_in_the_transcript(session_and_data):
+def test_secret_key_bytes_appear_nowhere_in_the_transcript_or_bundle(session_and_data):
     s, _ = session_and_data
     sk = s.ctx._secret_key_bytes()
     public = s.ctx.public_bundle()
     step = max(1, len(sk) // 64)
     windows = [sk[i : i + 32] for i in range(0, len(sk) - 31, step) if sk[i : i + 32] not in public]
     assert len(windows) >= 48
-    transcript = s.link.transcript
+    bundle_files = [f.read_bytes() for f in s.bundle_dir.iterdir()]  # read by the server
+    transcript = s.link.transcript + bundle_files
     assert len(transcript) > 20
     for blob in transcript:
         for w in windows:
@@ -71,7 +72,7 @@ def test_requests_carry_no_data_derived_metadata(session_and_data):
     no loss, accuracy or label statistic rides in any request's metadata."""
     s, _ = session_and_data
     allowed = {
-        "setup": {"spec", "weights"},
+        "setup": {"spec", "weights", "bundle_path"},
         "upload": {"split", "x", "y"},
         "train_step": {"batch", "epoch"},
         "validate": set(),
@@ -88,5 +89,5 @@ def test_requests_carry_no_data_derived_metadata(session_and_data):
 def test_malformed_setup_is_refused():
     server = Server()
     with pytest.raises(io.EnvelopeError):
-        server.handle(Message("setup", {"spec": {}, "weights": {}}, (b"not a bundle",)))
+        server.handle(Message("setup", {"spec": {}, "weights": {}, "bundle_path": "/nowhere"}))
     server.close()
