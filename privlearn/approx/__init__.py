@@ -1,0 +1,1 @@
+"""Polynomial approximation on ciphertexts, and a wide-range softmax with a derived error bound."""

@@ -1,0 +1,322 @@
+"""Chebyshev series and their depth-optimal evaluation on ciphertexts.
+
+A :class:`ChebyshevSeries` is p(x) = sum_i c_i T_i(t) with t = (2x - a - b) / (b - a) for x in
+[a, b]. On a ciphertext it is evaluated by baby-step giant-step in the Chebyshev basis: the
+basis T_i is built with T_2i = 2 T_i^2 - 1 and T_(a+b) = 2 T_a T_b - T_(a-b), whose integer
+factors cost no level; p is divided recursively by giant steps T_m (m a power of two),
+p = q T_m + r, down to leaves sum c_i T_i. Every constant multiplies a ciphertext that has a
+level to spare, so the result consumes exactly ceil(log2(d + 1)) levels, the minimum for
+degree d, plus one for the change of variable when 2 / (b - a) is not an integer. A leaf is
+split further only where it would cost a level more than the budget allows; odd and even
+series carry only basis elements of their own parity.
+
+The evaluation is fixed by a plan made from the coefficients alone, so its depth and its
+count of ciphertext multiplications are known before any ciphertext exists (:attr:`depth`,
+:attr:`mults`), and :func:`privlearn.approx.planner.plan` gives every other count.
+
+Values: each basis element lies in [-1, 1]; a quotient whose coefficients could exceed 1 in
+absolute sum is evaluated divided by a power of two and multiplied back by that integer after
+its product (free), so every ciphertext a bootstrap might see stays in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+from numpy.polynomial import chebyshev as C
+from numpy.polynomial import polynomial as P
+
+from privlearn.approx.bounds import Interval, certified_sup
+from privlearn.approx.planner import LevelManager
+from privlearn.he import Ciphertext
+
+Parity = Literal["odd", "even"] | None
+
+
+def _tdepth(i: int) -> int:
+    """Levels consumed by T_i computed from t (T_0 is the constant 1)."""
+    return 0 if i <= 1 else math.ceil(math.log2(i))
+
+
+def _is_int(c: float) -> bool:
+    return float(c).is_integer() and abs(c) < 2**31
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    terms: tuple[tuple[int, float], ...]  # (i, c_i), i >= 1, c_i != 0
+    const: float
+
+
+@dataclass(frozen=True)
+class _Split:
+    m: int  # giant step T_m, a power of two
+    q: _Leaf | _Split  # quotient, divided by qscale
+    r: _Leaf | _Split  # remainder
+    qscale: int
+
+
+_Node = _Leaf | _Split
+
+
+@dataclass(frozen=True)
+class _Plan:
+    root: _Node
+    depth: int  # from t
+    basis: frozenset[int]  # T_i computed (i >= 2)
+    splits: int  # products quotient x giant step
+
+
+@dataclass(frozen=True, eq=False)
+class ChebyshevSeries:
+    """p(x) = sum_i coeffs[i] T_i(t), t the image of x in [-1, 1]; degree >= 1."""
+
+    coeffs: np.ndarray
+    interval: Interval = (-1.0, 1.0)
+    _plans: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        c = np.trim_zeros(np.asarray(self.coeffs, dtype=np.float64), "b")
+        a, b = (float(v) for v in self.interval)
+        if c.size < 2:
+            raise ValueError("a ChebyshevSeries needs degree >= 1; use a plain constant instead")
+        if not (np.all(np.isfinite(c)) and a < b):
+            raise ValueError(f"bad series: interval {self.interval}, coefficients finite: "
+                             f"{bool(np.all(np.isfinite(c)))}")
+        object.__setattr__(self, "coeffs", c)
+        object.__setattr__(self, "interval", (a, b))
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def interpolate(cls, f: Callable[[np.ndarray], np.ndarray], interval: Interval,
+                    degree: int, parity: Parity = None) -> ChebyshevSeries:
+        """Interpolant of ``f`` at the degree + 1 Chebyshev points of ``interval``. With
+        ``parity`` (for an odd or even ``f`` on a symmetric interval) the other parity's
+        coefficients, zero up to rounding, are dropped so evaluation skips them."""
+        a, b = interval
+        if parity and not math.isclose(a, -b):
+            raise ValueError(f"parity needs a symmetric interval, got {interval}")
+        c = C.chebinterpolate(lambda t: f((b - a) / 2 * t + (a + b) / 2), degree)
+        if parity:
+            c[(0 if parity == "odd" else 1)::2] = 0.0
+        return cls(c, (a, b))
+
+    @classmethod
+    def from_power(cls, coeffs: np.ndarray | list[float],
+                   interval: Interval = (-1.0, 1.0)) -> ChebyshevSeries:
+        """The polynomial sum_k coeffs[k] x^k, re-expressed in the Chebyshev basis of
+        ``interval`` (exact up to rounding): how published power-basis polynomials enter."""
+        a, b = interval
+        in_t = P.polycompose(np.asarray(coeffs, dtype=np.float64), [(a + b) / 2, (b - a) / 2])
+        return cls(C.poly2cheb(in_t), (a, b))
+
+    def scaled(self, k: float) -> ChebyshevSeries:
+        """k * p (the constant folded into the coefficients: no level)."""
+        return ChebyshevSeries(self.coeffs * k, self.interval)
+
+    # -- plaintext --------------------------------------------------------------------------------
+    def _t(self, x: np.ndarray) -> np.ndarray:
+        a, b = self.interval
+        return (2 * np.asarray(x, dtype=np.float64) - a - b) / (b - a)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return C.chebval(self._t(x), self.coeffs)
+
+    @property
+    def degree(self) -> int:
+        return self.coeffs.size - 1
+
+    @property
+    def parity(self) -> Parity:
+        if not np.any(self.coeffs[0::2]):
+            return "odd"
+        if not np.any(self.coeffs[1::2]):
+            return "even"
+        return None
+
+    def lipschitz(self) -> float:
+        """Upper bound of |p'| on the interval (Markov: |T_i'| <= i^2 on [-1, 1])."""
+        a, b = self.interval
+        i = np.arange(self.coeffs.size)
+        return float(2 / (b - a) * np.sum(np.abs(self.coeffs) * i**2))
+
+    def sup_abs(self) -> float:
+        """Certified upper bound of |p| on the interval."""
+        return certified_sup(self, self.interval, self.lipschitz())
+
+    def error_bound(self, f: Callable[[np.ndarray], np.ndarray], f_lipschitz: float) -> float:
+        """Certified upper bound of |p - f| on the interval, for ``f`` with |f'| <=
+        ``f_lipschitz`` there."""
+        return certified_sup(lambda x: self(x) - f(x), self.interval,
+                             self.lipschitz() + f_lipschitz)
+
+    # -- the plan ---------------------------------------------------------------------------------
+    @property
+    def map_levels(self) -> int:
+        """Levels the change of variable x -> t costs: none when 2 / (b - a) is an integer."""
+        a, b = self.interval
+        return 0 if _is_int(2 / (b - a)) else 1
+
+    def _plan(self, vector_scale: bool) -> _Plan:
+        if vector_scale not in self._plans:
+            self._plans[vector_scale] = _make_plan(self.coeffs, vector_scale)
+        return self._plans[vector_scale]
+
+    def depth(self, vector_scale: bool = False) -> int:
+        """Levels an evaluation consumes (with ``vector_scale``: when ``scale=`` is given)."""
+        return self.map_levels + self._plan(vector_scale).depth
+
+    def mults(self, vector_scale: bool = False) -> int:
+        """Ciphertext x ciphertext multiplications an evaluation performs."""
+        p = self._plan(vector_scale)
+        return len(p.basis) + p.splits
+
+    # -- ciphertexts ------------------------------------------------------------------------------
+    def evaluate(self, lm: LevelManager, ct: Ciphertext, *,
+                 scale: np.ndarray | None = None) -> Ciphertext:
+        """p(ct) slot-wise; with ``scale`` (a slot vector, entries in [-1, 1]) p(ct) * scale,
+        the vector folded into the coefficient products, so it costs no extra level (a 0/1
+        mask this way zeroes padding slots for free)."""
+        a, b = self.interval
+        alpha, beta = 2 / (b - a), -(a + b) / (b - a)
+        t = ct if alpha == 1 else lm.mul(ct, int(alpha) if _is_int(alpha) else alpha)
+        if beta:
+            t = lm.add(t, beta)
+        plan = self._plan(scale is not None)
+        out = _evaluate(plan.root, _Basis(lm, t), scale)
+        if not isinstance(out, Ciphertext):
+            raise AssertionError("a series of degree >= 1 evaluates to a ciphertext")
+        return out
+
+
+def _make_plan(coeffs: np.ndarray, vector_scale: bool) -> _Plan:
+    d = coeffs.size - 1
+    baby = 1 << math.ceil(math.log2(d + 1) / 2)  # ~sqrt(d): Paterson-Stockmeyer's balance
+    root = _build(coeffs, math.ceil(math.log2(d + 1)), baby, vector_scale)
+    basis: set[int] = set()
+    splits = 0
+
+    def need(i: int) -> None:  # the T_i a _Basis will compute to reach T_i
+        if i < 2 or i in basis:
+            return
+        basis.add(i)
+        if i % 2 == 0:
+            need(i // 2)
+        else:
+            a = 1 << (i.bit_length() - 1)
+            need(a), need(i - a), need(2 * a - i)
+
+    def walk(node: _Node) -> None:
+        nonlocal splits
+        if isinstance(node, _Leaf):
+            for i, _ in node.terms:
+                need(i)
+            return
+        need(node.m)
+        if not _constant(node.q):
+            splits += 1
+        walk(node.q), walk(node.r)
+
+    walk(root)
+    return _Plan(root, _depth(root, vector_scale), frozenset(basis), splits)
+
+
+def _constant(node: _Node) -> bool:
+    return isinstance(node, _Leaf) and not node.terms
+
+
+def _term_depth(i: int, c: float, vector_scale: bool) -> int:
+    return _tdepth(i) + (1 if vector_scale or not _is_int(c) else 0)
+
+
+def _depth(node: _Node, vs: bool) -> int:
+    if isinstance(node, _Leaf):
+        return max((_term_depth(i, c, vs) for i, c in node.terms), default=0)
+    if _constant(node.q):
+        top = _term_depth(node.m, node.q.const, vs)
+    else:
+        top = max(_depth(node.q, vs), _tdepth(node.m)) + 1
+    return max(top, _depth(node.r, vs))
+
+
+def _build(c: np.ndarray, budget: int, baby: int, vs: bool) -> _Node:
+    nz = np.flatnonzero(c)
+    d = int(nz[-1]) if nz.size else 0
+    terms = tuple((int(i), float(c[i])) for i in nz if i >= 1)
+    leaf = _Leaf(terms, float(c[0]))
+    fits = all(i <= baby or i & (i - 1) == 0 for i, _ in terms)
+    if fits and _depth(leaf, vs) <= budget:
+        return leaf
+    m = 1 << (d.bit_length() - 1)
+    if m < 2 or _tdepth(m) + 1 > budget:
+        raise AssertionError(f"no plan of depth {budget} for degree {d}")  # cannot happen
+    q, r = _divide(c[: d + 1], m)
+    qsum = float(np.sum(np.abs(q)))
+    qscale = 1 if qsum <= 1 else 1 << math.ceil(math.log2(qsum))
+    return _Split(m, _build(q / qscale, budget - 1, baby, vs), _build(r, budget, baby, vs), qscale)
+
+
+def _divide(c: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """c = q T_m + r in the Chebyshev basis, for m <= deg < 2m (T_m T_j = (T_m+j + T_m-j)/2)."""
+    d = c.size - 1
+    q = np.empty(d - m + 1)
+    q[0] = c[m]
+    q[1:] = 2 * c[m + 1:]
+    r = c[:m].copy()
+    for j in range(1, d - m + 1):
+        r[m - j] -= c[m + j]
+    return q, r
+
+
+class _Basis:
+    """T_i(t), computed on demand at the minimal depth ceil(log2 i), each once."""
+
+    def __init__(self, lm: LevelManager, t: Ciphertext) -> None:
+        self.lm = lm
+        self.T = {1: t}
+
+    def __getitem__(self, i: int) -> Ciphertext:
+        if i not in self.T:
+            lm = self.lm
+            if i % 2 == 0:
+                prod = lm.square(self[i // 2])
+                self.T[i] = lm.sub(lm.mul(prod, 2), 1.0)
+            else:
+                a = 1 << (i.bit_length() - 1)
+                prod = lm.mul(self[a], self[i - a])
+                self.T[i] = lm.sub(lm.mul(prod, 2), self[2 * a - i])
+        return self.T[i]
+
+
+def _evaluate(node: _Node, T: _Basis, scale: np.ndarray | None) -> Ciphertext | np.ndarray | float:
+    lm = T.lm
+
+    def times(c: float) -> np.ndarray | float:
+        return c if scale is None else c * scale
+
+    if isinstance(node, _Leaf):
+        acc = None
+        for i, c in node.terms:
+            term = lm.mul(T[i], times(c))
+            acc = term if acc is None else lm.add(acc, term)
+        if node.const:
+            return times(node.const) if acc is None else lm.add(acc, times(node.const))
+        return acc if acc is not None else times(0.0)
+    if _constant(node.q):
+        prod = lm.mul(T[node.m], times(node.q.const))
+    else:
+        q = _evaluate(node.q, T, scale)
+        prod = lm.mul(q, T[node.m])
+    if node.qscale > 1:
+        prod = lm.mul(prod, node.qscale)
+    r = _evaluate(node.r, T, scale)
+    return prod if _is_zero(r) else lm.add(prod, r)
+
+
+def _is_zero(v: Ciphertext | np.ndarray | float) -> bool:
+    return not isinstance(v, Ciphertext) and not np.any(v)
