@@ -112,7 +112,8 @@ class ChebyshevSeries:
         """The polynomial sum_k coeffs[k] x^k, re-expressed in the Chebyshev basis of
         ``interval`` (exact up to rounding): how published power-basis polynomials enter."""
         a, b = interval
-        in_t = P.polycompose(np.asarray(coeffs, dtype=np.float64), [(a + b) / 2, (b - a) / 2])
+        x_of_t = P.Polynomial([(a + b) / 2, (b - a) / 2])
+        in_t = P.Polynomial(np.asarray(coeffs, dtype=np.float64))(x_of_t).coef
         return cls(C.poly2cheb(in_t), (a, b))
 
     def scaled(self, k: float) -> ChebyshevSeries:
@@ -139,15 +140,22 @@ class ChebyshevSeries:
             return "even"
         return None
 
-    def lipschitz(self) -> float:
-        """Upper bound of |p'| on the interval (Markov: |T_i'| <= i^2 on [-1, 1])."""
+    def lipschitz(self, interval: Interval | None = None) -> float:
+        """Certified upper bound of |p'| on ``interval`` (default: the series' own): p'
+        sampled, with Markov's inequality (|T_i'| <= i^2 on [-1, 1]) bounding p'' between
+        the samples."""
         a, b = self.interval
-        i = np.arange(self.coeffs.size)
-        return float(2 / (b - a) * np.sum(np.abs(self.coeffs) * i**2))
+        d = C.chebder(self.coeffs) * (2 / (b - a))
+        if d.size < 2:
+            return float(abs(d[0]))
+        i = np.arange(d.size)
+        markov = float(2 / (b - a) * np.sum(np.abs(d) * i**2))
+        return certified_sup(lambda x: C.chebval(self._t(x), d), interval or self.interval,
+                             markov)
 
-    def sup_abs(self) -> float:
-        """Certified upper bound of |p| on the interval."""
-        return certified_sup(self, self.interval, self.lipschitz())
+    def sup_abs(self, interval: Interval | None = None) -> float:
+        """Certified upper bound of |p| on ``interval`` (default: the series' own)."""
+        return certified_sup(self, interval or self.interval, self.lipschitz())
 
     def error_bound(self, f: Callable[[np.ndarray], np.ndarray], f_lipschitz: float) -> float:
         """Certified upper bound of |p - f| on the interval, for ``f`` with |f'| <=
