@@ -75,8 +75,11 @@ class Exp:
         """Certified bound of |approx / e^x - 1| on [lo, hi]."""
         s = 2.0**self.squarings
         p = self.series
-        lip = math.exp(-self.lo / s) * (p.lipschitz() + p.sup_abs() / s)
-        eta = certified_sup(lambda x: p(x) * np.exp(-x / s) - 1, (self.lo, self.hi), lip)
+        d1, d0, w = p.lipschitz(), p.sup_abs(), math.exp(-self.lo / s)
+        lip = w * (d1 + d0 / s)  # bounds of (p e^(-x/s))' and '' on [lo, hi]
+        curv = w * (p.curvature() + 2 * d1 / s + d0 / s**2)
+        eta = certified_sup(lambda x: p(x) * np.exp(-x / s) - 1, (self.lo, self.hi), lip,
+                            curvature=curv)
         return (1 + eta) ** (2**self.squarings) - 1
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext, *,

@@ -75,8 +75,10 @@ def _lp(qb: Interval, degree: int, final: bool) -> np.ndarray:
 
 
 def _certify(nu: ChebyshevSeries, qb: Interval) -> Interval:
-    lip = 2 * nu.sup_abs(qb) + 2 * qb[1] * nu.lipschitz(qb)  # |(2 q nu)'| on the band
-    return certified_range(lambda q: 2 * q * nu(q), qb, lip)
+    d1 = nu.lipschitz(qb)
+    lip = 2 * nu.sup_abs(qb) + 2 * qb[1] * d1  # |(2 q nu)'| on the band
+    curv = 4 * d1 + 2 * qb[1] * nu.curvature()  # |(2 q nu)''|
+    return certified_range(lambda q: 2 * q * nu(q), qb, lip, curvature=curv)
 
 
 def band_step(band: Interval, classes: int, degree: int) -> Step:

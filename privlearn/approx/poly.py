@@ -153,15 +153,24 @@ class ChebyshevSeries:
         return certified_sup(lambda x: C.chebval(self._t(x), d), interval or self.interval,
                              markov)
 
+    def curvature(self) -> float:
+        """Upper bound of |p''| on the interval (Markov: |T_i''| <= i^2 (i^2 - 1) / 3)."""
+        a, b = self.interval
+        i = np.arange(self.coeffs.size)
+        return float((2 / (b - a)) ** 2 * np.sum(np.abs(self.coeffs) * i**2 * (i**2 - 1) / 3))
+
     def sup_abs(self, interval: Interval | None = None) -> float:
         """Certified upper bound of |p| on ``interval`` (default: the series' own)."""
-        return certified_sup(self, interval or self.interval, self.lipschitz())
+        return certified_sup(self, interval or self.interval, self.lipschitz(),
+                             curvature=self.curvature())
 
-    def error_bound(self, f: Callable[[np.ndarray], np.ndarray], f_lipschitz: float) -> float:
+    def error_bound(self, f: Callable[[np.ndarray], np.ndarray], f_lipschitz: float,
+                    f_curvature: float | None = None) -> float:
         """Certified upper bound of |p - f| on the interval, for ``f`` with |f'| <=
-        ``f_lipschitz`` there."""
+        ``f_lipschitz`` (and |f''| <= ``f_curvature``, if given) there."""
+        curv = None if f_curvature is None else self.curvature() + f_curvature
         return certified_sup(lambda x: self(x) - f(x), self.interval,
-                             self.lipschitz() + f_lipschitz)
+                             self.lipschitz() + f_lipschitz, curvature=curv)
 
     # -- the plan ---------------------------------------------------------------------------------
     @property

@@ -364,13 +364,15 @@ class NormSquare(SoftmaxMethod):
     2^k zeta >= input_range), then k steps y <- y^2 nu(sum y^2) per row, where the k - 1 first
     normalisers only keep the row sum in a band (their errors scale whole rows and cancel) and
     the last is an accurate inverse (see :mod:`privlearn.approx.normalise`). Every piece is
-    certified, so the error bound is derived. Depth ~ 5 log2(input_range / zeta) + 4."""
+    certified, so the error bound is derived, and the design is the shallowest found whose
+    bound meets ``target_error``. Depth ~ 5 log2(input_range / zeta) + 4."""
 
     zeta: float = 0.5
     exp_degree: int = 7
-    final_error: float = 1e-3
+    target_error: float = 1e-2
     step_degrees: tuple[int, ...] = (3, 7, 15)
     final_degrees: tuple[int, ...] = (7, 15, 31)
+    floors: tuple[float, ...] = (0.5, 0.3, 0.15)
     name: ClassVar[str] = "ours"
 
     @property
@@ -387,8 +389,11 @@ class NormSquare(SoftmaxMethod):
         """p(u) ~ e^(zeta u) on u = x / reach in [-1, 1], and its certified relative error."""
         z = self.zeta
         p = ChebyshevSeries.interpolate(lambda u: np.exp(z * u), (-1.0, 1.0), self.exp_degree)
-        lip = math.exp(z) * (p.lipschitz() + z * p.sup_abs())
-        return p, certified_sup(lambda u: p(u) * np.exp(-z * u) - 1, (-1.0, 1.0), lip)
+        d1, d0 = p.lipschitz(), p.sup_abs()
+        lip = math.exp(z) * (d1 + z * d0)  # bounds of (p e^(-z u))' and '' on [-1, 1]
+        curv = math.exp(z) * (p.curvature() + 2 * z * d1 + z * z * d0)
+        return p, certified_sup(lambda u: p(u) * np.exp(-z * u) - 1, (-1.0, 1.0), lip,
+                                curvature=curv)
 
     @property
     def exp_series(self) -> ChebyshevSeries:
@@ -399,23 +404,46 @@ class NormSquare(SoftmaxMethod):
 
     @cached_property
     def design(self) -> tuple[Step, ...]:
-        """The normalisers: for each middle step the lowest degree that does not let the
-        band's floor sink (below 1/2), then the lowest final degree meeting final_error."""
+        """The normalisers: the cheapest (in depth) design whose derived bound meets
+        ``target_error``. Middle steps take the lowest degree that keeps the band's floor
+        from sinking below ``floor`` (tried from high to low); the last step the lowest
+        degree meeting the target."""
+        best: tuple[int, float, tuple[Step, ...]] | None = None
+        for floor in self.floors:
+            design = self._design(floor)
+            if design is None:
+                continue
+            depth = sum(st.nu.depth(vector_scale=True) + 2 for st in design)
+            bound = self._bound(design)
+            if best is None or (depth, bound) < best[:2]:
+                best = (depth, bound, design)
+        if best is None:
+            raise ValueError(f"no design reaches error {self.target_error:g} for "
+                             f"{self.classes} classes on [-{self.input_range:g}, "
+                             f"{self.input_range:g}]; raise target_error or step_degrees")
+        return best[2]
+
+    def _design(self, floor: float) -> tuple[Step, ...] | None:
         eta = self._exp[1]
         band = (math.exp(-2 * self.zeta) * (1 - eta) / (1 + eta), 1.0)
-        out: list[Step] = []
+        steps: list[Step] = []
         for _ in range(self.steps - 1):
             for d in self.step_degrees:
                 st = band_step(band, self.classes, d)
-                if st.out_band[0] >= min(band[0], 0.5) or d == self.step_degrees[-1]:
+                if st.out_band[0] >= min(band[0], floor):
                     break
-            out.append(st)
+            steps.append(st)
             band = st.out_band
         for d in self.final_degrees:
-            st = final_step(band, self.classes, d)
-            if max(1 - st.out_band[0], st.out_band[1] - 1) <= self.final_error:
-                break
-        return (*out, st)
+            design = (*steps, final_step(band, self.classes, d))
+            if self._bound(design) <= self.target_error:
+                return design
+        return None
+
+    def _bound(self, design: tuple[Step, ...]) -> float:
+        eta = self._exp[1]
+        lo, hi = design[-1].out_band
+        return ((1 + eta) / (1 - eta)) ** (2**self.steps) * (1 + max(1 - lo, hi - 1)) - 1
 
     def _factor(self, i: int) -> tuple[ChebyshevSeries, int]:
         """Step i's multiplier on stored values (y / sqrt 2), divided by the power of two B
@@ -450,11 +478,9 @@ class NormSquare(SoftmaxMethod):
     def error_bound(self) -> ErrorBound:
         eta = self._exp[1]
         lo, hi = self.design[-1].out_band
-        phi = max(1 - lo, hi - 1)
-        shape = ((1 + eta) / (1 - eta)) ** (2**self.steps)
-        return ErrorBound(shape * (1 + phi) - 1, "derived", (
+        return ErrorBound(self._bound(self.design), "derived", (
             f"exp relative error {eta:.1e} raised to 2^{self.steps}; last normaliser "
-            f"{phi:.1e}; CKKS noise not included"))
+            f"{max(1 - lo, hi - 1):.1e}; CKKS noise not included"))
 
 
 METHODS: dict[str, type[SoftmaxMethod]] = {m.name: m for m in (Hetal, Lee, Hong, Jin, NormSquare)}
