@@ -36,6 +36,8 @@ from privlearn.approx.planner import LevelManager
 from privlearn.he import Ciphertext
 
 Parity = Literal["odd", "even"] | None
+CHOP = 2.0**-40  # relative size below which a coefficient is dropped (CKKS keeps ~30-40 bits)
+TINY = 2.0**-60  # plaintext slot values below this are zero to CKKS (scale <= 2^60)
 
 
 def _tdepth(i: int) -> int:
@@ -81,7 +83,10 @@ class ChebyshevSeries:
     _plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        c = np.trim_zeros(np.asarray(self.coeffs, dtype=np.float64), "b")
+        c = np.array(self.coeffs, dtype=np.float64)
+        if c.size:  # terms below CKKS's own precision are dropped (OpenFHE cannot encode them)
+            c[np.abs(c) < CHOP * np.max(np.abs(c))] = 0.0
+        c = np.trim_zeros(c, "b")
         a, b = (float(v) for v in self.interval)
         if c.size < 2:
             raise ValueError("a ChebyshevSeries needs degree >= 1; use a plain constant instead")
@@ -222,10 +227,10 @@ def _make_plan(coeffs: np.ndarray, vector_scale: bool) -> _Plan:
         if i < 2 or i in basis:
             return
         basis.add(i)
-        if i % 2 == 0:
+        a = 1 << (i.bit_length() - 1)
+        if a == i:
             need(i // 2)
         else:
-            a = 1 << (i.bit_length() - 1)
             need(a), need(i - a), need(2 * a - i)
 
     def walk(node: _Node) -> None:
@@ -291,7 +296,8 @@ def _divide(c: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Basis:
-    """T_i(t), computed on demand at the minimal depth ceil(log2 i), each once."""
+    """T_i(t), computed on demand at the minimal depth ceil(log2 i), each once, from T_j of
+    its own parity and powers of two only."""
 
     def __init__(self, lm: LevelManager, t: Ciphertext) -> None:
         self.lm = lm
@@ -300,11 +306,11 @@ class _Basis:
     def __getitem__(self, i: int) -> Ciphertext:
         if i not in self.T:
             lm = self.lm
-            if i % 2 == 0:
+            a = 1 << (i.bit_length() - 1)
+            if a == i:  # T_2a = 2 T_a^2 - 1
                 prod = lm.square(self[i // 2])
                 self.T[i] = lm.sub(lm.mul(prod, 2), 1.0)
-            else:
-                a = 1 << (i.bit_length() - 1)
+            else:  # T_i = 2 T_a T_(i-a) - T_(2a-i): same parity as i throughout
                 prod = lm.mul(self[a], self[i - a])
                 self.T[i] = lm.sub(lm.mul(prod, 2), self[2 * a - i])
         return self.T[i]
@@ -314,7 +320,11 @@ def _evaluate(node: _Node, T: _Basis, scale: np.ndarray | None) -> Ciphertext | 
     lm = T.lm
 
     def times(c: float) -> np.ndarray | float:
-        return c if scale is None else c * scale
+        if scale is None:
+            return c
+        v = c * scale
+        v[np.abs(v) < TINY] = 0.0  # OpenFHE refuses to encode values far below its scale
+        return v
 
     if isinstance(node, _Leaf):
         acc = None
