@@ -262,10 +262,15 @@ def cheon_f(n: int) -> np.ndarray:
 CHEON_G3 = np.array([0, 4589, 0, -16577, 0, 25614, 0, -12860]) / 1024
 
 
+# f_n overshoots 1 by ~1e-5 near its ends; this keeps compare() inside [0, 1] with room for
+# CKKS noise, so a bootstrap may take it (it moves max~ by at most 2^-17 |a - b|).
+HEADROOM = 1 - 2.0**-16
+
+
 @dataclass(frozen=True)
 class Comparison:
     """sign(z) for z in [-1, 1] by a composite h = stages[-1] o ... o stages[0];
-    compare(a, b) = (h(a - b) + 1) / 2 for a, b in [-1/2, 1/2]."""
+    compare(a, b) = (HEADROOM h(a - b) + 1) / 2 for a, b in [-1/2, 1/2]."""
 
     stages: tuple[ChebyshevSeries, ...]
 
@@ -283,11 +288,11 @@ class Comparison:
         return h
 
     def compare(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return (self.sign(np.asarray(a) - np.asarray(b)) + 1) / 2
+        return (HEADROOM * self.sign(np.asarray(a) - np.asarray(b)) + 1) / 2
 
     @property
     def depth(self) -> int:
-        return sum(s.depth() for s in self.stages)
+        return sum(s.depth(input_scale=0.5) for s in self.stages)
 
     def max_error(self) -> float:
         """Certified bound of |max~(a, b) - max(a, b)| for a, b in [-1/2, 1/2], where
@@ -296,18 +301,20 @@ class Comparison:
         lip = 1.0
         for s in self.stages:  # each stage maps [-1, 1] into [-1, 1] (checked in tests)
             lip *= s.lipschitz()
-        return certified_sup(lambda z: z * (self.sign(z) + 1) / 2 - np.maximum(z, 0), (-1, 1),
-                             1 + lip / 2, n=1 << 20)
+        return certified_sup(lambda z: z * (HEADROOM * self.sign(z) + 1) / 2 - np.maximum(z, 0),
+                             (-1, 1), 1 + lip / 2, n=1 << 20)
 
-    def half_sign(self, lm: LevelManager, z: Ciphertext) -> Ciphertext:
-        """h(z) / 2 (the 1/2 folded into the last stage's coefficients)."""
+    def half_sign(self, lm: LevelManager, z_half: Ciphertext) -> Ciphertext:
+        """HEADROOM * h(z) / 2 from ``z_half`` holding z / 2: every stage takes and gives
+        halved values, so no change of variable costs a level."""
         for s in self.stages[:-1]:
-            z = s.evaluate(lm, z)
-        return self.stages[-1].scaled(0.5).evaluate(lm, z)
+            z_half = s.scaled(0.5).evaluate(lm, z_half, input_scale=0.5)
+        return self.stages[-1].scaled(HEADROOM / 2).evaluate(lm, z_half, input_scale=0.5)
 
 
 def row_max(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ciphertext:
-    """Approximate max of each row (values in [-1/2, 1/2]), copied over the whole row.
+    """Approximate max of each row, copied over the whole row; ``ct`` holds the values halved
+    (a / 2 for a in [-1/2, 1/2]) and so does the result.
 
     log2(width) rounds of a <- max~(a, rot(a, 2^i)) leave the row max in the row's first slot
     (rotations cross rows elsewhere); the last round's products carry the row-start mask,
@@ -329,7 +336,8 @@ def row_max(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ci
 
 def row_argmax(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ciphertext:
     """Approximate index of each row's max divided by ``width``, in the row's first slot
-    (zero elsewhere): the max tournament of :func:`row_max`, carrying the winner's index with
+    (zero elsewhere), for ``ct`` holding halved values as in :func:`row_max`: the max
+    tournament of :func:`row_max`, carrying the winner's index with
     the same weights. Ties within ``cmp``'s resolution give a blend of the tied indices."""
     rounds = check_width(width, ct.slots)
     if rounds == 0:

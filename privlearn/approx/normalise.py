@@ -8,11 +8,13 @@ be accurate. The others only have to keep the row sum S in a band [alpha, beta] 
 every value is bootstrappable, alpha away from 0, so no value drowns in noise).
 
 A step sees q = sum(y^2) / 2 in [S^2 / (2c), S^2 / 2] (c the number of real classes; the 1/2
-keeps every slot's value, including the row-crossing sums of rotation, in [0, 1], where the
-Chebyshev variable t = 2q - 1 costs no level). It multiplies the row by nu(q), giving a new
+keeps every slot's value, including the row-crossing sums of rotation, in [0, S^2]). nu is a
+Chebyshev series on [-1/64, 63/64]: the change of variable t = 2q + 1/32 - 1 costs no level
+(2 / width is an integer) and keeps |t| <= 1 - 1/32 where T_i could otherwise pass 1 under
+noise (near t = -1 noise grows i^2-fold) and break the bootstrap contract. It multiplies the row by nu(q), giving a new
 sum 2 q nu(q). :func:`band_step` finds, by a linear program on a fine grid, the degree-d nu
 maximising the lowest new sum while the highest stays <= 1 - margin and |nu| stays bounded on
-all of [0, 1]; :func:`final_step` finds the nu minimising |2 q nu(q) - 1|. Both then certify
+its whole interval; :func:`final_step` finds the nu minimising |2 q nu(q) - 1|. Both then certify
 the band they reach over the whole input band (:mod:`privlearn.approx.bounds`): the LP's grid
 is only how the polynomial is found, never what is claimed.
 """
@@ -37,7 +39,7 @@ NU_CAP = 3.0  # |nu| <= NU_CAP * (the largest value the band needs) over all of 
 class Step:
     """One normalisation: nu on q in ``q_band``, giving row sums in ``out_band`` (certified)."""
 
-    nu: ChebyshevSeries  # on [0, 1]
+    nu: ChebyshevSeries  # on NU_INTERVAL
     q_band: Interval
     out_band: Interval
 
@@ -48,10 +50,14 @@ def q_band(band: Interval, classes: int) -> Interval:
     return lo * lo / (2 * classes), hi * hi / 2
 
 
+NU_INTERVAL = (-1 / 64, 63 / 64)
+
+
 def _lp(qb: Interval, degree: int, final: bool) -> np.ndarray:
     ql, qh = qb
     q = np.geomspace(ql, qh, GRID)
-    A = 2 * q[:, None] * C.chebvander(2 * q - 1, degree)  # rows: 2 q nu(q)
+    t = 2 * q - 1 + 1 / 32
+    A = 2 * q[:, None] * C.chebvander(t, degree)  # rows: 2 q nu(q)
     g = C.chebvander(np.linspace(-1, 1, GRID), degree)
     cap = NU_CAP / (2 * ql)
     n, m = degree + 1, q.size
@@ -84,12 +90,12 @@ def _certify(nu: ChebyshevSeries, qb: Interval) -> Interval:
 def band_step(band: Interval, classes: int, degree: int) -> Step:
     """The normaliser of ``degree`` that keeps the row sum highest above 0, from ``band``."""
     qb = q_band(band, classes)
-    nu = ChebyshevSeries(_lp(qb, degree, final=False), (0.0, 1.0))
+    nu = ChebyshevSeries(_lp(qb, degree, final=False), NU_INTERVAL)
     return Step(nu, qb, _certify(nu, qb))
 
 
 def final_step(band: Interval, classes: int, degree: int) -> Step:
     """The most accurate normaliser of ``degree``: row sums in ``out_band`` around 1."""
     qb = q_band(band, classes)
-    nu = ChebyshevSeries(_lp(qb, degree, final=True), (0.0, 1.0))
+    nu = ChebyshevSeries(_lp(qb, degree, final=True), NU_INTERVAL)
     return Step(nu, qb, _certify(nu, qb))

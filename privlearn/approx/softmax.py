@@ -2,9 +2,9 @@
 
 Layout (shared with the matmul layer): a batch x padded-classes block, row-major, one row per
 ``width`` = next power of two >= ``classes`` consecutive slots; padding slots hold 0. The
-ciphertext holds the logits times ``input_scale``: pass 1/R (or HETAL's 1/256) when the layer
-before can fold that constant into a plaintext product it makes anyway, and the first level
-here is saved. Results hold the probabilities in the real-class slots and 0 in the padding.
+ciphertext holds the logits times ``input_scale``: when the layer before can fold a constant
+into a plaintext product it makes anyway, it should produce ``method.prescale`` times the
+logits, and the first level here is saved. Results hold the probabilities in the real-class slots and 0 in the padding.
 
 Every method has:
 
@@ -37,7 +37,7 @@ from privlearn.approx.bounds import certified_sup
 from privlearn.approx.functions import Comparison, Goldschmidt, row_max
 from privlearn.approx.normalise import Step, band_step, final_step
 from privlearn.approx.planner import LevelManager, Plan, Policy, plan
-from privlearn.approx.poly import ChebyshevSeries
+from privlearn.approx.poly import SAFE, ChebyshevSeries
 from privlearn.approx.rows import (
     broadcast,
     class_mask,
@@ -129,6 +129,11 @@ class SoftmaxMethod(ABC):
         """Rotation keys ``evaluate`` needs."""
         return rotations(self.width)
 
+    @property
+    @abstractmethod
+    def prescale(self) -> float:
+        """The ``input_scale`` at which the first operation costs no level."""
+
     def plan(self, params: CKKSParams = DEEP, policy: Policy = "none",
              input_level: int | None = None) -> Plan:
         return plan(self.evaluate, params, policy=policy, input_level=input_level)
@@ -155,7 +160,7 @@ def _goldschmidt_tail(lm: LevelManager, m: SoftmaxMethod, E: Ciphertext, gamma: 
     n = E.slots
     s = row_sum(lm, E, m.width)
     u = broadcast(lm, lm.mul(s, row_start_mask(n, m.width) / (gamma * inv.R)), m.width)
-    K = _pow2_at_least(max(1 / (gamma * s_min), 2 / (gamma * inv.R)))
+    K = _pow2_at_least(max(1 / (gamma * s_min), 2 / (gamma * inv.R)) / SAFE)
     y = inv.evaluate(lm, u, y_scale=1 / (gamma * inv.R * K))
     return lm.mul(lm.mul(E, y), K)
 
@@ -188,6 +193,10 @@ class Hetal(SoftmaxMethod):
     @property
     def r_max(self) -> float:
         return self.r / 2 * self.L**self.n
+
+    @property
+    def prescale(self) -> float:
+        return 1 / (4 * self.r_max)
 
     @cached_property
     def cmp(self) -> Comparison:
@@ -224,18 +233,21 @@ class Hetal(SoftmaxMethod):
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         n_slots, w, r, L = ct.slots, self.width, self.r, self.L
-        a = self._scaled(lm, ct, 1 / (2 * self.r_max))
-        a = lm.add(a, -0.5 * (1 - class_mask(n_slots, w, self.classes)))
-        v = lm.sub(a, row_max(lm, a, w, self.cmp))  # (x - max~) / (r L^n)
-        step = ChebyshevSeries.from_power([0, L, 0, -4 / 27 * L**3])  # one DE step, rescaled
+        # values are carried halved (see ChebyshevSeries): a / 2 = x / (4 Rmax), pad -1/4
+        a = self._scaled(lm, ct, self.prescale)
+        a = lm.add(a, -0.25 * (1 - class_mask(n_slots, w, self.classes)))
+        v = lm.sub(a, row_max(lm, a, w, self.cmp))  # (x - max~) / (r L^n) / 2
+        step = ChebyshevSeries.from_power([0, L / 2, 0, -2 / 27 * L**3])  # one DE step
         for _ in range(self.n):
-            v = step.evaluate(lm, v)  # x / (r L^i)
+            v = step.evaluate(lm, v, input_scale=0.5)  # x / (r L^i) / 2
         if self.precise:
             c = self._precise_c
-            v = ChebyshevSeries.from_power([0, 1, 0, c, 0, -c]).evaluate(lm, v)
+            v = ChebyshevSeries.from_power([0, 0.5, 0, c / 2, 0, -c / 2]).evaluate(
+                lm, v, input_scale=0.5)
         gamma = math.exp(-self.max_shortfall) / 1.01  # keeps exp-values (max e^shortfall) <= 1
         p = ChebyshevSeries.from_power(np.array(HETAL_EXP8) * (r / 8) ** np.arange(9))
-        E = p.scaled(gamma ** (1 / 8)).evaluate(lm, v, scale=class_mask(n_slots, w, self.classes))
+        E = p.scaled(gamma ** (1 / 8)).evaluate(lm, v, input_scale=0.5,
+                                                scale=class_mask(n_slots, w, self.classes))
         for _ in range(3):
             E = lm.square(E)
         return _goldschmidt_tail(lm, self, E, gamma, 1.0, Goldschmidt(self.inv_R, self.inv_rounds))
@@ -259,6 +271,10 @@ class Lee(SoftmaxMethod):
     inv_rounds: int = 8
     name: ClassVar[str] = "lee"
 
+    @property
+    def prescale(self) -> float:
+        return 1 / (self.lam * 128)
+
     def _reference(self, x: np.ndarray) -> np.ndarray:
         e = np.polynomial.polynomial.polyval(x / self.lam / 64, LEE_EXP12) ** 64
         return e * Goldschmidt(self.inv_R, self.inv_rounds)(np.sum(e, axis=1, keepdims=True))
@@ -267,9 +283,9 @@ class Lee(SoftmaxMethod):
         n_slots, w = ct.slots, self.width
         grow = self.input_range / self.lam
         gamma = math.exp(-grow) / 1.01
-        u = self._scaled(lm, ct, 1 / (self.lam * 64))
+        u = self._scaled(lm, ct, self.prescale)  # x / 256, halved
         p = ChebyshevSeries.from_power(LEE_EXP12).scaled(gamma ** (1 / 64))
-        E = p.evaluate(lm, u, scale=class_mask(n_slots, w, self.classes))
+        E = p.evaluate(lm, u, input_scale=0.5, scale=class_mask(n_slots, w, self.classes))
         for _ in range(6):
             E = lm.square(E)
         s_min = self.classes * math.exp(-grow) * 0.99
@@ -289,6 +305,10 @@ class Hong(SoftmaxMethod):
     inv_R: float = 80.0
     inv_rounds: int = 30
     name: ClassVar[str] = "hong"
+
+    @property
+    def prescale(self) -> float:
+        return 1 / self.L  # the padding mask still takes a level
 
     def _reference(self, x: np.ndarray) -> np.ndarray:
         e = ((x + 2**self.r) / self.L) ** (2**self.r)
@@ -315,6 +335,10 @@ class Jin(SoftmaxMethod):
 
     name: ClassVar[str] = "jin"
 
+    @property
+    def prescale(self) -> float:
+        return 1 / (4 * self.input_range)
+
     def _reference(self, x: np.ndarray) -> np.ndarray:
         sig = np.polynomial.polynomial.polyval(x[:, :, None] - x[:, None, :], JIN_SIGMOID)
         idx = np.arange(self.classes)
@@ -336,7 +360,7 @@ class Jin(SoftmaxMethod):
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         n_slots, w, c, R = ct.slots, self.width, self.classes, self.input_range
-        u = self._scaled(lm, ct, 1 / (2 * R))  # differences in [-1, 1]
+        u = self._scaled(lm, ct, self.prescale)  # differences in [-1, 1], halved
         s, j = self._stretch
         sig = ChebyshevSeries.from_power(
             np.array(JIN_SIGMOID) * (2 * R) ** np.arange(4) / s)
@@ -347,7 +371,7 @@ class Jin(SoftmaxMethod):
             m2 = ((slot < c) & (slot + k >= c)).astype(float)
             other = lm.add(lm.mul(lm.rotate(u, k), m1), lm.mul(lm.rotate(u, k - c), m2))
             scale = class_mask(n_slots, w, c) if k == 1 else None
-            factors.append(sig.evaluate(lm, lm.sub(u, other), scale=scale))
+            factors.append(sig.evaluate(lm, lm.sub(u, other), input_scale=0.5, scale=scale))
         while len(factors) > 1:  # balanced product tree
             nxt = [lm.mul(factors[i], factors[i + 1]) for i in range(0, len(factors) - 1, 2)]
             factors = nxt + ([factors[-1]] if len(factors) % 2 else [])
@@ -383,6 +407,10 @@ class NormSquare(SoftmaxMethod):
     def reach(self) -> float:
         """The input range actually covered: zeta 2^steps >= input_range."""
         return self.zeta * 2**self.steps
+
+    @property
+    def prescale(self) -> float:
+        return 1 / (2 * self.reach)
 
     @cached_property
     def _exp(self) -> tuple[ChebyshevSeries, float]:
@@ -451,8 +479,7 @@ class NormSquare(SoftmaxMethod):
         st = self.design[i]
         k = 2.0 if i == len(self.design) - 1 else math.sqrt(2)  # final: un-halve the output
         f = st.nu.scaled(k)
-        peak = f.sup_abs(st.q_band)
-        B = _pow2_at_least(peak)
+        B = _pow2_at_least(f.sup_abs(st.q_band) / SAFE)
         return f.scaled(1 / B), B
 
     def _reference(self, x: np.ndarray) -> np.ndarray:
@@ -465,8 +492,9 @@ class NormSquare(SoftmaxMethod):
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         n_slots, w = ct.slots, self.width
-        u = self._scaled(lm, ct, 1 / self.reach)
-        y = self.exp_series.evaluate(lm, u, scale=class_mask(n_slots, w, self.classes))
+        u = self._scaled(lm, ct, self.prescale)  # x / reach, halved
+        y = self.exp_series.evaluate(lm, u, input_scale=0.5,
+                                     scale=class_mask(n_slots, w, self.classes))
         start = row_start_mask(n_slots, w)
         for i in range(len(self.design)):
             y2 = lm.square(y)

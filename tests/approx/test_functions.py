@@ -62,7 +62,7 @@ def test_comparison_and_row_max_on_both_backends(client, ev, rng):
     assert all(s.sup_abs() <= 1 + 1e-4 for s in cmp.stages)  # each stage maps into [-1, 1]
     a = rng.uniform(-0.5, 0.5, (client.slots // 4, 4))
     lm = LevelManager(ev, "refresh", refresh=client.refresh)
-    got = client.decrypt(row_max(lm, client.encrypt(a.ravel()), 4, cmp)).reshape(-1, 4)
+    got = 2 * client.decrypt(row_max(lm, client.encrypt(a.ravel() / 2), 4, cmp)).reshape(-1, 4)
     short = a.max(axis=1, keepdims=True) - got  # never above the max, at most 2 rounds' error
     assert short.min() > -noise_tol(client) * 10
     assert short.max() <= 2 * cmp.max_error() + noise_tol(client) * 10
@@ -75,7 +75,7 @@ def test_row_argmax_finds_a_clear_winner(client, ev, rng):
     win = rng.integers(0, 4, a.shape[0])
     a[np.arange(a.shape[0]), win] = 0.5  # a gap of at least 0.2
     lm = LevelManager(ev, "refresh", refresh=client.refresh)
-    idx = client.decrypt(row_argmax(lm, client.encrypt(a.ravel()), 4, cmp))[::4] * 4
+    idx = client.decrypt(row_argmax(lm, client.encrypt(a.ravel() / 2), 4, cmp))[::4] * 4
     assert np.array_equal(np.round(idx), win) and np.max(np.abs(idx - win)) < 0.1
 
 

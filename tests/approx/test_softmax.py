@@ -93,7 +93,7 @@ def test_ours_on_ciphertexts_with_bootstraps(boot):
 @pytest.mark.openfhe
 def test_ours_on_openfhe():
     client = ClientContext.create("toy-n12", "openfhe", insecure_for_testing=True)
-    m = NormSquare(3, 4, input_scale=1 / 4)  # the caller folded 1/R in: no scaling level
+    m = NormSquare(3, 4, input_scale=1 / 8)  # the caller folded the scale in: no level
     ev = Evaluator.from_bundle(client.public_bundle(m.rotations()))
     x = np.random.default_rng(4).uniform(-4, 4, (client.slots // m.width, 3))
     assert m.depth <= client.params.depth  # fits without refreshing
@@ -107,9 +107,10 @@ def test_ours_on_openfhe():
     assert np.max(np.abs(got - exact(x))) <= wide.error_bound().value + 1e-6
 
 
-def test_prescaled_input_saves_the_scaling_level():
-    assert NormSquare(10, 128, input_scale=1 / 128).depth == NormSquare(10, 128).depth - 1
-    assert Hetal(10, 128, input_scale=1 / 256).depth == Hetal(10, 128).depth - 1
+@pytest.mark.parametrize("method", [NormSquare(10, 128), Hetal(10, 128), Lee(3, 4), Jin(3, 4)])
+def test_prescaled_input_saves_the_scaling_level(method):
+    pre = type(method)(method.classes, method.input_range, input_scale=method.prescale)
+    assert pre.depth == method.depth - 1
 
 
 @pytest.mark.parametrize("method", [Lee(3, 4), Hong(3, 4), Jin(3, 4), Hetal(3, 4, precise=True)])
