@@ -58,6 +58,7 @@ LEE_EXP12 = (1.0, 1.0, 5.0e-01, 1.66666667e-01, 4.16666667e-02, 8.33333323e-03,
 JIN_SIGMOID = (0.5, 0.15012, 0.0, -0.00156)
 
 DEEP = replace(PRESETS["n16-d24"], name="symbolic-deep", depth=1000)  # for depth counts only
+_DESIGNS: dict[tuple, tuple[Step, ...]] = {}  # NormSquare designs, by their parameters
 
 
 def exact(x: np.ndarray) -> np.ndarray:
@@ -432,12 +433,19 @@ class NormSquare(SoftmaxMethod):
         gamma0 = 1 / (self.classes * math.exp(self.zeta) * (1 + eta))
         return p.scaled(gamma0 / math.sqrt(2))
 
-    @cached_property
+    @property
     def design(self) -> tuple[Step, ...]:
         """The normalisers: the cheapest (in depth) design whose derived bound meets
         ``target_error``. Middle steps take the lowest degree that keeps the band's floor
         from sinking below ``floor`` (tried from high to low); the last step the lowest
-        degree meeting the target."""
+        degree meeting the target. Found once per process for each set of parameters."""
+        key = (self.classes, self.steps, self.zeta, self.exp_degree, self.target_error,
+               self.step_degrees, self.final_degrees, self.floors)
+        if key not in _DESIGNS:
+            _DESIGNS[key] = self._search()
+        return _DESIGNS[key]
+
+    def _search(self) -> tuple[Step, ...]:
         best: tuple[int, float, tuple[Step, ...]] | None = None
         for floor in self.floors:
             design = self._design(floor)
