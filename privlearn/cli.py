@@ -111,8 +111,9 @@ def bench_he_ops(
 def bench_softmax(
     ranges: list[float] = typer.Option([4, 8, 32, 128], "--range", help="R: logits in [-R, R]"),
     classes: list[int] = typer.Option([3, 7, 10, 16], "--classes"),
-    methods: list[str] = typer.Option(["hetal", "hetal-precise", "lee", "hong", "jin", "ours"],
-                                      "--method"),
+    methods: list[str] = typer.Option(
+        ["hetal", "hetal-precise", "lee", "hong", "jin", "ours"], "--method"
+    ),
     rows: int = typer.Option(100_000, help="rows per configuration (simulator and plaintext)"),
     openfhe: bool = typer.Option(True, help="real OpenFHE runs (toy-n12-boot) for the subset"),
     seed: int = typer.Option(0),
@@ -121,8 +122,16 @@ def bench_softmax(
     """Softmax approximations: error (simulator + OpenFHE), depth, mults, bootstraps, time."""
     from privlearn.bench import softmax as bench
 
-    results = bench.run(ranges, classes, methods, rows=rows, seed=seed, out=out,
-                        openfhe=bench.OPENFHE_SUBSET if openfhe else (), progress=console.print)
+    results = bench.run(
+        ranges,
+        classes,
+        methods,
+        rows=rows,
+        seed=seed,
+        out=out,
+        openfhe=bench.OPENFHE_SUBSET if openfhe else (),
+        progress=console.print,
+    )
     table = bench.markdown(results)
     out.with_suffix(".md").write_text(table + "\n")
     bench.plot(results, out.with_suffix(".png"))

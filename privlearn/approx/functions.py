@@ -31,8 +31,10 @@ def check_domain(x: np.ndarray, interval: Interval, what: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     lo, hi = interval
     if x.size and (np.min(x) < lo or np.max(x) > hi):
-        raise ValueError(f"{what} is defined on [{lo:g}, {hi:g}] but got inputs in "
-                         f"[{np.min(x):g}, {np.max(x):g}]; scale or clip them first")
+        raise ValueError(
+            f"{what} is defined on [{lo:g}, {hi:g}] but got inputs in "
+            f"[{np.min(x):g}, {np.max(x):g}]; scale or clip them first"
+        )
     return x
 
 
@@ -61,8 +63,7 @@ class Exp:
     @cached_property
     def series(self) -> ChebyshevSeries:
         s = 2.0**self.squarings
-        return ChebyshevSeries.interpolate(lambda x: np.exp(x / s), (self.lo, self.hi),
-                                           self.degree)
+        return ChebyshevSeries.interpolate(lambda x: np.exp(x / s), (self.lo, self.hi), self.degree)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = check_domain(x, (self.lo, self.hi), "Exp")
@@ -78,12 +79,14 @@ class Exp:
         d1, d0, w = p.lipschitz(), p.sup_abs(), math.exp(-self.lo / s)
         lip = w * (d1 + d0 / s)  # bounds of (p e^(-x/s))' and '' on [lo, hi]
         curv = w * (p.curvature() + 2 * d1 / s + d0 / s**2)
-        eta = certified_sup(lambda x: p(x) * np.exp(-x / s) - 1, (self.lo, self.hi), lip,
-                            curvature=curv)
+        eta = certified_sup(
+            lambda x: p(x) * np.exp(-x / s) - 1, (self.lo, self.hi), lip, curvature=curv
+        )
         return (1 + eta) ** (2**self.squarings) - 1
 
-    def evaluate(self, lm: LevelManager, ct: Ciphertext, *,
-                 scale: np.ndarray | None = None) -> Ciphertext:
+    def evaluate(
+        self, lm: LevelManager, ct: Ciphertext, *, scale: np.ndarray | None = None
+    ) -> Ciphertext:
         """e^x slot-wise; ``scale`` (a 0/1 mask) is folded in as in ChebyshevSeries."""
         y = self.series.evaluate(lm, ct, scale=scale)
         for _ in range(self.squarings):
@@ -114,8 +117,9 @@ class Goldschmidt:
     def rel_error(self, interval: Interval) -> float:
         a, b = interval
         if not 0 < a <= b < 2 * self.R:
-            raise ValueError(f"Goldschmidt with R={self.R} converges on (0, {2 * self.R}), "
-                             f"not on [{a}, {b}]")
+            raise ValueError(
+                f"Goldschmidt with R={self.R} converges on (0, {2 * self.R}), not on [{a}, {b}]"
+            )
         e = max(abs(1 - a / self.R), abs(1 - b / self.R))
         return e ** (2 ** (self.rounds + 1))
 
@@ -158,8 +162,9 @@ class NewtonInverse:
 
     @cached_property
     def series(self) -> ChebyshevSeries:
-        return ChebyshevSeries.interpolate(lambda x: self.out_scale / x, (self.a, self.b),
-                                           self.degree)
+        return ChebyshevSeries.interpolate(
+            lambda x: self.out_scale / x, (self.a, self.b), self.degree
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = check_domain(x, (self.a, self.b), "NewtonInverse")
@@ -209,8 +214,9 @@ class NewtonInvSqrt:
 
     @cached_property
     def series(self) -> ChebyshevSeries:
-        return ChebyshevSeries.interpolate(lambda x: self.out_scale / np.sqrt(x),
-                                           (self.a, self.b), self.degree)
+        return ChebyshevSeries.interpolate(
+            lambda x: self.out_scale / np.sqrt(x), (self.a, self.b), self.degree
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = check_domain(x, (self.a, self.b), "NewtonInvSqrt")
@@ -229,7 +235,9 @@ class NewtonInvSqrt:
             g = [0.75 * e**2 + 0.25 * e**3 for e in (lo, hi)]
             lo, hi = (min(g), max(g)) if lo > 0 or hi < 0 else (0.0, max(g))
         e = max(abs(lo), abs(hi))
-        return max(abs(1 / math.sqrt(1 - e) - 1), abs(1 / math.sqrt(1 + e) - 1)) if e < 1 else math.inf
+        if e >= 1:
+            return math.inf
+        return max(abs(1 / math.sqrt(1 - e) - 1), abs(1 / math.sqrt(1 + e) - 1))
 
     @property
     def depth(self) -> int:
@@ -301,8 +309,12 @@ class Comparison:
         lip = 1.0
         for s in self.stages:  # each stage maps [-1, 1] into [-1, 1] (checked in tests)
             lip *= s.lipschitz()
-        return certified_sup(lambda z: z * (HEADROOM * self.sign(z) + 1) / 2 - np.maximum(z, 0),
-                             (-1, 1), 1 + lip / 2, n=1 << 20)
+        return certified_sup(
+            lambda z: z * (HEADROOM * self.sign(z) + 1) / 2 - np.maximum(z, 0),
+            (-1, 1),
+            1 + lip / 2,
+            n=1 << 20,
+        )
 
     def half_sign(self, lm: LevelManager, z_half: Ciphertext) -> Ciphertext:
         """HEADROOM * h(z) / 2 from ``z_half`` holding z / 2: every stage takes and gives

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -94,15 +93,22 @@ class ChebyshevSeries:
         if c.size < 2:
             raise ValueError("a ChebyshevSeries needs degree >= 1; use a plain constant instead")
         if not (np.all(np.isfinite(c)) and a < b):
-            raise ValueError(f"bad series: interval {self.interval}, coefficients finite: "
-                             f"{bool(np.all(np.isfinite(c)))}")
+            raise ValueError(
+                f"bad series: interval {self.interval}, coefficients finite: "
+                f"{bool(np.all(np.isfinite(c)))}"
+            )
         object.__setattr__(self, "coeffs", c)
         object.__setattr__(self, "interval", (a, b))
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def interpolate(cls, f: Callable[[np.ndarray], np.ndarray], interval: Interval,
-                    degree: int, parity: Parity = None) -> ChebyshevSeries:
+    def interpolate(
+        cls,
+        f: Callable[[np.ndarray], np.ndarray],
+        interval: Interval,
+        degree: int,
+        parity: Parity = None,
+    ) -> ChebyshevSeries:
         """Interpolant of ``f`` at the degree + 1 Chebyshev points of ``interval``. With
         ``parity`` (for an odd or even ``f`` on a symmetric interval) the other parity's
         coefficients, zero up to rounding, are dropped so evaluation skips them."""
@@ -111,12 +117,13 @@ class ChebyshevSeries:
             raise ValueError(f"parity needs a symmetric interval, got {interval}")
         c = C.chebinterpolate(lambda t: f((b - a) / 2 * t + (a + b) / 2), degree)
         if parity:
-            c[(0 if parity == "odd" else 1)::2] = 0.0
+            c[(0 if parity == "odd" else 1) :: 2] = 0.0
         return cls(c, (a, b))
 
     @classmethod
-    def from_power(cls, coeffs: np.ndarray | list[float],
-                   interval: Interval = (-1.0, 1.0)) -> ChebyshevSeries:
+    def from_power(
+        cls, coeffs: np.ndarray | list[float], interval: Interval = (-1.0, 1.0)
+    ) -> ChebyshevSeries:
         """The polynomial sum_k coeffs[k] x^k, re-expressed in the Chebyshev basis of
         ``interval`` (exact up to rounding): how published power-basis polynomials enter."""
         a, b = interval
@@ -158,8 +165,7 @@ class ChebyshevSeries:
             return float(abs(d[0]))
         i = np.arange(d.size)
         markov = float(2 / (b - a) * np.sum(np.abs(d) * i**2))
-        return certified_sup(lambda x: C.chebval(self._t(x), d), interval or self.interval,
-                             markov)
+        return certified_sup(lambda x: C.chebval(self._t(x), d), interval or self.interval, markov)
 
     def curvature(self) -> float:
         """Upper bound of |p''| on the interval (Markov: |T_i''| <= i^2 (i^2 - 1) / 3)."""
@@ -169,16 +175,22 @@ class ChebyshevSeries:
 
     def sup_abs(self, interval: Interval | None = None) -> float:
         """Certified upper bound of |p| on ``interval`` (default: the series' own)."""
-        return certified_sup(self, interval or self.interval, self.lipschitz(),
-                             curvature=self.curvature())
+        return certified_sup(
+            self, interval or self.interval, self.lipschitz(), curvature=self.curvature()
+        )
 
-    def error_bound(self, f: Callable[[np.ndarray], np.ndarray], f_lipschitz: float,
-                    f_curvature: float | None = None) -> float:
+    def error_bound(
+        self,
+        f: Callable[[np.ndarray], np.ndarray],
+        f_lipschitz: float,
+        f_curvature: float | None = None,
+    ) -> float:
         """Certified upper bound of |p - f| on the interval, for ``f`` with |f'| <=
         ``f_lipschitz`` (and |f''| <= ``f_curvature``, if given) there."""
         curv = None if f_curvature is None else self.curvature() + f_curvature
-        return certified_sup(lambda x: self(x) - f(x), self.interval,
-                             self.lipschitz() + f_lipschitz, curvature=curv)
+        return certified_sup(
+            lambda x: self(x) - f(x), self.interval, self.lipschitz() + f_lipschitz, curvature=curv
+        )
 
     # -- the plan ---------------------------------------------------------------------------------
     def _map(self, input_scale: float) -> tuple[float, float]:
@@ -206,8 +218,14 @@ class ChebyshevSeries:
         return len(p.basis) + p.splits
 
     # -- ciphertexts ------------------------------------------------------------------------------
-    def evaluate(self, lm: LevelManager, ct: Ciphertext, *, input_scale: float = 1.0,
-                 scale: np.ndarray | None = None) -> Ciphertext:
+    def evaluate(
+        self,
+        lm: LevelManager,
+        ct: Ciphertext,
+        *,
+        input_scale: float = 1.0,
+        scale: np.ndarray | None = None,
+    ) -> Ciphertext:
         """p(x) slot-wise for ``ct`` holding x * ``input_scale``; with ``scale`` (a slot vector,
         entries in [-1, 1]) p(x) * scale, the vector folded into the coefficient products, so
         it costs no extra level (a 0/1 mask this way zeroes padding slots for free)."""
@@ -294,7 +312,7 @@ def _divide(c: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     d = c.size - 1
     q = np.empty(d - m + 1)
     q[0] = c[m]
-    q[1:] = 2 * c[m + 1:]
+    q[1:] = 2 * c[m + 1 :]
     r = c[:m].copy()
     for j in range(1, d - m + 1):
         r[m - j] -= c[m + j]

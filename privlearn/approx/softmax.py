@@ -4,7 +4,8 @@ Layout (shared with the matmul layer): a batch x padded-classes block, row-major
 ``width`` = next power of two >= ``classes`` consecutive slots; padding slots hold 0. The
 ciphertext holds the logits times ``input_scale``: when the layer before can fold a constant
 into a plaintext product it makes anyway, it should produce ``method.prescale`` times the
-logits, and the first level here is saved. Results hold the probabilities in the real-class slots and 0 in the padding.
+logits, and the first level here is saved. Results hold the probabilities in the real-class
+slots and 0 in the padding.
 
 Every method has:
 
@@ -49,12 +50,32 @@ from privlearn.approx.rows import (
 from privlearn.he import PRESETS, Ciphertext, CKKSParams
 
 # Polynomials as HETAL's public softmax benchmark publishes them (power basis, constant first).
-HETAL_EXP8 = (1.000000001945585, 0.9999999388932228, 0.499999859398392, 0.16666798775227673,
-              0.04166711228500117, 0.008328336039797088, 0.0013881473292497602,
-              0.00020492629147503022, 2.551385701569812e-05)
-LEE_EXP12 = (1.0, 1.0, 5.0e-01, 1.66666667e-01, 4.16666667e-02, 8.33333323e-03,
-             1.38888888e-03, 1.98413061e-04, 2.48016226e-05, 2.75510749e-06, 2.75519884e-07,
-             2.55652816e-08, 2.12732465e-09)
+HETAL_EXP8 = (
+    1.000000001945585,
+    0.9999999388932228,
+    0.499999859398392,
+    0.16666798775227673,
+    0.04166711228500117,
+    0.008328336039797088,
+    0.0013881473292497602,
+    0.00020492629147503022,
+    2.551385701569812e-05,
+)
+LEE_EXP12 = (
+    1.0,
+    1.0,
+    5.0e-01,
+    1.66666667e-01,
+    4.16666667e-02,
+    8.33333323e-03,
+    1.38888888e-03,
+    1.98413061e-04,
+    2.48016226e-05,
+    2.75510749e-06,
+    2.75519884e-07,
+    2.55652816e-08,
+    2.12732465e-09,
+)
 JIN_SIGMOID = (0.5, 0.15012, 0.0, -0.00156)
 
 DEEP = replace(PRESETS["n16-d24"], name="symbolic-deep", depth=1000)  # for depth counts only
@@ -93,8 +114,10 @@ class SoftmaxMethod(ABC):
 
     def __post_init__(self) -> None:
         if self.classes < 2 or self.input_range <= 0 or self.input_scale <= 0:
-            raise ValueError(f"need classes >= 2, input_range > 0 and input_scale > 0, got "
-                             f"{self.classes}, {self.input_range}, {self.input_scale}")
+            raise ValueError(
+                f"need classes >= 2, input_range > 0 and input_scale > 0, got "
+                f"{self.classes}, {self.input_range}, {self.input_scale}"
+            )
 
     @property
     def width(self) -> int:
@@ -107,9 +130,11 @@ class SoftmaxMethod(ABC):
             raise ValueError(f"expected logits of shape (rows, {self.classes}), got {x.shape}")
         worst = float(np.max(np.abs(x))) if x.size else 0.0
         if worst > self.input_range or not np.all(np.isfinite(x)):
-            raise ValueError(f"{self.name} is set up for logits in [-{self.input_range:g}, "
-                             f"{self.input_range:g}] but got |x| up to {worst:g}; raise "
-                             f"input_range (costs depth) or bound the logits")
+            raise ValueError(
+                f"{self.name} is set up for logits in [-{self.input_range:g}, "
+                f"{self.input_range:g}] but got |x| up to {worst:g}; raise "
+                f"input_range (costs depth) or bound the logits"
+            )
         return x
 
     def reference(self, x: np.ndarray) -> np.ndarray:
@@ -135,8 +160,9 @@ class SoftmaxMethod(ABC):
     def prescale(self) -> float:
         """The ``input_scale`` at which the first operation costs no level."""
 
-    def plan(self, params: CKKSParams = DEEP, policy: Policy = "none",
-             input_level: int | None = None) -> Plan:
+    def plan(
+        self, params: CKKSParams = DEEP, policy: Policy = "none", input_level: int | None = None
+    ) -> Plan:
         return plan(self.evaluate, params, policy=policy, input_level=input_level)
 
     @cached_property
@@ -153,8 +179,9 @@ class SoftmaxMethod(ABC):
         return lm.mul(ct, float(ratio) if ratio.ndim == 0 else ratio)
 
 
-def _goldschmidt_tail(lm: LevelManager, m: SoftmaxMethod, E: Ciphertext, gamma: float,
-                      s_min: float, inv: Goldschmidt) -> Ciphertext:
+def _goldschmidt_tail(
+    lm: LevelManager, m: SoftmaxMethod, E: Ciphertext, gamma: float, s_min: float, inv: Goldschmidt
+) -> Ciphertext:
     """E_j * (1/S) for E = gamma * exp-values (masked) and S = sum of exp-values >= s_min, by
     Goldschmidt on S/R. y = R/S is carried as y / (gamma R K), K the power of two that keeps
     it <= 1, so that the final E * y * K needs no non-integer constant (no extra level)."""
@@ -188,8 +215,10 @@ class Hetal(SoftmaxMethod):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.input_range > self.r_max:
-            raise ValueError(f"HETAL with r={self.r}, L={self.L}, n={self.n} covers logits in "
-                             f"[-{self.r_max:g}, {self.r_max:g}], not {self.input_range:g}")
+            raise ValueError(
+                f"HETAL with r={self.r}, L={self.L}, n={self.n} covers logits in "
+                f"[-{self.r_max:g}, {self.r_max:g}], not {self.input_range:g}"
+            )
 
     @property
     def r_max(self) -> float:
@@ -244,21 +273,28 @@ class Hetal(SoftmaxMethod):
         if self.precise:
             c = self._precise_c
             v = ChebyshevSeries.from_power([0, 0.5, 0, c / 2, 0, -c / 2]).evaluate(
-                lm, v, input_scale=0.5)
+                lm, v, input_scale=0.5
+            )
         gamma = math.exp(-self.max_shortfall) / 1.01  # keeps exp-values (max e^shortfall) <= 1
         p = ChebyshevSeries.from_power(np.array(HETAL_EXP8) * (r / 8) ** np.arange(9))
-        E = p.scaled(gamma ** (1 / 8)).evaluate(lm, v, input_scale=0.5,
-                                                scale=class_mask(n_slots, w, self.classes))
+        E = p.scaled(gamma ** (1 / 8)).evaluate(
+            lm, v, input_scale=0.5, scale=class_mask(n_slots, w, self.classes)
+        )
         for _ in range(3):
             E = lm.square(E)
         return _goldschmidt_tail(lm, self, E, gamma, 1.0, Goldschmidt(self.inv_R, self.inv_rounds))
 
     def error_bound(self) -> ErrorBound:
         worst = self.classes * math.exp(self.max_shortfall)
-        return ErrorBound(None, "empirical", (
-            f"no finite worst case: the approximate max may fall {self.max_shortfall:.2f} "
-            f"below the max (certified), so row sums reach {worst:.0f}, beyond the "
-            f"{2 * self.inv_R:g} where Goldschmidt with R={self.inv_R:g} converges"))
+        return ErrorBound(
+            None,
+            "empirical",
+            (
+                f"no finite worst case: the approximate max may fall {self.max_shortfall:.2f} "
+                f"below the max (certified), so row sums reach {worst:.0f}, beyond the "
+                f"{2 * self.inv_R:g} where Goldschmidt with R={self.inv_R:g} converges"
+            ),
+        )
 
 
 # -- baselines ------------------------------------------------------------------------------------
@@ -290,7 +326,8 @@ class Lee(SoftmaxMethod):
         for _ in range(6):
             E = lm.square(E)
         s_min = self.classes * math.exp(-grow) * 0.99
-        return _goldschmidt_tail(lm, self, E, gamma, s_min, Goldschmidt(self.inv_R, self.inv_rounds))
+        inv = Goldschmidt(self.inv_R, self.inv_rounds)
+        return _goldschmidt_tail(lm, self, E, gamma, s_min, inv)
 
     def error_bound(self) -> ErrorBound:
         return ErrorBound(None, "empirical", "no max normalisation; no derived bound")
@@ -323,7 +360,8 @@ class Hong(SoftmaxMethod):
             base = lm.square(base)
         lowest = max(2**self.r - self.input_range, 1e-3) / self.L
         s_min = self.classes * lowest ** (2**self.r)
-        return _goldschmidt_tail(lm, self, base, 1.0, s_min, Goldschmidt(self.inv_R, self.inv_rounds))
+        inv = Goldschmidt(self.inv_R, self.inv_rounds)
+        return _goldschmidt_tail(lm, self, base, 1.0, s_min, inv)
 
     def error_bound(self) -> ErrorBound:
         return ErrorBound(None, "empirical", "no derived bound")
@@ -349,9 +387,11 @@ class Jin(SoftmaxMethod):
     @property
     def _stretch(self) -> tuple[float, int]:
         """Each factor is divided by s so it stays <= 1; s^(c-1) = 2^j is undone for free."""
-        peak = certified_sup(lambda t: np.polynomial.polynomial.polyval(t, JIN_SIGMOID),
-                             (-2 * self.input_range, 2 * self.input_range),
-                             0.15012 + 3 * 0.00156 * 4 * self.input_range**2)
+        peak = certified_sup(
+            lambda t: np.polynomial.polynomial.polyval(t, JIN_SIGMOID),
+            (-2 * self.input_range, 2 * self.input_range),
+            0.15012 + 3 * 0.00156 * 4 * self.input_range**2,
+        )
         j = max(0, math.ceil((self.classes - 1) * math.log2(max(peak, 1.0))))
         return 2 ** (j / (self.classes - 1)), j
 
@@ -363,8 +403,7 @@ class Jin(SoftmaxMethod):
         n_slots, w, c, R = ct.slots, self.width, self.classes, self.input_range
         u = self._scaled(lm, ct, self.prescale)  # differences in [-1, 1], halved
         s, j = self._stretch
-        sig = ChebyshevSeries.from_power(
-            np.array(JIN_SIGMOID) * (2 * R) ** np.arange(4) / s)
+        sig = ChebyshevSeries.from_power(np.array(JIN_SIGMOID) * (2 * R) ** np.arange(4) / s)
         slot = np.arange(n_slots) % w
         factors = []
         for k in range(1, c):  # x_(i+k mod c), by two rotations and masks (one level)
@@ -423,8 +462,9 @@ class NormSquare(SoftmaxMethod):
         d1, d0 = p.lipschitz(), p.sup_abs()
         lip = math.exp(z) * (d1 + z * d0)  # bounds of (p e^(-z u))' and '' on [-1, 1]
         curv = math.exp(z) * (p.curvature() + 2 * z * d1 + z * z * d0)
-        return p, certified_sup(lambda u: p(u) * np.exp(-z * u) - 1, (-1.0, 1.0), lip,
-                                curvature=curv)
+        return p, certified_sup(
+            lambda u: p(u) * np.exp(-z * u) - 1, (-1.0, 1.0), lip, curvature=curv
+        )
 
     @property
     def exp_series(self) -> ChebyshevSeries:
@@ -439,8 +479,16 @@ class NormSquare(SoftmaxMethod):
         ``target_error``. Middle steps take the lowest degree that keeps the band's floor
         from sinking below ``floor`` (tried from high to low); the last step the lowest
         degree meeting the target. Found once per process for each set of parameters."""
-        key = (self.classes, self.steps, self.zeta, self.exp_degree, self.target_error,
-               self.step_degrees, self.final_degrees, self.floors)
+        key = (
+            self.classes,
+            self.steps,
+            self.zeta,
+            self.exp_degree,
+            self.target_error,
+            self.step_degrees,
+            self.final_degrees,
+            self.floors,
+        )
         if key not in _DESIGNS:
             _DESIGNS[key] = self._search()
         return _DESIGNS[key]
@@ -456,9 +504,11 @@ class NormSquare(SoftmaxMethod):
             if best is None or (depth, bound) < best[:2]:
                 best = (depth, bound, design)
         if best is None:
-            raise ValueError(f"no design reaches error {self.target_error:g} for "
-                             f"{self.classes} classes on [-{self.input_range:g}, "
-                             f"{self.input_range:g}]; raise target_error or step_degrees")
+            raise ValueError(
+                f"no design reaches error {self.target_error:g} for "
+                f"{self.classes} classes on [-{self.input_range:g}, "
+                f"{self.input_range:g}]; raise target_error or step_degrees"
+            )
         return best[2]
 
     def _design(self, floor: float) -> tuple[Step, ...] | None:
@@ -486,8 +536,7 @@ class NormSquare(SoftmaxMethod):
         shape = ((1 + eta) / (1 - eta)) ** (2**self.steps)
         lo, hi = design[-1].out_band
         mu = [lo / shape, hi * shape]
-        newton = min(m * (2 - m) for m in mu) if mu[0] < 1 < mu[1] else min(
-            m * (2 - m) for m in mu)
+        newton = min(m * (2 - m) for m in mu) if mu[0] < 1 < mu[1] else min(m * (2 - m) for m in mu)
         return max(shape - 1, 1 - newton / shape)
 
     def _factor(self, i: int) -> tuple[ChebyshevSeries, int]:
@@ -510,8 +559,9 @@ class NormSquare(SoftmaxMethod):
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         n_slots, w = ct.slots, self.width
         u = self._scaled(lm, ct, self.prescale)  # x / reach, halved
-        y = self.exp_series.evaluate(lm, u, input_scale=0.5,
-                                     scale=class_mask(n_slots, w, self.classes))
+        y = self.exp_series.evaluate(
+            lm, u, input_scale=0.5, scale=class_mask(n_slots, w, self.classes)
+        )
         start = row_start_mask(n_slots, w)
         for i in range(len(self.design)):
             y2 = lm.square(y)
@@ -524,9 +574,14 @@ class NormSquare(SoftmaxMethod):
     def error_bound(self) -> ErrorBound:
         eta = self._exp[1]
         lo, hi = self.design[-1].out_band
-        return ErrorBound(self._bound(self.design), "derived", (
-            f"exp relative error {eta:.1e} raised to 2^{self.steps}; last normaliser "
-            f"{max(1 - lo, hi - 1):.1e} before its Newton correction; CKKS noise not included"))
+        return ErrorBound(
+            self._bound(self.design),
+            "derived",
+            (
+                f"exp relative error {eta:.1e} raised to 2^{self.steps}; last normaliser "
+                f"{max(1 - lo, hi - 1):.1e} before its Newton correction; CKKS noise not included"
+            ),
+        )
 
 
 METHODS: dict[str, type[SoftmaxMethod]] = {m.name: m for m in (Hetal, Lee, Hong, Jin, NormSquare)}

@@ -36,8 +36,15 @@ METHODS: dict[str, Callable[[int, float], SoftmaxMethod]] = {
     "jin": Jin,
     "ours": NormSquare,
 }
-OPENFHE_SUBSET = (("hetal", 10, 128), ("ours", 10, 128), ("hetal", 3, 4), ("ours", 3, 4),
-                  ("lee", 3, 4), ("hong", 3, 4), ("jin", 3, 4))
+OPENFHE_SUBSET = (
+    ("hetal", 10, 128),
+    ("ours", 10, 128),
+    ("hetal", 3, 4),
+    ("ours", 3, 4),
+    ("lee", 3, 4),
+    ("hong", 3, 4),
+    ("jin", 3, 4),
+)
 FAILED = 1.0  # beyond this the pipeline's values leave [0, 1]: no encrypted run is meaningful
 N16 = "n16-boot"
 TOY = "toy-n12-boot"
@@ -55,8 +62,9 @@ def _errors(approx: np.ndarray, x: np.ndarray) -> dict:
 
 def _encrypted(m: SoftmaxMethod, x: np.ndarray, preset: str, backend: str, seed: int) -> dict:
     """``m`` on ciphertexts of ``preset``, bootstraps placed by the level manager."""
-    client = ClientContext.create(preset, backend, seed=seed,
-                                  insecure_for_testing=not PRESETS[preset].secure)
+    client = ClientContext.create(
+        preset, backend, seed=seed, insecure_for_testing=not PRESETS[preset].secure
+    )
     ev = Evaluator.from_bundle(client.public_bundle(m.rotations(), bootstrap=True))
     per = client.slots // m.width
     blocks = layout.pack(x * m.input_scale, m.width, client.slots)
@@ -67,10 +75,15 @@ def _encrypted(m: SoftmaxMethod, x: np.ndarray, preset: str, backend: str, seed:
         boots += lm.refreshes
     seconds = time.perf_counter() - start
     got = layout.unpack(np.array(outs), x.shape[0], m.classes, m.width)
-    return {**_errors(got, x), "backend": backend, "preset": preset,
-            "ciphertexts": len(blocks), "rows_per_ciphertext": per,
-            "bootstraps_per_ciphertext": boots / len(blocks),
-            "seconds_per_ciphertext": seconds / len(blocks)}
+    return {
+        **_errors(got, x),
+        "backend": backend,
+        "preset": preset,
+        "ciphertexts": len(blocks),
+        "rows_per_ciphertext": per,
+        "bootstraps_per_ciphertext": boots / len(blocks),
+        "seconds_per_ciphertext": seconds / len(blocks),
+    }
 
 
 def costs(m: SoftmaxMethod, bootstrap_seconds: float) -> dict:
@@ -79,19 +92,31 @@ def costs(m: SoftmaxMethod, bootstrap_seconds: float) -> dict:
     deep = m.plan()
     at16 = m.plan(PRESETS[N16], "bootstrap")
     ops = TimeModel.default(N16).seconds(at16.counts)
-    return {"depth": deep.depth, "mults": deep.mults,
-            "plain_mults": deep.counts["cmult"] + deep.counts["smult"],
-            "rotations": deep.counts.rotations, "bootstraps_n16": at16.refreshes,
-            "seconds_n16": ops + at16.refreshes * bootstrap_seconds}
+    return {
+        "depth": deep.depth,
+        "mults": deep.mults,
+        "plain_mults": deep.counts["cmult"] + deep.counts["smult"],
+        "rotations": deep.counts.rotations,
+        "bootstraps_n16": at16.refreshes,
+        "seconds_n16": ops + at16.refreshes * bootstrap_seconds,
+    }
 
 
-def run_one(name: str, classes: int, r: float, n: int, seed: int, bootstrap_seconds: float,
-            openfhe: bool) -> dict:
+def run_one(
+    name: str, classes: int, r: float, n: int, seed: int, bootstrap_seconds: float, openfhe: bool
+) -> dict:
     m = METHODS[name](classes, r)
     x = sample(np.random.default_rng(seed), n, classes, r)
     bound = m.error_bound()
-    row = {"method": name, "classes": classes, "range": r, **costs(m, bootstrap_seconds),
-           "bound": bound.value, "bound_kind": bound.kind, "bound_note": bound.note}
+    row = {
+        "method": name,
+        "classes": classes,
+        "range": r,
+        **costs(m, bootstrap_seconds),
+        "bound": bound.value,
+        "bound_kind": bound.kind,
+        "bound_note": bound.note,
+    }
     try:
         row["plain"] = _errors(m.reference(x), x)
     except ValueError as e:  # the published pipeline leaves its domain (e.g. Goldschmidt)
@@ -110,23 +135,40 @@ def run_one(name: str, classes: int, r: float, n: int, seed: int, bootstrap_seco
     return row
 
 
-def run(ranges=RANGES, classes=CLASSES, methods=tuple(METHODS), rows: int = 100_000,
-        seed: int = 0, openfhe=OPENFHE_SUBSET, bootstrap_seconds: float = 41.8,
-        out: Path | None = None, progress: Callable[[str], None] = print) -> dict:
+def run(
+    ranges=RANGES,
+    classes=CLASSES,
+    methods=tuple(METHODS),
+    rows: int = 100_000,
+    seed: int = 0,
+    openfhe=OPENFHE_SUBSET,
+    bootstrap_seconds: float = 41.8,
+    out: Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict:
     """Every (method, classes, range); with ``out``, each finished row is saved at once and a
     re-run resumes after the rows already there."""
     done = {}
     if out is not None and out.exists():
-        done = {(r["method"], r["classes"], r["range"]): r
-                for r in json.loads(out.read_text())["rows"]}
-    results = {"benchmark": "softmax", "rows_sampled": rows, "seed": seed,
-               "sampling": "HETAL's: equal parts uniform on each of [-4,4], [-8,8], [-32,32], "
-                           "[-128,128] up to the range",
-               "simulator": f"{N16}, bootstrap policy", "openfhe": f"{TOY} (INSECURE toy ring)",
-               "bootstrap_seconds_n16": bootstrap_seconds,
-               "machine": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                           "python": platform.python_version()},
-               "rows": []}
+        done = {
+            (r["method"], r["classes"], r["range"]): r for r in json.loads(out.read_text())["rows"]
+        }
+    results = {
+        "benchmark": "softmax",
+        "rows_sampled": rows,
+        "seed": seed,
+        "sampling": "HETAL's: equal parts uniform on each of [-4,4], [-8,8], [-32,32], "
+        "[-128,128] up to the range",
+        "simulator": f"{N16}, bootstrap policy",
+        "openfhe": f"{TOY} (INSECURE toy ring)",
+        "bootstrap_seconds_n16": bootstrap_seconds,
+        "machine": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "rows": [],
+    }
     todo = [(m, c, r) for c in classes for r in ranges for m in methods]
     for i, (name, c, r) in enumerate(todo):
         key = (name, c, float(r))
@@ -134,8 +176,9 @@ def run(ranges=RANGES, classes=CLASSES, methods=tuple(METHODS), rows: int = 100_
             results["rows"].append(done[key])
             continue
         progress(f"[{i + 1}/{len(todo)}] {name}, {c} classes, [-{r}, {r}]")
-        results["rows"].append(run_one(name, c, float(r), rows, seed, bootstrap_seconds,
-                                       (name, c, r) in openfhe))
+        results["rows"].append(
+            run_one(name, c, float(r), rows, seed, bootstrap_seconds, (name, c, r) in openfhe)
+        )
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=1))
@@ -153,9 +196,11 @@ def _err(row: dict, where: str) -> str:
 
 def markdown(results: dict) -> str:
     """One line per (method, classes, range)."""
-    head = ("| method | classes | range | max / mean error, simulator n16-boot | plaintext "
-            "reference | derived bound | OpenFHE toy-n12-boot max | depth | ct×ct mults | "
-            "bootstraps @n16 | predicted s @n16 |\n|" + "---|" * 11)
+    head = (
+        "| method | classes | range | max / mean error, simulator n16-boot | plaintext "
+        "reference | derived bound | OpenFHE toy-n12-boot max | depth | ct×ct mults | "
+        "bootstraps @n16 | predicted s @n16 |\n|" + "---|" * 11
+    )
     lines = [head]
     for r in results["rows"]:
         bound = _fmt(r["bound"]) if r["bound_kind"] == "derived" else "empirical"
@@ -163,7 +208,8 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {r['method']} | {r['classes']} | ±{r['range']:g} | {_err(r, 'simulator')} | "
             f"{_err(r, 'plain')} | {bound} | {_fmt(of['max']) if of else '–'} | {r['depth']} | "
-            f"{r['mults']} | {r['bootstraps_n16']} | {r['seconds_n16']:.0f} |")
+            f"{r['mults']} | {r['bootstraps_n16']} | {r['seconds_n16']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -175,19 +221,26 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     classes = sorted({r["classes"] for r in results["rows"]})
-    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3.6), sharey=True,
-                             squeeze=False)
-    for ax, c in zip(axes[0], classes):
+    fig, axes = plt.subplots(
+        1, len(classes), figsize=(4 * len(classes), 3.6), sharey=True, squeeze=False
+    )
+    for ax, c in zip(axes[0], classes, strict=True):
         for name in METHODS:
-            pts = [(r["range"], (r.get("simulator") or r.get("plain") or {}).get("max"))
-                   for r in results["rows"] if r["classes"] == c and r["method"] == name]
+            pts = [
+                (r["range"], (r.get("simulator") or r.get("plain") or {}).get("max"))
+                for r in results["rows"]
+                if r["classes"] == c and r["method"] == name
+            ]
             pts = [(x, min(y, 1.0)) for x, y in pts if y is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
-            bounds = [(r["range"], r["bound"]) for r in results["rows"]
-                      if r["classes"] == c and r["method"] == name and r["bound"] is not None]
+                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+            bounds = [
+                (r["range"], r["bound"])
+                for r in results["rows"]
+                if r["classes"] == c and r["method"] == name and r["bound"] is not None
+            ]
             if bounds:
-                ax.plot(*zip(*bounds), ls="--", color="grey", label=f"{name} bound")
+                ax.plot(*zip(*bounds, strict=True), ls="--", color="grey", label=f"{name} bound")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"{c} classes")

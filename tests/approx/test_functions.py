@@ -86,12 +86,15 @@ def test_comparison_error_is_certified():
     assert actual <= cmp.max_error() <= actual * 1.05
 
 
-@pytest.mark.parametrize("fn, bad", [
-    (Exp(-8.0, 0.0, 7, 3), [0.5]),
-    (NewtonInverse(0.1, 1.0), [0.05]),
-    (NewtonInvSqrt(0.1, 1.0), [1.5]),
-    (Goldschmidt(10.0, 4), [25.0]),
-])
+@pytest.mark.parametrize(
+    "fn, bad",
+    [
+        (Exp(-8.0, 0.0, 7, 3), [0.5]),
+        (NewtonInverse(0.1, 1.0), [0.05]),
+        (NewtonInvSqrt(0.1, 1.0), [1.5]),
+        (Goldschmidt(10.0, 4), [25.0]),
+    ],
+)
 def test_plaintext_paths_refuse_inputs_outside_the_domain(fn, bad):
     with pytest.raises(ValueError, match="defined on"):
         fn(np.array(bad))

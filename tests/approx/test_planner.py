@@ -19,8 +19,10 @@ def chain(lm, ct):
     return ct
 
 
-@pytest.fixture(scope="module", params=[
-    "simulator", pytest.param("openfhe", marks=[pytest.mark.openfhe, pytest.mark.slow])])
+@pytest.fixture(
+    scope="module",
+    params=["simulator", pytest.param("openfhe", marks=[pytest.mark.openfhe, pytest.mark.slow])],
+)
 def boot(request):
     client = ClientContext.create("toy-n12-boot", request.param, seed=0, insecure_for_testing=True)
     return client, Evaluator.from_bundle(client.public_bundle(bootstrap=True))
@@ -84,4 +86,5 @@ def test_a_shared_operand_is_refreshed_once():
     lm = LevelManager(ev, "bootstrap")
     ct = ev.level_down(ev.input(), 1)
     a, b = lm.mul(ct, ct), lm.mul(ct, 0.5)
-    assert lm.refreshes == 1 and a.level == b.level == PRESETS["toy-n12-boot"].levels_after_bootstrap - 1
+    after = PRESETS["toy-n12-boot"].levels_after_bootstrap
+    assert lm.refreshes == 1 and a.level == b.level == after - 1
