@@ -132,7 +132,7 @@ def bench_softmax(
         openfhe=bench.OPENFHE_SUBSET if openfhe else (),
         progress=console.print,
     )
-    table = bench.markdown(results)
+    table = bench.summary(results) + "\n\n" + bench.markdown(results)
     out.with_suffix(".md").write_text(table + "\n")
     bench.plot(results, out.with_suffix(".png"))
     console.print(table)

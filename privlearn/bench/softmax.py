@@ -213,6 +213,43 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _short(row: dict | None) -> str:
+    """Max error of a row where it ran encrypted, else what happened."""
+    if row is None:
+        return "–"
+    if row.get("simulator"):
+        return f"{row['simulator']['max']:.1e}"
+    if row.get("plain") is None:
+        return "diverges"
+    return f"{row['plain']['max']:.1e} (plain)"
+
+
+def summary(results: dict) -> str:
+    """HETAL, its precise variant and ours side by side (simulator errors, max / mean), with
+    the baselines' max errors: one line per (classes, range)."""
+    by = {(r["method"], r["classes"], r["range"]): r for r in results["rows"]}
+    keys = sorted({(r["classes"], r["range"]) for r in results["rows"]})
+    lines = [
+        "| classes | range | HETAL max / mean | depth | boots | HETAL precise max / mean | "
+        "ours max / mean | ours bound | depth | boots | Lee | Hong | Jin |",
+        "|" + "---|" * 13,
+    ]
+    for c, r in keys:
+        h, hp, o = (by.get((m, c, r)) for m in ("hetal", "hetal-precise", "ours"))
+
+        def cost(row: dict | None) -> str:
+            return "– | –" if row is None else f"{row['depth']} | {row['bootstraps_n16']}"
+
+        lines.append(
+            f"| {c} | ±{r:g} | {_err(h or {}, 'simulator')} | {cost(h)} | "
+            f"{_err(hp or {}, 'simulator')} | {_err(o or {}, 'simulator')} | "
+            f"{_fmt(o['bound']) if o else '–'} | {cost(o)} | "
+            + " | ".join(_short(by.get((m, c, r))) for m in ("lee", "hong", "jin"))
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def plot(results: dict, path: Path) -> None:
     """Max error (simulator; plaintext where not run encrypted) against the input range."""
     import matplotlib
