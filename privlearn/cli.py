@@ -115,7 +115,8 @@ def bench_softmax(
         ["hetal", "hetal-precise", "lee", "hong", "jin", "ours"], "--method"
     ),
     rows: int = typer.Option(100_000, help="rows per configuration (simulator and plaintext)"),
-    openfhe: bool = typer.Option(True, help="real OpenFHE runs (toy-n12-boot) for the subset"),
+    openfhe: bool = typer.Option(True, help="real OpenFHE runs of one block for the subset"),
+    openfhe_preset: str = typer.Option("toy-n12-boot", help="preset of those runs"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("results/bench-softmax.json"), help="JSON (resumable)"),
 ) -> None:
@@ -130,6 +131,7 @@ def bench_softmax(
         seed=seed,
         out=out,
         openfhe=bench.OPENFHE_SUBSET if openfhe else (),
+        openfhe_preset=openfhe_preset,
         progress=console.print,
     )
     table = bench.summary(results) + "\n\n" + bench.markdown(results)
