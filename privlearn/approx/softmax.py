@@ -346,7 +346,7 @@ class Hong(SoftmaxMethod):
 
     @property
     def prescale(self) -> float:
-        return 1 / self.L  # the padding mask still takes a level
+        return 1 / self.L
 
     def _reference(self, x: np.ndarray) -> np.ndarray:
         e = ((x + 2**self.r) / self.L) ** (2**self.r)
@@ -354,8 +354,8 @@ class Hong(SoftmaxMethod):
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         n_slots, w = ct.slots, self.width
-        mask = class_mask(n_slots, w, self.classes)
-        base = lm.add(self._scaled(lm, ct, mask / self.L), mask * 2**self.r / self.L)
+        mask = class_mask(n_slots, w, self.classes)  # padding holds 0: only 2^r / L is masked
+        base = lm.add(self._scaled(lm, ct, self.prescale), mask * 2**self.r / self.L)
         for _ in range(self.r):
             base = lm.square(base)
         lowest = max(2**self.r - self.input_range, 1e-3) / self.L

@@ -83,6 +83,19 @@ def test_ours_reaches_hetals_error_at_much_less_depth():
     assert ours.depth <= 0.6 * hetal.depth
 
 
+@pytest.mark.slow
+@pytest.mark.openfhe
+def test_hetal_on_openfhe_with_bootstraps():
+    """HETAL's 53 bootstraps on real encryption (toy-n12-boot: ~0.5 s each)."""
+    client = ClientContext.create("toy-n12-boot", "openfhe", insecure_for_testing=True)
+    ev = Evaluator.from_bundle(client.public_bundle(rows.rotations(16), bootstrap=True))
+    m = Hetal(10, 128)
+    x = mixture(np.random.default_rng(7), client.slots // m.width, 10, 128)
+    got, lm = run(client, ev, m, x)
+    assert np.max(np.abs(got - m.reference(x))) < 1e-4
+    assert lm.refreshes == m.plan(ev.params, "bootstrap").refreshes
+
+
 def test_ours_on_ciphertexts_with_bootstraps(boot):
     client, ev = boot
     m = NormSquare(10, 128)
@@ -110,7 +123,9 @@ def test_ours_on_openfhe():
     assert np.max(np.abs(got - exact(x))) <= wide.error_bound().value + 1e-6
 
 
-@pytest.mark.parametrize("method", [NormSquare(10, 128), Hetal(10, 128), Lee(3, 4), Jin(3, 4)])
+@pytest.mark.parametrize(
+    "method", [NormSquare(10, 128), Hetal(10, 128), Lee(3, 4), Hong(3, 4), Jin(3, 4)]
+)
 def test_prescaled_input_saves_the_scaling_level(method):
     pre = type(method)(method.classes, method.input_range, input_scale=method.prescale)
     assert pre.depth == method.depth - 1
