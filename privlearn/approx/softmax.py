@@ -541,9 +541,11 @@ class NormSquare(SoftmaxMethod):
 
     def _factor(self, i: int) -> tuple[ChebyshevSeries, int]:
         """Step i's multiplier on stored values (y / sqrt 2), divided by the power of two B
-        that keeps it <= 1 on its band; B is multiplied back after the product."""
+        that keeps it <= 1 on its band; B is multiplied back after the product. The last step
+        stores o / 4 (o its output, near 1): a row sum of o / 4, even one that rotation drew
+        across two rows, stays inside [-1, 1] for the Newton correction."""
         st = self.design[i]
-        k = 2.0 if i == len(self.design) - 1 else math.sqrt(2)  # final: un-halve the output
+        k = 0.5 if i == len(self.design) - 1 else math.sqrt(2)
         f = st.nu.scaled(k)
         B = _pow2_at_least(f.sup_abs(st.q_band) / SAFE)
         return f.scaled(1 / B), B
@@ -554,7 +556,7 @@ class NormSquare(SoftmaxMethod):
             y2 = y * y
             f, B = self._factor(i)
             y = y2 * f(np.sum(y2, axis=1, keepdims=True)) * B
-        return 2 * y - 2 * y * (np.sum(y, axis=1, keepdims=True) / 2)
+        return 8 * y - 16 * y * np.sum(y, axis=1, keepdims=True)
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         n_slots, w = ct.slots, self.width
@@ -568,8 +570,8 @@ class NormSquare(SoftmaxMethod):
             f, B = self._factor(i)
             nu = broadcast(lm, f.evaluate(lm, row_sum(lm, y2, w), scale=start), w)
             y = lm.mul(lm.mul(y2, nu), B)
-        half_sum = broadcast(lm, lm.mul(row_sum(lm, y, w), start / 2), w)  # ~1/2: bootstrappable
-        return lm.sub(lm.mul(y, 2), lm.mul(lm.mul(y, half_sum), 2))  # y (2 - sum y)
+        s = broadcast(lm, lm.mul(row_sum(lm, y, w), start), w)  # row sum / 4 (~1/4)
+        return lm.sub(lm.mul(y, 8), lm.mul(lm.mul(y, s), 16))  # o (2 - sum o), o = 4 y
 
     def error_bound(self) -> ErrorBound:
         eta = self._exp[1]
