@@ -241,7 +241,7 @@ class NewtonInvSqrt:
 
     @property
     def depth(self) -> int:
-        return self.series.depth() + 2 * self.steps + 1
+        return self.series.depth() + 2 * self.steps  # x / 2 is ready while p runs
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         """``out_scale / sqrt(x)`` slot-wise, for ``ct`` holding x in [a, b]."""

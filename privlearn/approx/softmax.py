@@ -584,6 +584,3 @@ class NormSquare(SoftmaxMethod):
                 f"{max(1 - lo, hi - 1):.1e} before its Newton correction; CKKS noise not included"
             ),
         )
-
-
-METHODS: dict[str, type[SoftmaxMethod]] = {m.name: m for m in (Hetal, Lee, Hong, Jin, NormSquare)}
