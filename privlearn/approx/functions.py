@@ -324,15 +324,19 @@ class Comparison:
         return self.stages[-1].scaled(HEADROOM / 2).evaluate(lm, z_half, input_scale=0.5)
 
 
-def row_max(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ciphertext:
+def row_max(
+    lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison, group: int | None = None
+) -> Ciphertext:
     """Approximate max of each row, copied over the whole row; ``ct`` holds the values halved
     (a / 2 for a in [-1/2, 1/2]) and so does the result.
 
-    log2(width) rounds of a <- max~(a, rot(a, 2^i)) leave the row max in the row's first slot
+    Rows are ``width`` slots apart and the max is over their first ``group`` slots (default:
+    all). log2(group) rounds of a <- max~(a, rot(a, 2^i)) leave it in the row's first slot
     (rotations cross rows elsewhere); the last round's products carry the row-start mask,
     which costs no level there, and :func:`broadcast` spreads it. The result lies within
     ``log2(width) * cmp.max_error()`` below the true max, never above it."""
-    rounds = check_width(width, ct.slots)
+    check_width(width, ct.slots)
+    rounds = check_width(group or width, width)
     if rounds == 0:
         return ct
     mask = row_start_mask(ct.slots, width)
@@ -346,14 +350,17 @@ def row_max(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ci
     return broadcast(lm, ct, width)
 
 
-def row_argmax(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ciphertext:
+def row_argmax(
+    lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison, group: int | None = None
+) -> Ciphertext:
     """Approximate index of each row's max divided by ``width``, in the row's first slot
     (zero elsewhere), for ``ct`` holding halved values as in :func:`row_max`: the max
     tournament of :func:`row_max`, carrying the winner's index with
     the same weights. Ties within ``cmp``'s resolution give a blend of the tied indices."""
-    rounds = check_width(width, ct.slots)
+    check_width(width, ct.slots)
+    rounds = check_width(group or width, width)
     if rounds == 0:
-        raise ValueError("argmax needs rows of width >= 2")
+        raise ValueError("argmax needs groups of width >= 2")
     mask = row_start_mask(ct.slots, width)
     idx: Ciphertext | np.ndarray = np.tile(np.arange(width) / width, ct.slots // width)
     for i in range(rounds):

@@ -110,6 +110,7 @@ class SoftmaxMethod(ABC):
     classes: int
     input_range: float
     input_scale: float = 1.0
+    row_width: int | None = None
     name: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -118,9 +119,19 @@ class SoftmaxMethod(ABC):
                 f"need classes >= 2, input_range > 0 and input_scale > 0, got "
                 f"{self.classes}, {self.input_range}, {self.input_scale}"
             )
+        w = self.width
+        if w & (w - 1) or w < self.group:
+            raise ValueError(f"row_width must be a power of two >= {self.group}, got {w}")
 
     @property
     def width(self) -> int:
+        """Slots from one row to the next: ``row_width``, by default the padded class count
+        (the matmul layer's block may have wider rows, e.g. HETAL's s1 = 2^15 / s0)."""
+        return self.row_width or self.group
+
+    @property
+    def group(self) -> int:
+        """Slots a row's reductions span: the class count padded to a power of two."""
         return padded_width(self.classes)
 
     def check(self, x: np.ndarray) -> np.ndarray:
@@ -186,7 +197,7 @@ def _goldschmidt_tail(
     Goldschmidt on S/R. y = R/S is carried as y / (gamma R K), K the power of two that keeps
     it <= 1, so that the final E * y * K needs no non-integer constant (no extra level)."""
     n = E.slots
-    s = row_sum(lm, E, m.width)
+    s = row_sum(lm, E, m.group)
     u = broadcast(lm, lm.mul(s, row_start_mask(n, m.width) / (gamma * inv.R)), m.width)
     K = _pow2_at_least(max(1 / (gamma * s_min), 2 / (gamma * inv.R)) / SAFE)
     y = inv.evaluate(lm, u, y_scale=1 / (gamma * inv.R * K))
@@ -240,9 +251,9 @@ class Hetal(SoftmaxMethod):
     # the published pipeline, on logits in their own units
     def _reference(self, x: np.ndarray) -> np.ndarray:
         r, L, n = self.r, self.L, self.n
-        pad = np.full((x.shape[0], self.width - self.classes), -0.5)
+        pad = np.full((x.shape[0], self.group - self.classes), -0.5)
         a = np.hstack([x / (2 * self.r_max), pad])
-        for i in range(int(math.log2(self.width))):
+        for i in range(int(math.log2(self.group))):
             b = np.roll(a, -(1 << i), axis=1)
             s = self.cmp.compare(a, b)
             a = a * s + b * (1 - s)
@@ -259,14 +270,14 @@ class Hetal(SoftmaxMethod):
     @property
     def max_shortfall(self) -> float:
         """Certified bound (logits) of how far the approximate max falls below the max."""
-        return math.log2(self.width) * self.cmp.max_error() * 2 * self.r_max
+        return math.log2(self.group) * self.cmp.max_error() * 2 * self.r_max
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         n_slots, w, r, L = ct.slots, self.width, self.r, self.L
         # values are carried halved (see ChebyshevSeries): a / 2 = x / (4 Rmax), pad -1/4
         a = self._scaled(lm, ct, self.prescale)
         a = lm.add(a, -0.25 * (1 - class_mask(n_slots, w, self.classes)))
-        v = lm.sub(a, row_max(lm, a, w, self.cmp))  # (x - max~) / (r L^n) / 2
+        v = lm.sub(a, row_max(lm, a, w, self.cmp, self.group))  # (x - max~) / (r L^n) / 2
         step = ChebyshevSeries.from_power([0, L / 2, 0, -2 / 27 * L**3])  # one DE step
         for _ in range(self.n):
             v = step.evaluate(lm, v, input_scale=0.5)  # x / (r L^i) / 2
@@ -568,9 +579,9 @@ class NormSquare(SoftmaxMethod):
         for i in range(len(self.design)):
             y2 = lm.square(y)
             f, B = self._factor(i)
-            nu = broadcast(lm, f.evaluate(lm, row_sum(lm, y2, w), scale=start), w)
+            nu = broadcast(lm, f.evaluate(lm, row_sum(lm, y2, self.group), scale=start), w)
             y = lm.mul(lm.mul(y2, nu), B)
-        s = broadcast(lm, lm.mul(row_sum(lm, y, w), start), w)  # row sum / 4 (~1/4)
+        s = broadcast(lm, lm.mul(row_sum(lm, y, self.group), start), w)  # row sum / 4 (~1/4)
         return lm.sub(lm.mul(y, 8), lm.mul(lm.mul(y, s), 16))  # o (2 - sum o), o = 4 y
 
     def error_bound(self) -> ErrorBound:

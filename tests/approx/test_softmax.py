@@ -45,7 +45,7 @@ def test_hetal_reproduces_the_published_error_table(classes, r, precise, want_ma
 @pytest.fixture(scope="module")
 def boot():
     client = ClientContext.create("toy-n12-boot", "simulator", seed=0, insecure_for_testing=True)
-    ev = Evaluator.from_bundle(client.public_bundle(rows.rotations(16), bootstrap=True))
+    ev = Evaluator.from_bundle(client.public_bundle(rows.rotations(32), bootstrap=True))
     return client, ev
 
 
@@ -121,6 +121,20 @@ def test_ours_on_openfhe():
     got, lm = run(client, ev, wide, x, policy="refresh")
     assert lm.refreshes == wide.plan(ev.params, "refresh").refreshes
     assert np.max(np.abs(got - exact(x))) <= wide.error_bound().value + 1e-6
+
+
+@pytest.mark.parametrize("method", [NormSquare(10, 128), Hetal(10, 128), Hong(3, 4)])
+def test_wider_rows_as_the_matmul_block_lays_them_out(boot, method):
+    """HETAL's block for batch 1024 has rows of s1 = 32 slots: 10 classes, 22 zero slots."""
+    client, ev = boot
+    wide = type(method)(method.classes, method.input_range, row_width=32)
+    x = mixture(np.random.default_rng(8), client.slots // 32, method.classes, method.input_range)
+    got, _ = run(client, ev, wide, x)
+    assert np.max(np.abs(got - method.reference(x))) < 1e-3
+    assert wide.depth == method.depth  # reductions still span 16 slots
+    for bad in (method.group // 2, 3 * method.group // 2):  # too narrow; not a power of two
+        with pytest.raises(ValueError, match="row_width"):
+            type(method)(method.classes, method.input_range, row_width=bad)
 
 
 @pytest.mark.parametrize(
