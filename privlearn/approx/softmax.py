@@ -540,14 +540,14 @@ class NormSquare(SoftmaxMethod):
         return None
 
     def _bound(self, design: tuple[Step, ...]) -> float:
-        """Output o_j = p_j (1 + e_j) / (1 + e-bar) * mu (2 - mu): shape errors e from the exp
-        polynomial (each within ``shape`` after 2^k squarings), mu the row scale before the
-        Newton correction (the last band, widened by the shape error)."""
+        """Output o_j = s_j r_j mu (2 - mu), s = softmax: r_j in [1/shape, shape] is the exp
+        polynomial's relative error after 2^k squarings, renormalised; mu, the row sum before
+        the Newton correction, lies in the last certified band (widened here by the shape
+        error, conservatively). mu (2 - mu) is concave, so its minimum is at an end."""
         eta = self._exp[1]
         shape = ((1 + eta) / (1 - eta)) ** (2**self.steps)
         lo, hi = design[-1].out_band
-        mu = [lo / shape, hi * shape]
-        newton = min(m * (2 - m) for m in mu) if mu[0] < 1 < mu[1] else min(m * (2 - m) for m in mu)
+        newton = min(m * (2 - m) for m in (lo / shape, hi * shape))
         return max(shape - 1, 1 - newton / shape)
 
     def _factor(self, i: int) -> tuple[ChebyshevSeries, int]:
