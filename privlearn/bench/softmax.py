@@ -225,7 +225,7 @@ def markdown(results: dict) -> str:
     """One line per (method, classes, range)."""
     head = (
         "| method | classes | range | max / mean error, simulator n16-boot | plaintext "
-        "reference | derived bound | OpenFHE toy-n12-boot max | depth | ct×ct mults | "
+        "reference | derived bound | OpenFHE max (one block) | depth | ct×ct mults | "
         "bootstraps @n16 | predicted s @n16 |\n|" + "---|" * 11
     )
     lines = [head]
