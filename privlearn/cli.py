@@ -177,5 +177,39 @@ def bench_transfer(
     console.print(f"wrote {out}")
 
 
+@bench_app.command("softmax")
+def bench_softmax(
+    ranges: list[float] = typer.Option([4, 8, 32, 128], "--range", help="R: logits in [-R, R]"),
+    classes: list[int] = typer.Option([3, 7, 10, 16], "--classes"),
+    methods: list[str] = typer.Option(
+        ["hetal", "hetal-precise", "lee", "hong", "jin", "ours"], "--method"
+    ),
+    rows: int = typer.Option(100_000, help="rows per configuration (simulator and plaintext)"),
+    openfhe: bool = typer.Option(True, help="real OpenFHE runs of one block for the subset"),
+    openfhe_preset: str = typer.Option("toy-n12-boot", help="preset of those runs"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("results/bench-softmax.json"), help="JSON (resumable)"),
+) -> None:
+    """Softmax approximations: error (simulator + OpenFHE), depth, mults, bootstraps, time."""
+    from privlearn.bench import softmax as bench
+
+    results = bench.run(
+        ranges,
+        classes,
+        methods,
+        rows=rows,
+        seed=seed,
+        out=out,
+        openfhe=bench.OPENFHE_SUBSET if openfhe else (),
+        openfhe_preset=openfhe_preset,
+        progress=console.print,
+    )
+    table = bench.summary(results) + "\n\n" + bench.markdown(results)
+    out.with_suffix(".md").write_text(table + "\n")
+    bench.plot(results, out.with_suffix(".png"))
+    console.print(table)
+    console.print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -27,16 +27,26 @@ def _pad(interval: Interval, n: int, lipschitz: float, curvature: float | None) 
     return pad if curvature is None else min(pad, curvature * h * h / 8)
 
 
-def certified_sup(fn: Callable[[np.ndarray], np.ndarray], interval: Interval, lipschitz: float,
-                  n: int = GRID, curvature: float | None = None) -> float:
+def certified_sup(
+    fn: Callable[[np.ndarray], np.ndarray],
+    interval: Interval,
+    lipschitz: float,
+    n: int = GRID,
+    curvature: float | None = None,
+) -> float:
     """An upper bound of ``sup |fn|`` on ``interval``, for ``fn`` with |fn'| <= ``lipschitz``
     (and, if given, |fn''| <= ``curvature``) there."""
     pad = _pad(interval, n, lipschitz, curvature)
     return float(np.max(np.abs(fn(np.linspace(*interval, n))))) + pad
 
 
-def certified_range(fn: Callable[[np.ndarray], np.ndarray], interval: Interval,
-                    lipschitz: float, n: int = GRID, curvature: float | None = None) -> Interval:
+def certified_range(
+    fn: Callable[[np.ndarray], np.ndarray],
+    interval: Interval,
+    lipschitz: float,
+    n: int = GRID,
+    curvature: float | None = None,
+) -> Interval:
     """An interval certain to contain ``fn(interval)`` (arguments as in certified_sup)."""
     pad = _pad(interval, n, lipschitz, curvature)
     y = fn(np.linspace(*interval, n))

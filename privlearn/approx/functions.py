@@ -31,8 +31,10 @@ def check_domain(x: np.ndarray, interval: Interval, what: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     lo, hi = interval
     if x.size and (np.min(x) < lo or np.max(x) > hi):
-        raise ValueError(f"{what} is defined on [{lo:g}, {hi:g}] but got inputs in "
-                         f"[{np.min(x):g}, {np.max(x):g}]; scale or clip them first")
+        raise ValueError(
+            f"{what} is defined on [{lo:g}, {hi:g}] but got inputs in "
+            f"[{np.min(x):g}, {np.max(x):g}]; scale or clip them first"
+        )
     return x
 
 
@@ -61,8 +63,7 @@ class Exp:
     @cached_property
     def series(self) -> ChebyshevSeries:
         s = 2.0**self.squarings
-        return ChebyshevSeries.interpolate(lambda x: np.exp(x / s), (self.lo, self.hi),
-                                           self.degree)
+        return ChebyshevSeries.interpolate(lambda x: np.exp(x / s), (self.lo, self.hi), self.degree)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = check_domain(x, (self.lo, self.hi), "Exp")
@@ -78,12 +79,14 @@ class Exp:
         d1, d0, w = p.lipschitz(), p.sup_abs(), math.exp(-self.lo / s)
         lip = w * (d1 + d0 / s)  # bounds of (p e^(-x/s))' and '' on [lo, hi]
         curv = w * (p.curvature() + 2 * d1 / s + d0 / s**2)
-        eta = certified_sup(lambda x: p(x) * np.exp(-x / s) - 1, (self.lo, self.hi), lip,
-                            curvature=curv)
+        eta = certified_sup(
+            lambda x: p(x) * np.exp(-x / s) - 1, (self.lo, self.hi), lip, curvature=curv
+        )
         return (1 + eta) ** (2**self.squarings) - 1
 
-    def evaluate(self, lm: LevelManager, ct: Ciphertext, *,
-                 scale: np.ndarray | None = None) -> Ciphertext:
+    def evaluate(
+        self, lm: LevelManager, ct: Ciphertext, *, scale: np.ndarray | None = None
+    ) -> Ciphertext:
         """e^x slot-wise; ``scale`` (a 0/1 mask) is folded in as in ChebyshevSeries."""
         y = self.series.evaluate(lm, ct, scale=scale)
         for _ in range(self.squarings):
@@ -114,8 +117,9 @@ class Goldschmidt:
     def rel_error(self, interval: Interval) -> float:
         a, b = interval
         if not 0 < a <= b < 2 * self.R:
-            raise ValueError(f"Goldschmidt with R={self.R} converges on (0, {2 * self.R}), "
-                             f"not on [{a}, {b}]")
+            raise ValueError(
+                f"Goldschmidt with R={self.R} converges on (0, {2 * self.R}), not on [{a}, {b}]"
+            )
         e = max(abs(1 - a / self.R), abs(1 - b / self.R))
         return e ** (2 ** (self.rounds + 1))
 
@@ -158,8 +162,9 @@ class NewtonInverse:
 
     @cached_property
     def series(self) -> ChebyshevSeries:
-        return ChebyshevSeries.interpolate(lambda x: self.out_scale / x, (self.a, self.b),
-                                           self.degree)
+        return ChebyshevSeries.interpolate(
+            lambda x: self.out_scale / x, (self.a, self.b), self.degree
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = check_domain(x, (self.a, self.b), "NewtonInverse")
@@ -209,8 +214,9 @@ class NewtonInvSqrt:
 
     @cached_property
     def series(self) -> ChebyshevSeries:
-        return ChebyshevSeries.interpolate(lambda x: self.out_scale / np.sqrt(x),
-                                           (self.a, self.b), self.degree)
+        return ChebyshevSeries.interpolate(
+            lambda x: self.out_scale / np.sqrt(x), (self.a, self.b), self.degree
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = check_domain(x, (self.a, self.b), "NewtonInvSqrt")
@@ -229,11 +235,13 @@ class NewtonInvSqrt:
             g = [0.75 * e**2 + 0.25 * e**3 for e in (lo, hi)]
             lo, hi = (min(g), max(g)) if lo > 0 or hi < 0 else (0.0, max(g))
         e = max(abs(lo), abs(hi))
-        return max(abs(1 / math.sqrt(1 - e) - 1), abs(1 / math.sqrt(1 + e) - 1)) if e < 1 else math.inf
+        if e >= 1:
+            return math.inf
+        return max(abs(1 / math.sqrt(1 - e) - 1), abs(1 / math.sqrt(1 + e) - 1))
 
     @property
     def depth(self) -> int:
-        return self.series.depth() + 2 * self.steps + 1
+        return self.series.depth() + 2 * self.steps  # x / 2 is ready while p runs
 
     def evaluate(self, lm: LevelManager, ct: Ciphertext) -> Ciphertext:
         """``out_scale / sqrt(x)`` slot-wise, for ``ct`` holding x in [a, b]."""
@@ -262,10 +270,15 @@ def cheon_f(n: int) -> np.ndarray:
 CHEON_G3 = np.array([0, 4589, 0, -16577, 0, 25614, 0, -12860]) / 1024
 
 
+# f_n overshoots 1 by ~1e-5 near its ends; this keeps compare() inside [0, 1] with room for
+# CKKS noise, so a bootstrap may take it (it moves max~ by at most 2^-17 |a - b|).
+HEADROOM = 1 - 2.0**-16
+
+
 @dataclass(frozen=True)
 class Comparison:
     """sign(z) for z in [-1, 1] by a composite h = stages[-1] o ... o stages[0];
-    compare(a, b) = (h(a - b) + 1) / 2 for a, b in [-1/2, 1/2]."""
+    compare(a, b) = (HEADROOM h(a - b) + 1) / 2 for a, b in [-1/2, 1/2]."""
 
     stages: tuple[ChebyshevSeries, ...]
 
@@ -283,11 +296,11 @@ class Comparison:
         return h
 
     def compare(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return (self.sign(np.asarray(a) - np.asarray(b)) + 1) / 2
+        return (HEADROOM * self.sign(np.asarray(a) - np.asarray(b)) + 1) / 2
 
     @property
     def depth(self) -> int:
-        return sum(s.depth() for s in self.stages)
+        return sum(s.depth(input_scale=0.5) for s in self.stages)
 
     def max_error(self) -> float:
         """Certified bound of |max~(a, b) - max(a, b)| for a, b in [-1/2, 1/2], where
@@ -296,24 +309,34 @@ class Comparison:
         lip = 1.0
         for s in self.stages:  # each stage maps [-1, 1] into [-1, 1] (checked in tests)
             lip *= s.lipschitz()
-        return certified_sup(lambda z: z * (self.sign(z) + 1) / 2 - np.maximum(z, 0), (-1, 1),
-                             1 + lip / 2, n=1 << 20)
+        return certified_sup(
+            lambda z: z * (HEADROOM * self.sign(z) + 1) / 2 - np.maximum(z, 0),
+            (-1, 1),
+            1 + lip / 2,
+            n=1 << 20,
+        )
 
-    def half_sign(self, lm: LevelManager, z: Ciphertext) -> Ciphertext:
-        """h(z) / 2 (the 1/2 folded into the last stage's coefficients)."""
+    def half_sign(self, lm: LevelManager, z_half: Ciphertext) -> Ciphertext:
+        """HEADROOM * h(z) / 2 from ``z_half`` holding z / 2: every stage takes and gives
+        halved values, so no change of variable costs a level."""
         for s in self.stages[:-1]:
-            z = s.evaluate(lm, z)
-        return self.stages[-1].scaled(0.5).evaluate(lm, z)
+            z_half = s.scaled(0.5).evaluate(lm, z_half, input_scale=0.5)
+        return self.stages[-1].scaled(HEADROOM / 2).evaluate(lm, z_half, input_scale=0.5)
 
 
-def row_max(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ciphertext:
-    """Approximate max of each row (values in [-1/2, 1/2]), copied over the whole row.
+def row_max(
+    lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison, group: int | None = None
+) -> Ciphertext:
+    """Approximate max of each row, copied over the whole row; ``ct`` holds the values halved
+    (a / 2 for a in [-1/2, 1/2]) and so does the result.
 
-    log2(width) rounds of a <- max~(a, rot(a, 2^i)) leave the row max in the row's first slot
+    Rows are ``width`` slots apart and the max is over their first ``group`` slots (default:
+    all). log2(group) rounds of a <- max~(a, rot(a, 2^i)) leave it in the row's first slot
     (rotations cross rows elsewhere); the last round's products carry the row-start mask,
     which costs no level there, and :func:`broadcast` spreads it. The result lies within
     ``log2(width) * cmp.max_error()`` below the true max, never above it."""
-    rounds = check_width(width, ct.slots)
+    check_width(width, ct.slots)
+    rounds = check_width(group or width, width)
     if rounds == 0:
         return ct
     mask = row_start_mask(ct.slots, width)
@@ -327,13 +350,17 @@ def row_max(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ci
     return broadcast(lm, ct, width)
 
 
-def row_argmax(lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison) -> Ciphertext:
+def row_argmax(
+    lm: LevelManager, ct: Ciphertext, width: int, cmp: Comparison, group: int | None = None
+) -> Ciphertext:
     """Approximate index of each row's max divided by ``width``, in the row's first slot
-    (zero elsewhere): the max tournament of :func:`row_max`, carrying the winner's index with
+    (zero elsewhere), for ``ct`` holding halved values as in :func:`row_max`: the max
+    tournament of :func:`row_max`, carrying the winner's index with
     the same weights. Ties within ``cmp``'s resolution give a blend of the tied indices."""
-    rounds = check_width(width, ct.slots)
+    check_width(width, ct.slots)
+    rounds = check_width(group or width, width)
     if rounds == 0:
-        raise ValueError("argmax needs rows of width >= 2")
+        raise ValueError("argmax needs groups of width >= 2")
     mask = row_start_mask(ct.slots, width)
     idx: Ciphertext | np.ndarray = np.tile(np.arange(width) / width, ct.slots // width)
     for i in range(rounds):

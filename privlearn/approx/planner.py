@@ -44,20 +44,25 @@ class LevelManager:
     ``client.refresh``); it is called with ciphertexts whose values the data owner may see.
     """
 
-    def __init__(self, ev: Evaluator, policy: Policy = "none",
-                 refresh: Callable[[Ciphertext], Ciphertext] | None = None) -> None:
+    def __init__(
+        self,
+        ev: Evaluator,
+        policy: Policy = "none",
+        refresh: Callable[[Ciphertext], Ciphertext] | None = None,
+    ) -> None:
         if policy not in ("bootstrap", "refresh", "none"):
             raise ValueError(f"policy must be 'bootstrap', 'refresh' or 'none', got {policy!r}")
         if policy == "refresh" and refresh is None:
             raise ValueError("policy 'refresh' needs a refresh callback (e.g. client.refresh)")
         if policy == "bootstrap" and not (ev.params.bootstrappable and ev.can_bootstrap):
-            raise ValueError(f"policy 'bootstrap' needs a bootstrappable preset and bootstrapping "
-                             f"keys; {ev.params.name} with this bundle has none")
+            raise ValueError(
+                f"policy 'bootstrap' needs a bootstrappable preset and bootstrapping "
+                f"keys; {ev.params.name} with this bundle has none"
+            )
         self.ev = ev
         self.policy = policy
         self._refresh = refresh
-        self._done: weakref.WeakKeyDictionary[Ciphertext, Ciphertext] = (
-            weakref.WeakKeyDictionary())
+        self._done: weakref.WeakKeyDictionary[Ciphertext, Ciphertext] = weakref.WeakKeyDictionary()
         self.refreshes = 0
 
     @property
@@ -77,14 +82,18 @@ class LevelManager:
             return self._done[ct]
         if self.policy == "bootstrap":
             if ct.level < 1:
-                raise LevelError(f"a level-{ct.level} ciphertext can no longer be bootstrapped; "
-                                 "it was produced outside the level manager")
+                raise LevelError(
+                    f"a level-{ct.level} ciphertext can no longer be bootstrapped; "
+                    "it was produced outside the level manager"
+                )
             out = self.ev.bootstrap(ct)
         else:
             out = self._refresh(ct)
         if out.level < need + self.spare:
-            raise LevelError(f"an operation needs {need} level(s) but a refreshed ciphertext has "
-                             f"{out.level - self.spare} to spend")
+            raise LevelError(
+                f"an operation needs {need} level(s) but a refreshed ciphertext has "
+                f"{out.level - self.spare} to spend"
+            )
         self.refreshes += 1
         self._done[ct] = out
         return out
@@ -130,9 +139,10 @@ class SymbolicEvaluator(Evaluator):
 
     backend_name = "symbolic"
 
-    def __init__(self, params: CKKSParams, rotations: Iterable[int] = (), *,
-                 bootstrap: bool | None = None) -> None:
-        rotations = range(1, params.slots) if not rotations else rotations
+    def __init__(
+        self, params: CKKSParams, rotations: Iterable[int] = (), *, bootstrap: bool | None = None
+    ) -> None:
+        rotations = rotations if rotations else range(1, params.slots)
         boot = params.bootstrappable if bootstrap is None else bootstrap
         super().__init__(params, rotations, conjugation=True, bootstrap=boot)
 
@@ -183,13 +193,24 @@ class Plan:
         return self.counts["mult"]
 
     def as_dict(self) -> dict:
-        return {"params": self.params, "policy": self.policy, "input_level": self.input_level,
-                "output_level": self.output_level, "depth": self.depth,
-                "refreshes": self.refreshes, **self.counts.as_dict()}
+        return {
+            "params": self.params,
+            "policy": self.policy,
+            "input_level": self.input_level,
+            "output_level": self.output_level,
+            "depth": self.depth,
+            "refreshes": self.refreshes,
+            **self.counts.as_dict(),
+        }
 
 
-def plan(fn: Callable[[LevelManager, Ciphertext], Ciphertext], params: CKKSParams, *,
-         policy: Policy = "none", input_level: int | None = None) -> Plan:
+def plan(
+    fn: Callable[[LevelManager, Ciphertext], Ciphertext],
+    params: CKKSParams,
+    *,
+    policy: Policy = "none",
+    input_level: int | None = None,
+) -> Plan:
     """Dry-run ``fn(lm, ct)`` on a :class:`SymbolicEvaluator` for ``params``.
 
     ``policy="bootstrap"`` counts the bootstraps the computation needs; ``"refresh"`` counts

@@ -52,7 +52,8 @@ def class_mask(slots: int, width: int, classes: int) -> np.ndarray:
 
 
 def row_sum(lm: LevelManager, ct: Ciphertext, width: int) -> Ciphertext:
-    """Slot 0 of each row: the row's sum (other slots: sums of windows across two rows)."""
+    """Slot 0 of each row: the sum of its first ``width`` slots (other slots: sums of windows
+    that may cross into the next row)."""
     for i in range(check_width(width, ct.slots)):
         ct = lm.add(ct, lm.rotate(ct, 1 << i))
     return ct

@@ -231,6 +231,17 @@ _PRESETS = [
         "allows at N=2^16 with 50-bit scaling (8 digits make key switching ~3x slower).",
     ),
     CKKSParams(
+        name="n15-d11",
+        ring_dim=1 << 15,
+        depth=11,
+        scale_bits=50,
+        first_mod_bits=60,
+        num_large_digits=3,
+        description="128-bit, 2^14 slots, no bootstrapping: for client-refresh training, "
+        "where depth is renewed by the client; each operation costs about a quarter of "
+        "n16-d24's (half the ring, half the moduli).",
+    ),
+    CKKSParams(
         name="n16-boot",
         ring_dim=1 << 16,
         depth=20,

@@ -26,7 +26,9 @@ def _domain(client, lo, hi):
 @pytest.mark.parametrize("fn", [Exp(-8.0, 0.0, 7, 3), Exp(-1.0, 0.0, 8, 0), Exp(-30.0, 0.0, 15, 3)])
 def test_exp(client, ev, lm, fn):
     x = _domain(client, fn.lo, fn.hi)
-    out = client.decrypt(fn.evaluate(lm, client.encrypt(x)))
+    ct = fn.evaluate(lm, client.encrypt(x))
+    assert client.params.depth - ct.level == fn.depth()  # known before running
+    out = client.decrypt(ct)
     rel = np.max(np.abs(out / np.exp(x) - 1))
     assert rel <= fn.rel_error() + noise_tol(client) * np.exp(-fn.lo)
     assert np.max(np.abs(fn(x) - out)) < noise_tol(client)
@@ -35,7 +37,9 @@ def test_exp(client, ev, lm, fn):
 @pytest.mark.parametrize("fn", [NewtonInverse(1 / 16, 1.0, 7, 1), NewtonInverse(0.01, 1.0, 15, 2)])
 def test_newton_inverse(client, ev, lm, fn):
     x = _domain(client, fn.a, fn.b)
-    out = client.decrypt(fn.evaluate(lm, client.encrypt(x))) / fn.out_scale
+    ct = fn.evaluate(lm, client.encrypt(x))
+    assert client.params.depth - ct.level == fn.depth
+    out = client.decrypt(ct) / fn.out_scale
     assert np.max(np.abs(out * x - 1)) <= fn.rel_error() + noise_tol(client) / fn.out_scale
     assert fn.rel_error() < 1e-2  # and the bound says something
 
@@ -43,7 +47,9 @@ def test_newton_inverse(client, ev, lm, fn):
 def test_inverse_sqrt(client, ev, lm):
     fn = NewtonInvSqrt(1 / 16, 1.0, 7, 1)
     x = _domain(client, fn.a, fn.b)
-    out = client.decrypt(fn.evaluate(lm, client.encrypt(x))) / fn.out_scale
+    ct = fn.evaluate(lm, client.encrypt(x))
+    assert client.params.depth - ct.level == fn.depth
+    out = client.decrypt(ct) / fn.out_scale
     assert np.max(np.abs(out * np.sqrt(x) - 1)) <= fn.rel_error() + noise_tol(client) * 16
     assert fn.rel_error() < 1e-3
 
@@ -52,7 +58,9 @@ def test_goldschmidt(client, ev, lm):
     g, R = Goldschmidt(8.0, 6), 8.0
     x = _domain(client, 0.5, 12.0)
     y_scale = 1 / 32  # y ~ R/x <= 16
-    out = client.decrypt(g.evaluate(lm, client.encrypt(x / R), y_scale)) / (y_scale * R)
+    ct = g.evaluate(lm, client.encrypt(x / R), y_scale)
+    assert client.params.depth - ct.level == g.depth
+    out = client.decrypt(ct) / (y_scale * R)
     assert np.max(np.abs(out * x - 1)) <= g.rel_error((0.5, 12.0)) + noise_tol(client) * 100
     np.testing.assert_allclose(out, g(x), atol=noise_tol(client) * 100)
 
@@ -60,9 +68,10 @@ def test_goldschmidt(client, ev, lm):
 def test_comparison_and_row_max_on_both_backends(client, ev, rng):
     cmp = Comparison.cheon()
     assert all(s.sup_abs() <= 1 + 1e-4 for s in cmp.stages)  # each stage maps into [-1, 1]
+    assert cmp.depth == 9
     a = rng.uniform(-0.5, 0.5, (client.slots // 4, 4))
     lm = LevelManager(ev, "refresh", refresh=client.refresh)
-    got = client.decrypt(row_max(lm, client.encrypt(a.ravel()), 4, cmp)).reshape(-1, 4)
+    got = 2 * client.decrypt(row_max(lm, client.encrypt(a.ravel() / 2), 4, cmp)).reshape(-1, 4)
     short = a.max(axis=1, keepdims=True) - got  # never above the max, at most 2 rounds' error
     assert short.min() > -noise_tol(client) * 10
     assert short.max() <= 2 * cmp.max_error() + noise_tol(client) * 10
@@ -75,7 +84,7 @@ def test_row_argmax_finds_a_clear_winner(client, ev, rng):
     win = rng.integers(0, 4, a.shape[0])
     a[np.arange(a.shape[0]), win] = 0.5  # a gap of at least 0.2
     lm = LevelManager(ev, "refresh", refresh=client.refresh)
-    idx = client.decrypt(row_argmax(lm, client.encrypt(a.ravel()), 4, cmp))[::4] * 4
+    idx = client.decrypt(row_argmax(lm, client.encrypt(a.ravel() / 2), 4, cmp))[::4] * 4
     assert np.array_equal(np.round(idx), win) and np.max(np.abs(idx - win)) < 0.1
 
 
@@ -86,12 +95,15 @@ def test_comparison_error_is_certified():
     assert actual <= cmp.max_error() <= actual * 1.05
 
 
-@pytest.mark.parametrize("fn, bad", [
-    (Exp(-8.0, 0.0, 7, 3), [0.5]),
-    (NewtonInverse(0.1, 1.0), [0.05]),
-    (NewtonInvSqrt(0.1, 1.0), [1.5]),
-    (Goldschmidt(10.0, 4), [25.0]),
-])
+@pytest.mark.parametrize(
+    "fn, bad",
+    [
+        (Exp(-8.0, 0.0, 7, 3), [0.5]),
+        (NewtonInverse(0.1, 1.0), [0.05]),
+        (NewtonInvSqrt(0.1, 1.0), [1.5]),
+        (Goldschmidt(10.0, 4), [25.0]),
+    ],
+)
 def test_plaintext_paths_refuse_inputs_outside_the_domain(fn, bad):
     with pytest.raises(ValueError, match="defined on"):
         fn(np.array(bad))

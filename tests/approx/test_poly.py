@@ -27,8 +27,9 @@ def test_from_power_is_exact():
     coeffs = [0.5, -1.0, 0.25, 2.0, 0.0, -0.75]
     s = ChebyshevSeries.from_power(coeffs, (-3.0, 5.0))
     x = np.linspace(-3, 5, 101)
-    np.testing.assert_allclose(s(x), np.polynomial.polynomial.polyval(x, coeffs), rtol=1e-12,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        s(x), np.polynomial.polynomial.polyval(x, coeffs), rtol=1e-12, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("f, interval, degree, parity", CASES)
@@ -49,7 +50,7 @@ def test_parity_keeps_the_basis_to_its_own_parity(parity):
     f = np.arctan if parity == "odd" else (lambda x: np.cos(3 * x))
     s = ChebyshevSeries.interpolate(f, (-1, 1), 63 if parity == "odd" else 62, parity)
     assert s.parity == parity
-    assert not np.any(s.coeffs[(0 if parity == "odd" else 1)::2])
+    assert not np.any(s.coeffs[(0 if parity == "odd" else 1) :: 2])
     basis = s._plan(False).basis  # T_i computed: own parity, plus powers of two
     assert all(i % 2 == (parity == "odd") or i & (i - 1) == 0 for i in basis)
 
@@ -58,23 +59,28 @@ def test_parity_keeps_the_basis_to_its_own_parity(parity):
 def test_depth_is_optimal_for_every_degree(degree):
     s = ChebyshevSeries(np.random.default_rng(degree).uniform(0.5, 1, degree + 1) / degree)
     assert s.degree == degree
-    assert s.depth() == s.depth(vector_scale=True) == math.ceil(math.log2(degree + 1))
+    assert s.depth(input_scale=0.5) == s.depth(True, 0.5) == math.ceil(math.log2(degree + 1))
+    assert s.depth() == s.depth(input_scale=0.5) + 1  # x itself: t / 2 = x / 2 takes a level
 
 
 @pytest.mark.parametrize("f, interval, degree, parity", CASES)
 @pytest.mark.parametrize("vector", [False, True])
-def test_evaluation_matches_numpy_and_the_counts_known_beforehand(client, ev, lm, f, interval,
-                                                                  degree, parity, vector):
+def test_evaluation_matches_numpy_and_the_counts_known_beforehand(
+    client, ev, lm, f, interval, degree, parity, vector
+):
     s = ChebyshevSeries.interpolate(f, interval, degree, parity)
     x = np.linspace(*interval, client.slots)
+    k = 1 / (interval[1] - interval[0])  # the input scale that makes the change of variable free
     scale = np.linspace(-1, 1, client.slots) if vector else None
-    pl = plan(lambda lm_, ct_: s.evaluate(lm_, ct_, scale=scale), ev.params)
-    ct = client.encrypt(x)
+    pl = plan(lambda lm_, ct_: s.evaluate(lm_, ct_, input_scale=k, scale=scale), ev.params)
+    ct = client.encrypt(x * k)
     with ev.cost.measure() as counts:
-        out = s.evaluate(lm, ct, scale=scale)
+        out = s.evaluate(lm, ct, input_scale=k, scale=scale)
     want = s(x) * (1 if scale is None else scale)
     assert np.max(np.abs(client.decrypt(out) - want)) < noise_tol(client) * 10
-    assert ct.level - out.level == s.depth(vector) == pl.depth
+    assert (
+        ct.level - out.level == s.depth(vector, k) == pl.depth == math.ceil(math.log2(s.degree + 1))
+    )
     assert counts["mult"] == s.mults(vector) == pl.mults
     assert counts.as_dict() == pl.counts.as_dict()  # every operation, as the backend counts
 
