@@ -87,17 +87,19 @@ def info() -> None:
 @app.command()
 def demo(
     backend: str = typer.Option("openfhe", help="openfhe (real encryption) or simulator"),
-    preset: str = typer.Option("n16-d24", help="a 128-bit preset (see `privlearn info`)"),
+    preset: str = typer.Option("n15-d11", help="a 128-bit preset (see `privlearn info`)"),
+    task: str = typer.Option("cancer", help="cancer, wine, digits, mnist or tweets"),
+    epochs: int = typer.Option(None, help="override the task's default epochs"),
 ) -> None:
-    """Encrypted linear scores on scikit-learn's digits: client encrypts, server scores."""
-    from privlearn.demo import run_linear_scores_demo
+    """Encrypted fine-tuning on real data: the client keeps the key, the server trains."""
+    from privlearn.demo import run_demo
 
-    run_linear_scores_demo(backend=backend, preset=preset, console=console)
+    run_demo(backend=backend, preset=preset, task=task, epochs=epochs, console=console)
 
 
 @bench_app.command("he-ops")
 def bench_he_ops(
-    presets: list[str] = typer.Option(["n16-d24", "n16-d28", "n16-boot"], "--preset"),
+    presets: list[str] = typer.Option(["n15-d11", "n16-d24", "n16-d28", "n16-boot"], "--preset"),
     backends: list[str] = typer.Option(["openfhe", "simulator"], "--backend"),
     reps: int = typer.Option(5, help="repetitions per timing (median reported)"),
     out: Path = typer.Option(Path("results/bench-he-ops.json"), help="JSON output"),
@@ -117,7 +119,7 @@ def he_train(
     task: str = typer.Option("cancer", help="mnist, digits, tweets, cancer or wine"),
     refresh: str = typer.Option("client", help="client (interactive) or bootstrap"),
     preset: str = typer.Option(
-        None, help="CKKS preset (default: n16-d24, or n16-boot7 for bootstrap)"
+        None, help="CKKS preset (default: n15-d11, or n16-boot5 for bootstrap)"
     ),
     backend: str = typer.Option("openfhe", help="openfhe, or simulator (NOT encryption)"),
     epochs: int = typer.Option(None, help="override the task's default epochs"),
@@ -130,7 +132,7 @@ def he_train(
     from privlearn.transfer.experiment import TASK_DEFAULTS, run_task, with_epochs
     from privlearn.transfer.report import print_result
 
-    preset = preset or ("n16-boot7" if refresh == "bootstrap" else "n16-d24")
+    preset = preset or ("n16-boot5" if refresh == "bootstrap" else "n15-d11")
     result = run_task(
         task,
         refresh=refresh,

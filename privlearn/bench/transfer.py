@@ -120,7 +120,7 @@ def run(
     rows, shapes = [], []
     for task in tasks:
         for refresh in refresh_modes:
-            preset = "n16-boot7" if refresh == "bootstrap" else "n16-d24"
+            preset = "n16-boot5" if refresh == "bootstrap" else "n15-d11"
             console.print(f"[bold]{task}[/], {refresh} refresh, {backend}, {preset}")
             r = run_task(
                 task,
@@ -134,7 +134,7 @@ def run(
             r.pop("history")
             rows.append(r)
     for refresh in hetal:
-        preset = "n16-boot7" if refresh == "bootstrap" else "n16-d24"
+        preset = "n16-boot5" if refresh == "bootstrap" else "n15-d11"
         console.print(f"HETAL shape, {refresh} refresh, {preset}")
         shapes.append(hetal_shape(refresh, preset, backend=backend))
     peer_result = peer(peer_task) if peer_task else None

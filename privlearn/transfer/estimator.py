@@ -1,6 +1,6 @@
 """``EncryptedSoftmaxClassifier``: HETAL's encrypted fine-tuning behind scikit-learn's face.
 
-    clf = EncryptedSoftmaxClassifier(preset="n16-d24", refresh="client", epochs=10)
+    clf = EncryptedSoftmaxClassifier(preset="n15-d11", refresh="client", epochs=10)
     clf.fit(X, y)              # the server trains on ciphertexts; the client keeps the key
     clf.predict(X_test)        # plaintext inference with the decrypted weights
     clf.predict(X_test, encrypted=True)   # encrypted inference on the server
@@ -48,7 +48,7 @@ class EncryptedSoftmaxClassifier:
     def __init__(
         self,
         backend: str = "openfhe",
-        preset: str = "n16-d24",
+        preset: str = "n15-d11",
         refresh: str = "client",
         lr: float = 4.0,
         epochs: int = 10,

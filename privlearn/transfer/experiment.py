@@ -44,7 +44,7 @@ def run_task(
     task_name: str,
     *,
     refresh: str = "client",
-    preset: str = "n16-d24",
+    preset: str = "n15-d11",
     backend: str = "openfhe",
     seed: int = 0,
     config: TaskConfig | None = None,

@@ -214,7 +214,7 @@ class Client:
         """The chosen weights, encrypted afresh, for the server to serve: asking it to keep
         a snapshot by epoch number would tell it which epoch was best."""
         w = EncMatrix.encrypt(
-            self.ctx, weights / self.spec.logit_range, self.block, Layout.ROW_TILED
+            self.ctx, weights * self.spec.weight_scale, self.block, Layout.ROW_TILED
         )
         return Message("set_model", {"weights": matrix_meta(w)}, matrix_blobs(self.ctx, w))
 
@@ -303,7 +303,7 @@ class Client:
 
     def logits(self, reply: Message, rows: int) -> np.ndarray:
         z = read_matrix(self.ctx, reply.expect("predictions").meta["z"], reply.blobs)
-        return z.decrypt(self.ctx)[:rows] * self.spec.logit_range
+        return z.decrypt(self.ctx)[:rows] / self.spec.weight_scale
 
     def weights(self, reply: Message, epoch: int) -> np.ndarray:
         """The decrypted weights (c x (f+1), bias last) of ``epoch``'s snapshot."""
@@ -312,7 +312,7 @@ class Client:
             count = meta["count"]
             if meta["epoch"] == epoch:
                 w = read_matrix(self.ctx, meta, reply.blobs[start : start + count])
-                return w.decrypt(self.ctx) * self.spec.logit_range
+                return w.decrypt(self.ctx) / self.spec.weight_scale
             start += count
         raise ProtocolError(f"the server kept no snapshot of epoch {epoch}")
 

@@ -8,8 +8,8 @@ Per mini-batch (X: b x (f+1) with a bias column, Y: one-hot b x c):
     G = Dᵀ·X        DiagATB                 the batch gradient times b
     V = W − η'·G;  W ← (1 − γ)·V + γ·V_prev  Nesterov (reference.nesterov_gamma), one level
 
-W is stored divided by R, the logit range the softmax is built for, so X·Wᵀ arrives already
-scaled to the softmax's input (η' = lr / (b·R) absorbs it). Ciphertexts whose levels run out
+W is stored times s, the factor at which the softmax's first step is free (``prescale``;
+1/(2·reach) for ours), so X·(sW)ᵀ arrives as its input; η' = lr·s/b absorbs it. Ciphertexts whose levels run out
 are renewed by the LevelManager's policy: ``"bootstrap"`` (non-interactive) or ``"refresh"``
 (the client decrypts and encrypts afresh). Validation runs the same forward pass and returns
 the encrypted squared errors (P − Y)², summed over batches; the client turns them into the
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from privlearn.approx.planner import LevelManager, Policy
-from privlearn.approx.softmax import METHODS, SoftmaxMethod
+from privlearn.approx.softmax import Hetal, NormSquare, SoftmaxMethod
 from privlearn.he import Ciphertext, CKKSParams, Evaluator
 from privlearn.linalg.cost import Cost, Dims
 from privlearn.linalg.matmul import get as get_algorithm
@@ -34,6 +34,8 @@ from privlearn.linalg.packing import BlockShape, EncMatrix, Layout, hetal_block_
 from privlearn.transfer.reference import nesterov_gamma
 
 REFRESH_MODES = ("client", "bootstrap")
+# The softmaxes fit for training (the older baselines diverge on wide ranges; bench softmax).
+SOFTMAXES: dict[str, type[SoftmaxMethod]] = {"ours": NormSquare, "hetal": Hetal}
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,8 @@ class TrainSpec:
     def __post_init__(self) -> None:
         if self.refresh not in REFRESH_MODES:
             raise ValueError(f"refresh must be one of {REFRESH_MODES}, got {self.refresh!r}")
-        if self.softmax not in METHODS:
-            raise ValueError(f"softmax must be one of {sorted(METHODS)}, got {self.softmax!r}")
+        if self.softmax not in SOFTMAXES:
+            raise ValueError(f"softmax must be one of {sorted(SOFTMAXES)}, got {self.softmax!r}")
         if self.matmul not in ("ours", "hetal"):
             raise ValueError(f"matmul must be 'ours' or 'hetal', got {self.matmul!r}")
         if self.classes < 2 or self.features < 2 or self.batch_size < 1 or self.epochs < 1:
@@ -72,9 +74,15 @@ class TrainSpec:
     def block(self, slots: int) -> BlockShape:
         return hetal_block_shape(self.batch_size, self.classes, slots)
 
+    @property
+    def weight_scale(self) -> float:
+        """The factor W is stored with: the softmax's ``prescale``, at which its first
+        operation is free, so X·(sW)ᵀ arrives as the input it wants."""
+        return SOFTMAXES[self.softmax](self.classes, self.logit_range).prescale
+
     def softmax_method(self) -> SoftmaxMethod:
-        return METHODS[self.softmax](
-            self.classes, self.logit_range, input_scale=1.0 / self.logit_range
+        return SOFTMAXES[self.softmax](
+            self.classes, self.logit_range, input_scale=self.weight_scale
         )
 
     def abt_name(self) -> str:
@@ -210,7 +218,7 @@ class EncryptedTrainer:
 
     def _update(self, g: EncMatrix) -> None:
         ev, spec = self.ev, self.spec
-        eta = spec.lr / (spec.batch_size * spec.logit_range)
+        eta = spec.lr * spec.weight_scale / spec.batch_size
         gamma = gamma_at(self.step_count, spec.nesterov)
         terms = self._gradient_terms(g)
         w = self._ready(self.w, 1)
