@@ -11,9 +11,9 @@ Per mini-batch (X: b x (f+1) with a bias column, Y: one-hot b x c):
 W is stored times s, the factor at which the softmax's first step is free (``prescale``;
 1/(2·reach) for ours), so X·(sW)ᵀ arrives as its input; η' = lr·s/b absorbs it. Ciphertexts
 whose levels run out are renewed by the LevelManager's policy: ``"bootstrap"``
-(non-interactive) or ``"refresh"`` (the client decrypts and encrypts afresh). Validation runs the same forward pass and returns
-the encrypted squared errors (P − Y)², summed over batches; the client turns them into the
-Brier score it alone sees.
+(non-interactive) or ``"refresh"`` (the client decrypts and encrypts afresh). Validation
+runs the same forward pass and returns the encrypted squared errors (P − Y)², summed over
+batches; the client turns them into the Brier score it alone sees.
 
 The trainer holds no key: it runs on an :class:`~privlearn.he.Evaluator`.
 """
