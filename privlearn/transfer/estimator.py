@@ -76,6 +76,7 @@ class EncryptedSoftmaxClassifier:
 
     # -- validation ------------------------------------------------------------------------------
     def _check_x(self, x, *, fitted: bool) -> np.ndarray:
+        """Finite 2-D features; with ``fitted``, as many columns as at fit."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"expected a non-empty 2-D array of features, got shape {x.shape}")
@@ -176,22 +177,37 @@ class EncryptedSoftmaxClassifier:
             )
         return self
 
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "run_"):
+            raise AttributeError("this classifier is not fitted yet; call fit first")
+
     def decision_function(self, x, *, encrypted: bool = False) -> np.ndarray:
+        """Logits; ``encrypted=True`` has the server compute them on encrypted features."""
+        self._require_fitted()
         z = self._scaled(self._check_x(x, fitted=True))
         if encrypted:
-            return self.session_.predict_logits(z)
+            return self.session_.predict(z)
         return add_bias(z) @ self.run_.weights.T
 
     def predict_proba(self, x, *, encrypted: bool = False) -> np.ndarray:
-        z = self.decision_function(x, encrypted=encrypted)
+        """Softmax probabilities; ``encrypted=True`` runs the softmax approximation on the
+        server too, under encryption (the plaintext path uses the exact softmax)."""
+        if encrypted:
+            self._require_fitted()
+            z = self._scaled(self._check_x(x, fitted=True))
+            return self.session_.predict(z, probabilities=True)[:, : self.classes_.size]
+        z = self.decision_function(x)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, x, *, encrypted: bool = False) -> np.ndarray:
-        return self.classes_[self.decision_function(x, encrypted=encrypted).argmax(axis=1)]
+        z = self.decision_function(x, encrypted=encrypted)
+        return self.classes_[z.argmax(axis=1)]
 
     def score(self, x, y) -> float:
-        return float(np.mean(self._labels(y) == np.searchsorted(self.classes_, self.predict(x))))
+        """Mean accuracy (plaintext inference with the decrypted weights)."""
+        pred = self.predict(x)
+        return float(np.mean(np.searchsorted(self.classes_, pred) == self._labels(y)))
 
     def close(self) -> None:
         """End the server session (its process, its stored ciphertexts)."""

@@ -162,8 +162,11 @@ class Server:
 
     def _predict(self, msg: Message) -> Message:
         x = read_matrix(self.ev, msg.meta["x"], msg.blobs)
-        z = self.trainer.logits(x)
-        return Message("predictions", {"z": matrix_meta(z)}, matrix_blobs(self.ev, z))
+        probs = bool(msg.meta.get("probabilities"))
+        z = self.trainer.probabilities(x) if probs else self.trainer.logits(x)
+        return Message(
+            "predictions", {"z": matrix_meta(z), "probabilities": probs}, matrix_blobs(self.ev, z)
+        )
 
     def _set_model(self, msg: Message) -> Message:
         self.trainer.w = read_matrix(self.ev, msg.meta["weights"], msg.blobs)
@@ -251,8 +254,15 @@ class Client:
             )
         return out
 
-    def encrypt_features(self, x: np.ndarray, level: int) -> list[Message]:
-        """``predict`` messages, one per batch-sized block of rows."""
+    def encrypt_features(
+        self,
+        x: np.ndarray,
+        level: int,
+        *,
+        probabilities: bool = False,
+    ) -> list[Message]:
+        """``predict`` messages, one per batch-sized block of rows; with ``probabilities``
+        the server also applies the softmax approximation under encryption."""
         xb = add_bias(np.asarray(x, np.float64))
         b = self.block.s0
         msgs = []
@@ -261,7 +271,11 @@ class Client:
             msgs.append(
                 Message(
                     "predict",
-                    {"x": matrix_meta(xe), "rows": len(xb[i : i + b])},
+                    {
+                        "x": matrix_meta(xe),
+                        "rows": len(xb[i : i + b]),
+                        "probabilities": probabilities,
+                    },
                     matrix_blobs(self.ctx, xe),
                 )
             )
@@ -301,9 +315,11 @@ class Client:
         per_slot = noise.bootstrap if self.spec.refresh == "bootstrap" else noise.fresh
         return 6 * per_slot * np.sqrt(2 * terms)
 
-    def logits(self, reply: Message, rows: int) -> np.ndarray:
-        z = read_matrix(self.ctx, reply.expect("predictions").meta["z"], reply.blobs)
-        return z.decrypt(self.ctx)[:rows] / self.spec.weight_scale
+    def predictions(self, reply: Message, rows: int) -> np.ndarray:
+        """Decrypted logits, or probabilities if they were asked for."""
+        meta = reply.expect("predictions").meta
+        z = read_matrix(self.ctx, meta["z"], reply.blobs).decrypt(self.ctx)[:rows]
+        return z if meta["probabilities"] else z / self.spec.weight_scale
 
     def weights(self, reply: Message, epoch: int) -> np.ndarray:
         """The decrypted weights (c x (f+1), bias last) of ``epoch``'s snapshot."""

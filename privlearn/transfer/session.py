@@ -205,12 +205,12 @@ class EncryptedSession:
             transcript=getattr(self.link, "transcript", None),
         )
 
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, *, probabilities: bool = False) -> np.ndarray:
         """Encrypted inference: the client encrypts ``x``, the server returns encrypted
-        logits, the client decrypts them."""
+        logits (or softmax probabilities, computed under encryption), the client decrypts."""
         out = []
-        for msg in self.client.encrypt_features(x, self.data_level):
-            out.append(self.client.logits(self.link.request(msg), msg.meta["rows"]))
+        for msg in self.client.encrypt_features(x, self.data_level, probabilities=probabilities):
+            out.append(self.client.predictions(self.link.request(msg), msg.meta["rows"]))
         return np.vstack(out)
 
     def close(self) -> None:

@@ -42,6 +42,9 @@ def test_encrypted_inference_matches_plaintext_inference(fitted):
     plain = clf.decision_function(x[140:])
     assert np.max(np.abs(enc - plain)) < 1e-5
     assert (clf.predict(x[140:], encrypted=True) == clf.predict(x[140:])).all()
+    enc_p, plain_p = clf.predict_proba(x[140:], encrypted=True), clf.predict_proba(x[140:])
+    assert enc_p.shape == plain_p.shape
+    assert np.max(np.abs(enc_p - plain_p)) < 0.01  # the softmax approximation's error
 
 
 def test_input_errors(fitted):
@@ -61,6 +64,8 @@ def test_input_errors(fitted):
 
 def test_fit_errors():
     clf = EncryptedSoftmaxClassifier(backend="simulator", preset="n16-d24", progress=False)
+    with pytest.raises(AttributeError, match="not fitted"):
+        clf.predict(np.ones((2, 3)))
     with pytest.raises(ValueError, match="two classes"):
         clf.fit(np.ones((10, 3)), np.zeros(10))
     with pytest.raises(ValueError, match="labels of shape"):
