@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ HETAL_PUBLISHED = {
     "+ bias, 3-10 classes",
 }
 PEER_PYTHON = Path(".peers/concrete-ml/bin/python")
+RESULTS = Path("results")
 PEER_SCRIPT = Path(__file__).with_name("peer_concrete.py")
 
 
@@ -116,20 +118,32 @@ def run(
     hetal: list[str],
     peer_task: str | None,
     console: Console,
+    resume: bool = True,
 ) -> dict:
+    """Each task's result is also kept in ``results/transfer-<task>-<mode>-<backend>.json``;
+    with ``resume`` a result already there (same settings) is read instead of re-run."""
     rows, shapes = [], []
     for task in tasks:
         for refresh in refresh_modes:
             preset = "n16-boot5" if refresh == "bootstrap" else "n15-d11"
+            config = with_epochs(TASK_DEFAULTS[task], epochs)
+            done = RESULTS / f"transfer-{task}-{refresh}-{backend}.json"
+            if resume and done.exists():
+                r = json.loads(done.read_text())
+                if r["config"] == asdict(config) and r["sizes"].get("max_train") == max_train:
+                    console.print(f"{task}, {refresh}: kept the result in {done}")
+                    r.pop("history", None)
+                    rows.append(r)
+                    continue
             console.print(f"[bold]{task}[/], {refresh} refresh, {backend}, {preset}")
             r = run_task(
                 task,
                 refresh=refresh,
                 preset=preset,
                 backend=backend,
-                config=with_epochs(TASK_DEFAULTS[task], epochs),
+                config=config,
                 max_train=max_train,
-                out_dir="results",
+                out_dir=RESULTS,
             )
             r.pop("history")
             rows.append(r)

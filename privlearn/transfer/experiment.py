@@ -110,7 +110,7 @@ def run_task(
     result = {
         "task": task_name,
         "encoder": task.encoder,
-        "sizes": {**task.sizes(), "train": len(y)},
+        "sizes": {**task.sizes(), "train": len(y), "max_train": max_train},
         "classes": spec.classes,
         "features": task.n_features,
         "spec": spec.to_meta(),
