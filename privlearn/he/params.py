@@ -255,6 +255,20 @@ _PRESETS = [
         "usable after; ~17 bits of precision after a bootstrap).",
     ),
     CKKSParams(
+        name="n16-boot5",
+        ring_dim=1 << 16,
+        depth=21,
+        scale_bits=59,
+        first_mod_bits=60,
+        num_large_digits=4,
+        secret_dist="sparse_encapsulated",
+        bootstrap_level_budget=(3, 3),
+        levels_after_bootstrap=5,
+        description="128-bit, 2^15 slots, bootstrappable with 5 levels after each bootstrap "
+        "(one more than n16-boot, for 4 key-switching digits): the fewest that encrypted "
+        "training's products and Nesterov step need between bootstraps.",
+    ),
+    CKKSParams(
         name="toy-n12",
         ring_dim=1 << 12,
         depth=24,
@@ -263,6 +277,19 @@ _PRESETS = [
         num_large_digits=3,
         security="insecure",
         description="INSECURE, for unit tests: n16-d24's moduli at N=2^12 (2048 slots).",
+    ),
+    CKKSParams(
+        name="toy-n12-boot5",
+        ring_dim=1 << 12,
+        depth=21,
+        scale_bits=59,
+        first_mod_bits=60,
+        num_large_digits=4,
+        secret_dist="sparse_encapsulated",
+        bootstrap_level_budget=(3, 3),
+        levels_after_bootstrap=5,
+        security="insecure",
+        description="INSECURE, for unit tests: n16-boot5's moduli at N=2^12.",
     ),
     CKKSParams(
         name="toy-n12-boot",

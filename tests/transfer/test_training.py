@@ -106,7 +106,7 @@ def test_bootstrap_mode_on_the_simulator():
         xv,
         yv,
         spec,
-        preset="toy-n12-boot",
+        preset="toy-n12-boot5",
         backend="simulator",
         insecure_for_testing=True,
         progress=False,
