@@ -119,7 +119,7 @@ def he_train(
     task: str = typer.Option("cancer", help="mnist, digits, tweets, cancer or wine"),
     refresh: str = typer.Option("client", help="client (interactive) or bootstrap"),
     preset: str = typer.Option(
-        None, help="CKKS preset (default: n15-d11, or n16-boot5 for bootstrap)"
+        None, help="CKKS preset (default: n15-d11, or n16-boot7 for bootstrap)"
     ),
     backend: str = typer.Option("openfhe", help="openfhe, or simulator (NOT encryption)"),
     epochs: int = typer.Option(None, help="override the task's default epochs"),
@@ -132,7 +132,7 @@ def he_train(
     from privlearn.transfer.experiment import TASK_DEFAULTS, run_task, with_epochs
     from privlearn.transfer.report import print_result
 
-    preset = preset or ("n16-boot5" if refresh == "bootstrap" else "n15-d11")
+    preset = preset or ("n16-boot7" if refresh == "bootstrap" else "n15-d11")
     result = run_task(
         task,
         refresh=refresh,

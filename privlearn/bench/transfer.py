@@ -125,7 +125,7 @@ def run(
     rows, shapes = [], []
     for task in tasks:
         for refresh in refresh_modes:
-            preset = "n16-boot5" if refresh == "bootstrap" else "n15-d11"
+            preset = "n16-boot7" if refresh == "bootstrap" else "n15-d11"
             config = with_epochs(TASK_DEFAULTS[task], epochs)
             done = RESULTS / f"transfer-{task}-{refresh}-{backend}.json"
             if resume and done.exists():
@@ -148,7 +148,7 @@ def run(
             r.pop("history")
             rows.append(r)
     for refresh in hetal:
-        preset = "n16-boot5" if refresh == "bootstrap" else "n15-d11"
+        preset = "n16-boot7" if refresh == "bootstrap" else "n15-d11"
         console.print(f"HETAL shape, {refresh} refresh, {preset}")
         shapes.append(hetal_shape(refresh, preset, backend=backend))
     peer_result = peer(peer_task) if peer_task else None

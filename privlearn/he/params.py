@@ -255,18 +255,19 @@ _PRESETS = [
         "usable after; ~17 bits of precision after a bootstrap).",
     ),
     CKKSParams(
-        name="n16-boot5",
+        name="n16-boot7",
         ring_dim=1 << 16,
-        depth=21,
-        scale_bits=59,
+        depth=23,
+        scale_bits=55,
         first_mod_bits=60,
         num_large_digits=4,
         secret_dist="sparse_encapsulated",
         bootstrap_level_budget=(3, 3),
-        levels_after_bootstrap=5,
-        description="128-bit, 2^15 slots, bootstrappable with 5 levels after each bootstrap "
-        "(one more than n16-boot, for 4 key-switching digits): the fewest that encrypted "
-        "training's products and Nesterov step need between bootstraps.",
+        levels_after_bootstrap=7,
+        description="128-bit, 2^15 slots, bootstrappable with 7 levels after each bootstrap: "
+        "encrypted training's products and Nesterov step need 5 (7 with HETAL's DiagATB) "
+        "between bootstraps. 55-bit scaling and 4 digits pay for them; bootstrap precision "
+        "stays ~16 bits (measured).",
     ),
     CKKSParams(
         name="toy-n12",
@@ -279,17 +280,17 @@ _PRESETS = [
         description="INSECURE, for unit tests: n16-d24's moduli at N=2^12 (2048 slots).",
     ),
     CKKSParams(
-        name="toy-n12-boot5",
+        name="toy-n12-boot7",
         ring_dim=1 << 12,
-        depth=21,
-        scale_bits=59,
+        depth=23,
+        scale_bits=55,
         first_mod_bits=60,
         num_large_digits=4,
         secret_dist="sparse_encapsulated",
         bootstrap_level_budget=(3, 3),
-        levels_after_bootstrap=5,
+        levels_after_bootstrap=7,
         security="insecure",
-        description="INSECURE, for unit tests: n16-boot5's moduli at N=2^12.",
+        description="INSECURE, for unit tests: n16-boot7's moduli at N=2^12.",
     ),
     CKKSParams(
         name="toy-n12-boot",

@@ -106,7 +106,7 @@ def test_bootstrap_mode_on_the_simulator():
         xv,
         yv,
         spec,
-        preset="toy-n12-boot5",
+        preset="toy-n12-boot7",
         backend="simulator",
         insecure_for_testing=True,
         progress=False,
