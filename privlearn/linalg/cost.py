@@ -39,6 +39,11 @@ class Dims:
         return f"({self.a},{self.b},{self.c})"
 
 
+# HETAL's benchmark shapes; b = 768 features + a bias column.
+HETAL_SHAPES = (Dims(128, 128, 4), Dims(256, 256, 8), Dims(512, 769, 4), Dims(1024, 769, 8),
+                Dims(2048, 769, 16))
+
+
 @dataclass(frozen=True)
 class Cost:
     """Op counts of one product, the rotation keys it needs, and its level bookkeeping:

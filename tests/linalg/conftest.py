@@ -10,10 +10,6 @@ import pytest
 from privlearn.he import ClientContext, Counts, Evaluator
 from privlearn.linalg import Algorithm, BlockShape, Dims, EncMatrix, rotation_keys
 
-# HETAL's benchmark shapes (a, b, c); b = 768 features + a bias column.
-HETAL_SHAPES = [Dims(128, 128, 4), Dims(256, 256, 8), Dims(512, 769, 4), Dims(1024, 769, 8),
-                Dims(2048, 769, 16)]
-
 
 @pytest.fixture(scope="session")
 def full_sim() -> ClientContext:

@@ -7,8 +7,8 @@ import pytest
 
 from privlearn.he import ClientContext
 from privlearn.linalg import ALGORITHMS, hetal_block_shape
-from privlearn.linalg.cost import measured
-from tests.linalg.conftest import HETAL_SHAPES, max_error, run
+from privlearn.linalg.cost import HETAL_SHAPES, measured
+from tests.linalg.conftest import max_error, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.openfhe]
 

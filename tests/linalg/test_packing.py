@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privlearn.linalg import BlockShape, EncMatrix, Layout, hetal_block_shape, padded_classes
+from privlearn.linalg.cost import HETAL_SHAPES
 from privlearn.linalg.packing import pack, unpack
 from tests.conftest import BACKENDS
-from tests.linalg.conftest import HETAL_SHAPES
 
 N = 2048  # toy-n12 slots
 

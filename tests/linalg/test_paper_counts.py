@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from privlearn.linalg import ALGORITHMS, hetal_block_shape
-from tests.linalg.conftest import HETAL_SHAPES, max_error, run
+from privlearn.linalg.cost import HETAL_SHAPES
+from tests.linalg.conftest import max_error, run
 
 PUBLISHED = {
     "diag_abt/hetal": [(4, 2, 34), (8, 8, 64), (4, 26, 50), (8, 100, 140), (16, 392, 456)],

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from privlearn.linalg import ALGORITHMS, BlockShape, Dims, EncMatrix, padded_classes
 from privlearn.linalg.cost import measured
-from tests.linalg.conftest import evaluator, max_error, operands
+from tests.linalg.conftest import evaluator, operands
 
 NAMES = sorted(ALGORITHMS)
 # Max |error| for operands in [-1, 1]: the simulator's calibrated noise (n16-d24) and

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from privlearn.linalg import ALGORITHMS, hetal_block_shape
-from privlearn.linalg.cost import measured
-from tests.linalg.conftest import HETAL_SHAPES, max_error, run
+from privlearn.linalg.cost import HETAL_SHAPES, measured
+from tests.linalg.conftest import max_error, run
 
 PAIRS = [("diag_abt/ours", "diag_abt/hetal"), ("diag_atb/ours", "diag_atb/hetal"),
          ("diag_atb/ours-balanced", "diag_atb/hetal")]

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and writes JSON; never part of the test suite."""
