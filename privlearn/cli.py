@@ -94,6 +94,7 @@ def bench_matmul(
     preset: str = typer.Option("n16-d24", help="CKKS preset for OpenFHE timings and key sizes"),
     level: int = typer.Option(None, help="operand level (default: the deepest algorithm's)"),
     max_seconds: float = typer.Option(150.0, help="time on OpenFHE only rows predicted faster"),
+    max_gb: float = typer.Option(5.0, help="... and needing fewer GB of keys and ciphertexts"),
     reps: int = typer.Option(3, help="repetitions per op timing (median)"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("results/bench-matmul.json"), help="JSON output"),
@@ -106,7 +107,8 @@ def bench_matmul(
 
     parsed = [tuple(int(x) for x in s.split(",")) for s in shapes]
     results = run(parsed, algorithms or list(ALGORITHMS), preset=preset, level=level,
-                  max_seconds=max_seconds, reps=reps, seed=seed, console=console)
+                  max_seconds=max_seconds, max_gb=max_gb, reps=reps, seed=seed,
+                  console=console)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print_table(results, console)

@@ -8,9 +8,9 @@ For each shape and algorithm:
 - rotation-key memory: the keys the algorithm needs times one key's serialized size, measured
   on OpenFHE at the preset's ring (N = 2^16 for n16-d24);
 - wall time of the server's computation on OpenFHE with the preset, operands encrypted at
-  the same level for every algorithm, when the predicted time fits ``max_seconds``; otherwise
-  predicted from the executed (or model) counts per level and per-op times measured on
-  OpenFHE in the same run, marked "predicted";
+  the same level for every algorithm, when the predicted time fits ``max_seconds`` and the
+  keys and ciphertexts ``max_gb``; otherwise predicted from the executed (or model) counts
+  per level and per-op times measured on OpenFHE in the same run, marked "predicted";
 - max |error| against numpy (OpenFHE when timed, else the simulator, which is not encryption);
 - speed ratios against each baseline of the same product, from the same run.
 
@@ -32,6 +32,7 @@ from rich.table import Table
 from privlearn.he import ClientContext, Counts, Evaluator, TimeModel, get_params
 from privlearn.linalg import ALGORITHMS, Algorithm, Dims, hetal_block_shape, rotation_keys
 from privlearn.linalg.cost import Cost, measured
+from privlearn.linalg.packing import ciphertext_count
 
 BASELINES = {"abt": ["colmajor", "jin_abt", "halevi_shoup"], "atb": ["rowmajor", "jin_atb"]}
 # The simulator keeps every slot of every ciphertext in memory (512 KiB at 2^15 slots).
@@ -69,6 +70,12 @@ def _execute(client: ClientContext, alg: Algorithm, d: Dims, block, level: int, 
 def _sim_feasible(alg: Algorithm, d: Dims, c: Cost) -> bool:
     cts = d.b * (d.c + 1) if alg.name.startswith("jin") else 0  # B's entries or the output's
     return cts <= SIM_MAX_CIPHERTEXTS and c.key_switches <= SIM_MAX_KEY_SWITCHES
+
+
+def _operand_ciphertexts(alg: Algorithm, d: Dims, block) -> int:
+    blk = alg.block_for(d, block)
+    return sum(ciphertext_count(shape, blk, layout)
+               for shape, layout in zip(alg.operand_shapes(d), alg.layouts, strict=True))
 
 
 def _model_counts(c: Cost, level: int) -> Counts:
@@ -126,7 +133,7 @@ def key_bytes(client: ClientContext) -> int:
 
 
 def run(shapes: list[tuple[int, int, int]], names: list[str], *, preset: str, level: int | None,
-        max_seconds: float, reps: int, seed: int, console: Console) -> dict:
+        max_seconds: float, max_gb: float, reps: int, seed: int, console: Console) -> dict:
     """Counts on the simulator, keys and time on OpenFHE; returns the JSON-able results."""
     params = get_params(preset)
     algs = [ALGORITHMS[n] for n in names]
@@ -140,6 +147,7 @@ def run(shapes: list[tuple[int, int, int]], names: list[str], *, preset: str, le
     console.print("measuring per-op times and one rotation key on OpenFHE ...")
     times = measure_op_times(real, (level, max(level - 4, 1)), reps)
     per_key = key_bytes(real)
+    per_ct = len(real.serialize(real.encrypt([0.0], level=level)))
     rows = []
     for s in shapes:
         d, blk = Dims(*s), blocks[s]
@@ -159,8 +167,10 @@ def run(shapes: list[tuple[int, int, int]], names: list[str], *, preset: str, le
                 counts = _model_counts(c, level)
                 row.update(counts_from="model", sim_error=None)
             predicted = times.seconds(counts)
-            row["predicted_s"] = predicted
-            if predicted <= max_seconds:
+            # keys, operands and as many intermediates again (the output, rotated copies)
+            gb = (row["key_bytes"] + 2 * _operand_ciphertexts(alg, d, blk) * per_ct) / 1e9
+            row.update(predicted_s=predicted, openfhe_gb=gb)
+            if predicted <= max_seconds and gb <= max_gb:
                 console.print(f"  {d} {alg.name}: timing on OpenFHE (~{predicted:.0f} s)")
                 load0 = os.getloadavg()[0]
                 _, seconds, err = _execute(real, alg, d, blk, level, seed)
@@ -172,7 +182,8 @@ def run(shapes: list[tuple[int, int, int]], names: list[str], *, preset: str, le
             rows.append(row)
     _add_ratios(rows)
     return {"preset": params.summary(), "level": level, "machine": platform.node(),
-            "cpus": os.cpu_count(), "key_bytes_each": per_key, "max_seconds": max_seconds,
+            "cpus": os.cpu_count(), "key_bytes_each": per_key, "ciphertext_bytes": per_ct,
+            "max_seconds": max_seconds, "max_gb": max_gb,
             "time_model": {op: list(ab) for op, ab in times.coef.items()},
             "loadavg_end": list(os.getloadavg()), "rows": rows,
             "key_switch_ratios": key_switch_ratios(rows),

@@ -135,6 +135,15 @@ def pack(matrix: np.ndarray, block: BlockShape, layout: Layout) -> list[np.ndarr
     raise ValueError(f"unknown layout {layout!r}")  # pragma: no cover
 
 
+def ciphertext_count(shape: tuple[int, int], block: BlockShape, layout: Layout) -> int:
+    """How many ciphertexts :func:`pack` makes (without packing anything)."""
+    rows, cols = shape
+    nr, nc = block.grid(rows, cols)
+    return {Layout.PLAIN: nr * nc, Layout.ROW_TILED: nc, Layout.ROW_TILED_PAIRED: (nc + 1) // 2,
+            Layout.COL_TILED: nr, Layout.DUPLICATED_ROWS: nr, Layout.DIAGONALS:
+            padded_classes(rows), Layout.COLUMNS: cols, Layout.REPLICATED: rows * cols}[layout]
+
+
 def unpack(vectors: Sequence[np.ndarray], shape: tuple[int, int], block: BlockShape,
            layout: Layout) -> np.ndarray:
     """Inverse of :func:`pack` (reads the first tile of tiled layouts, real parts elsewhere)."""

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from privlearn.linalg import BlockShape, EncMatrix, Layout, hetal_block_shape, padded_classes
 from privlearn.linalg.cost import HETAL_SHAPES
-from privlearn.linalg.packing import pack, unpack
+from privlearn.linalg.packing import ciphertext_count, pack, unpack
 from tests.conftest import BACKENDS
 
 N = 2048  # toy-n12 slots
@@ -52,6 +52,7 @@ def test_pack_then_unpack_is_the_identity(case, seed):
     m = np.random.default_rng(seed).uniform(-1, 1, shape)
     vectors = pack(m, block, layout)
     assert all(v.shape == (block.slots,) for v in vectors)
+    assert len(vectors) == ciphertext_count(shape, block, layout)
     np.testing.assert_array_equal(unpack(vectors, shape, block, layout), m)
 
 
