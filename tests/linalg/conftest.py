@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,9 +45,12 @@ def operands(alg: Algorithm, d: Dims, seed: int) -> tuple[np.ndarray, np.ndarray
 
 
 def evaluator(client: ClientContext, alg: Algorithm, d: Dims, block: BlockShape) -> Evaluator:
-    """A server holding exactly the keys ``alg`` needs at this shape."""
+    """A server holding exactly the keys ``alg`` needs at this shape (through a bundle
+    directory: as bytes, OpenFHE's keys at N=2^16 would be copied several times)."""
     keys, conj = rotation_keys(alg.name, d, block)
-    return Evaluator.from_bundle(client.public_bundle(sorted(keys), conjugation=conj))
+    with tempfile.TemporaryDirectory(prefix="privlearn-keys-") as tmp:
+        path = client.public_bundle(sorted(keys), conjugation=conj, path=Path(tmp) / "bundle")
+        return Evaluator.from_bundle(path)
 
 
 def run(client: ClientContext, alg: Algorithm, d: Dims, block: BlockShape, *, seed: int = 0,
