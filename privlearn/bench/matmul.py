@@ -269,7 +269,9 @@ def key_switch_ratios(rows: list[dict]) -> list[dict]:
                             "key_switches": [p["key_switches"], o["key_switches"]],
                             "ratio": p["key_switches"] / o["key_switches"],
                             "mult": [p["mult"], o["mult"]], "depth": [p["depth"], o["depth"]],
-                            "time_ratio": p["seconds"] / o["seconds"]})
+                            "time_ratio": p["seconds"] / o["seconds"],
+                            "time_from": "measured" if p["time_from"] == o["time_from"]
+                            == "measured" else "predicted"})
     return out
 
 
@@ -277,7 +279,8 @@ def _ratio_cells(x: dict) -> list[str]:
     ks, m, dp = x["key_switches"], x["mult"], x["depth"]
     return ["({},{},{})".format(*x["shape"]), x["ours"], f"{ks[0]} / {ks[1]}",
             f"{x['ratio']:.2f}" + (" ✓" if x["ratio"] >= 2 else ""), f"{m[0]} / {m[1]}",
-            f"{dp[0]} / {dp[1]}", f"{x['time_ratio']:.2f}"]
+            f"{dp[0]} / {dp[1]}",
+            f"{x['time_ratio']:.2f}" + ("" if x["time_from"] == "measured" else " (pred.)")]
 
 
 RATIO_COLUMNS = ["shape", "variant", "KS hetal / ours", "KS ratio", "Mult hetal / ours",

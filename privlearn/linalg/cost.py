@@ -195,8 +195,8 @@ def ours_atb(d: Dims, blk: BlockShape, *, split: int) -> Cost:
                 lag=(3, 3 if pairs else 2))
 
 
-# Time of a CMult over a key switch on OpenFHE at N=2^16 (0.3-0.45 from level 24 to 5,
-# measured by `privlearn bench matmul`): the Evaluator encodes every mask afresh.
+# Time of a CMult over a rotation on OpenFHE at N=2^16: 0.25 at level 5 to 0.4 at level 24 in
+# `privlearn bench matmul`'s time model, because the Evaluator encodes every mask afresh.
 CMULT_PER_KEY_SWITCH = 0.4
 
 
