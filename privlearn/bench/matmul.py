@@ -52,7 +52,7 @@ def _operands(alg: Algorithm, d: Dims, seed: int) -> tuple[np.ndarray, np.ndarra
 
 def _server(client: ClientContext, alg: Algorithm, d: Dims, block) -> Evaluator:
     """A server with exactly the keys ``alg`` needs. The bundle goes through a directory:
-    as bytes, OpenFHE's keys at N=2^16 are copied several times (5 GB peak for 8 keys)."""
+    as bytes, several copies of OpenFHE's keys (~100 MB each at N=2^16) coexist."""
     keys, conj = rotation_keys(alg.name, d, block)
     with tempfile.TemporaryDirectory(prefix="privlearn-keys-") as tmp:
         path = client.public_bundle(sorted(keys), conjugation=conj, path=Path(tmp) / "bundle")
