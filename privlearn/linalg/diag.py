@@ -71,7 +71,7 @@ def ours_abt(ev: Evaluator, a: EncMatrix, b: EncMatrix) -> EncMatrix:
     blk, c = a.block, b.shape[0]
     s1, cp = blk.s1, padded_classes(c)
     h = cp // 2
-    bt = [shifted_family(ev, _complexified_b(ev, bj, s1, h), s1, h, hoist=True)
+    bt = [shifted_family(ev, _complexified_b(ev, bj, s1, h), s1, h)
           for bj in b.blocks]
     place = [[masks.abt_placement(blk, cp, k, rho) for k in range(h)] for rho in range(cp)]
     out = []
@@ -140,7 +140,7 @@ def ours_atb(ev: Evaluator, a: EncMatrix, b: EncMatrix, *, split: int) -> EncMat
     right = [masks.columns(blk, s1 - k, s1) for k in range(cp)]
     real, imag = [], []
     for ar in a.blocks:
-        rk = shifted_family(ev, ar, 1, cp, hoist=True)
+        rk = shifted_family(ev, ar, 1, cp)
         # tiled rows repeat every c' columns, so the last k columns of RotLeft(A, k) are
         # Rot(A, k) moved right by c'
         dk = [None] + [ev.rotate(rk[k], -cp) for k in range(1, cp)]
