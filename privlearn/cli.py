@@ -14,6 +14,7 @@ from rich.table import Table
 
 import privlearn
 from privlearn.he import PRESETS, available_backends
+from privlearn.linalg.cost import HETAL_SHAPES
 
 app = typer.Typer(
     help="privlearn: machine learning on data its owners will not reveal.",
@@ -139,6 +140,37 @@ def bench_softmax(
     bench.plot(results, out.with_suffix(".png"))
     console.print(table)
     console.print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+@bench_app.command("matmul")
+def bench_matmul(
+    shapes: list[str] = typer.Option([f"{d.a},{d.b},{d.c}" for d in HETAL_SHAPES], "--shape",
+                                     help="a,b,c as in HETAL (default: its five shapes)"),
+    algorithms: list[str] = typer.Option([], "--algorithm", help="default: all"),
+    preset: str = typer.Option("n16-d24", help="CKKS preset for OpenFHE timings and key sizes"),
+    level: int = typer.Option(None, help="operand level (default: the deepest algorithm's)"),
+    max_seconds: float = typer.Option(150.0, help="time on OpenFHE only rows predicted faster"),
+    max_gb: float = typer.Option(5.0, help="... and needing fewer GB of keys and ciphertexts"),
+    reps: int = typer.Option(3, help="repetitions per op timing (median)"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("results/bench-matmul.json"), help="JSON output"),
+    markdown: Path = typer.Option(None, help="also write the table as Markdown here"),
+) -> None:
+    """HETAL's matrix products and their baselines at HETAL's shapes: counts, keys, time."""
+    from privlearn.bench.matmul import markdown as to_markdown
+    from privlearn.bench.matmul import print_table, run
+    from privlearn.linalg import ALGORITHMS
+
+    parsed = [tuple(int(x) for x in s.split(",")) for s in shapes]
+    results = run(parsed, algorithms or list(ALGORITHMS), preset=preset, level=level,
+                  max_seconds=max_seconds, max_gb=max_gb, reps=reps, seed=seed,
+                  console=console)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print_table(results, console)
+    if markdown:
+        markdown.write_text(to_markdown(results))
+    console.print(f"wrote {out}" + (f" and {markdown}" if markdown else ""))
 
 
 def main() -> None:  # pragma: no cover
