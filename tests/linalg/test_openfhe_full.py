@@ -1,5 +1,5 @@
 """Full size on real encryption (OpenFHE, n16-d24: N = 2^16, 2^15 slots, 128-bit): the
-diagonal products at HETAL's smallest benchmark shape. Slow: rotation keys are ~100 MB each."""
+diagonal products at HETAL's smallest benchmark shapes. Slow: rotation keys are ~100 MB each."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ def client() -> ClientContext:
     return ClientContext.create("n16-d24", "openfhe")
 
 
-@pytest.mark.parametrize("name", ["diag_abt/hetal", "diag_abt/ours", "diag_atb/hetal",
-                                  "diag_atb/hetal-protup", "diag_atb/ours"])
-def test_full_size_on_openfhe(client, name):
-    d = HETAL_SHAPES[0]
+@pytest.mark.parametrize("name,i", [
+    ("diag_abt/hetal", 0), ("diag_abt/ours", 0), ("diag_atb/hetal", 0),
+    ("diag_atb/hetal-protup", 0), ("diag_atb/ours", 0),
+    ("diag_atb/ours", 1)])  # (256,256,8): two block columns, the paired path
+def test_full_size_on_openfhe(client, name, i):
+    d = HETAL_SHAPES[i]
     blk = hetal_block_shape(d.a, d.c, client.slots)
     alg = ALGORITHMS[name]
     model = alg.cost(d, blk)
