@@ -87,6 +87,46 @@ def bench_he_ops(
     console.print(f"wrote {out}")
 
 
+@bench_app.command("niid")
+def bench_niid(
+    part: str = typer.Option("all", help="grid, stragglers, scaffold-sampling or all"),
+    datasets: str = typer.Option("digits,mnist5k", help="comma-separated"),
+    partitions: str = typer.Option(",".join(["homo", "#C=2", "Dir(0.5)", "noise(0.1)",
+                                             "quantity Dir(0.5)", "mixed"]),
+                                   help="comma-separated names (also #C=1, #C=3)"),
+    algorithms: str = typer.Option("fedavg,fedprox,scaffold,fednova"),
+    seeds: str = typer.Option("0,1,2"),
+    rounds: str = typer.Option("digits=50,mnist5k=20", help="rounds per dataset"),
+    straggler_rounds: int = typer.Option(200),
+    straggler_seeds: str = typer.Option("0"),
+    sampling_rounds: int = typer.Option(200, help="rounds of the 100-client, 10 %% run"),
+    engine: str = typer.Option("vectorised"),
+    threads: int = typer.Option(1, help="torch/BLAS threads"),
+    out: Path = typer.Option(Path("results/bench-niid"), help="folder for JSON + PNG"),
+) -> None:
+    """NIID-Bench grid (4 algorithms x partitions x seeds), FedProx stragglers, SCAFFOLD at 10 %."""
+    from privlearn.bench import niid
+
+    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
+    out.mkdir(parents=True, exist_ok=True)
+    if part in ("grid", "all"):
+        per = dict(kv.split("=") for kv in rounds.split(","))
+        doc = niid.run_grid(datasets.split(","), partitions.split(","), algorithms.split(","),
+                            ints(seeds), {k: int(v) for k, v in per.items()}, out / "grid.json",
+                            engine, threads, console)
+        niid.print_grid(doc, console)
+        niid.plot_grid(doc, out / "grid.png")
+    if part in ("stragglers", "all"):
+        doc = niid.run_stragglers(straggler_rounds, ints(straggler_seeds),
+                                  out / "stragglers.json", threads=threads, console=console)
+        niid.print_stragglers(doc, console)
+        niid.plot_stragglers(doc, out / "stragglers.png")
+    if part in ("scaffold-sampling", "all"):
+        niid.run_scaffold_sampling(sampling_rounds, ints(straggler_seeds),
+                                   out / "scaffold_sampling.json", threads, console)
+    console.print(f"wrote {out}/")
+
+
 # --- federated learning ----------------------------------------------------------------------
 
 def _parse_params(items: list[str]) -> dict:
@@ -137,6 +177,7 @@ def fl_run(
     device: str = typer.Option(None, help="cpu or cuda"),
     chunk_size: int = typer.Option(None, help="max clients stacked at once (vectorised)"),
     compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the step"),
+    threads: int = typer.Option(None, help="torch/BLAS threads (1 suits small shared CPUs)"),
     seed: int = typer.Option(None),
     eval_every: int = typer.Option(None),
     out: str = typer.Option(None, help="output folder (metrics.json, metrics.png, checkpoint)"),
@@ -158,7 +199,8 @@ def fl_run(
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
              "weight_decay": weight_decay, "stragglers": stragglers,
              "straggler_policy": straggler_policy, "algorithm": algorithm, "engine": engine,
-             "device": device, "chunk_size": chunk_size, "compile": compile, "seed": seed,
+             "device": device, "chunk_size": chunk_size, "compile": compile, "threads": threads,
+             "seed": seed,
              "eval_every": eval_every, "out": out}
     if epochs_range is not None:
         flags["epochs_range"] = [int(v) for v in epochs_range.split(",")]

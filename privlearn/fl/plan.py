@@ -139,6 +139,20 @@ class RoundPlan:
         return self.order[start : start + min(self.batch_size, n - b * self.batch_size)]
 
 
+def client_order(
+    indices: np.ndarray, seed: int, round_idx: int, client: int, epochs: int
+) -> np.ndarray:
+    """Client `client`'s sample order for `epochs` epochs of round `round_idx`: one fresh
+    permutation per epoch, from the client's own stream (seed, round, client), so the
+    client can draw it itself (the Flower ClientApp in the speed benchmark does)."""
+    rng = np.random.default_rng([seed, round_idx, 2, client])
+    return (
+        np.concatenate([rng.permutation(indices) for _ in range(epochs)])
+        if epochs
+        else (np.zeros(0, dtype=np.int64))
+    )
+
+
 def plan_round(
     clients: list[np.ndarray],
     sampling: Sampling,
@@ -147,7 +161,10 @@ def plan_round(
     round_idx: int,
     batches_per_step: int = 1,
 ) -> RoundPlan:
-    """Draw round `round_idx`'s plan; the same (seed, round) always gives the same plan."""
+    """Draw round `round_idx`'s plan; the same (seed, round) always gives the same plan.
+
+    The cohort, stragglers and epochs come from the round's stream; each client's sample
+    order from its own (`client_order`)."""
     rng = np.random.default_rng([seed, round_idx, 0])
     cohort = sample_cohort(len(clients), sampling, rng)
     big_b = work.batch_size * batches_per_step
@@ -181,9 +198,8 @@ def plan_round(
     cohort, sizes, nb, steps = cohort[keep], sizes[keep], nb[keep], steps[keep]
     n_epochs = -(-steps // np.maximum(nb, 1))
     orders = [
-        rng.permutation(clients[c])
-        for c, e in zip(cohort, n_epochs, strict=False)
-        for _ in range(e)
+        client_order(clients[c], seed, round_idx, int(c), int(e))
+        for c, e in zip(cohort, n_epochs, strict=True)
     ]
     lengths = sizes * n_epochs
     base = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0)

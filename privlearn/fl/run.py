@@ -42,7 +42,7 @@ CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
     "metrics.png",
     "partition.png",
 )
-RESUMABLE = ("rounds", "eval_every", "out")  # what may change when resuming
+RESUMABLE = ("rounds", "eval_every", "out", "threads")  # what may change when resuming
 
 
 @dataclass
@@ -86,6 +86,7 @@ class RunConfig:
     device: str = "cpu"
     chunk_size: int | None = None
     compile: bool = False
+    threads: int | None = None  # torch and BLAS threads; 1 is fastest on small, shared CPUs
     seed: int = 0
     eval_every: int = 1
     out: str = "results/fl-run"
@@ -158,6 +159,11 @@ class Experiment:
                 f"device {cfg.device!r} requested but CUDA is not available; use --device cpu"
             )
         cfg.sampling_spec(), cfg.work()  # validate before loading data
+        if cfg.threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            torch.set_num_threads(cfg.threads)
+            threadpool_limits(cfg.threads)
         data = build_federated(cfg.data_spec(), cfg.seed).to(cfg.device)
         model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.hidden)
         algo = build_algorithm(

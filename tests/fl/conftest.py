@@ -1,12 +1,14 @@
-"""FL test set-up: one intra-op thread (the CI box is small and shared; several threads on
-contended cores make torch far slower, never faster, at these sizes)."""
+"""FL test set-up: one thread for torch and for numpy's BLAS (the CI box is small and
+shared; several threads on contended cores make these small workloads far slower)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 torch.set_num_threads(1)
+threadpool_limits(1)
 
 
 @pytest.fixture(scope="session")

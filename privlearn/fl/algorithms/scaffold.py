@@ -3,8 +3,10 @@
 Client: after every local SGD step, w <- w - lr (c - c_i) (NIID-Bench's placement, which
 also holds with momentum). After K steps: c_i+ = c_i - c + (x - y) / (K lr).
 Server: x <- x + eta_g * weighted_mean(y - x); c <- c + (1/N) sum_{i in S} (c_i+ - c_i).
-Control variates start at zero, as in the paper (NIID-Bench starts them at a randomly
-initialised network; see the README for what that changes under partial participation).
+Control variates start at zero, as in the paper. control_init="model" reproduces
+NIID-Bench instead: there c and every c_i start as the weights of a freshly initialised
+network, an offset that cancels under full participation but not under partial
+participation (see the README's NIID-Bench section).
 """
 
 from __future__ import annotations
@@ -27,13 +29,25 @@ from privlearn.fl.algorithms.base import (
 from privlearn.fl.models import Model
 
 
-def scaffold(model: Model, local: LocalSGD, n_clients: int, server_lr: float = 1.0) -> Algorithm:
+def scaffold(
+    model: Model,
+    local: LocalSGD,
+    n_clients: int,
+    server_lr: float = 1.0,
+    control_init: str = "zeros",
+) -> Algorithm:
     if n_clients < 1:
         raise ValueError(f"SCAFFOLD needs the total number of clients N >= 1, got {n_clients}")
+    if control_init not in ("zeros", "model"):
+        raise ValueError(
+            f"control_init must be 'zeros' (the paper) or 'model' (NIID-Bench), "
+            f"got {control_init!r}"
+        )
     server = default_server(server_lr)
 
     def server_init(params, buffers, rng):
-        return {**server_start(params, buffers, server), "c": T.zeros_like(params)}
+        c = T.zeros_like(params) if control_init == "zeros" else model.init(rng)[0]
+        return {**server_start(params, buffers, server), "c": c}
 
     def client_init(s, cs, info):
         return {
@@ -75,7 +89,7 @@ def scaffold(model: Model, local: LocalSGD, n_clients: int, server_lr: float = 1
     return Algorithm(
         name="scaffold",
         server_init=server_init,
-        client_state_init=lambda s: {"c": T.zeros_like(s["params"])},
+        client_state_init=lambda s: {"c": dict(s["c"])},
         client_init=client_init,
         client_step=client_step,
         client_final=client_final,
