@@ -127,6 +127,34 @@ def bench_niid(
     console.print(f"wrote {out}/")
 
 
+@bench_app.command("fl-speed")
+def bench_fl_speed(
+    workloads: list[str] = typer.Option(None, "--workload",
+                                        help="repeatable; default: all (see `--list`)"),
+    engines: str = typer.Option("sequential,vectorised,vectorised+compile,flower"),
+    rounds: int = typer.Option(None, help="override every workload's number of rounds"),
+    flower_workers: int = typer.Option(2, help="Ray workers (1 CPU each) for Flower"),
+    seed: int = typer.Option(0),
+    list_: bool = typer.Option(False, "--list", help="list the workloads and exit"),
+    out: Path = typer.Option(Path("results/bench-fl-speed.json"), help="JSON output"),
+) -> None:
+    """Vectorised vs sequential engines vs Flower's Ray simulation on the same FedAvg work."""
+    from privlearn.bench import fl_speed
+
+    if list_:
+        for name, w in fl_speed.WORKLOADS.items():
+            console.print(f"{name}: {w['rounds']} rounds, {w['cfg']}")
+        return
+    names = workloads or list(fl_speed.WORKLOADS)
+    if rounds is not None:
+        for name in names:
+            fl_speed.WORKLOADS[name]["rounds"] = rounds
+    doc = fl_speed.run(names, engines.split(","), out, seed, flower_workers, console=console)
+    fl_speed.print_table(doc, console)
+    fl_speed.plot(doc, out.with_suffix(".png"))
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
 # --- federated learning ----------------------------------------------------------------------
 
 def _parse_params(items: list[str]) -> dict:

@@ -61,6 +61,7 @@ class RunConfig:
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
     synthetic_iid: bool = False
+    min_client_size: int = 10  # label-dirichlet redraws until every client has this many
     # model
     model: str = "auto"
     hidden: list[int] = field(default_factory=lambda: [200, 200])
@@ -126,6 +127,7 @@ class RunConfig:
             self.synthetic_alpha,
             self.synthetic_beta,
             self.synthetic_iid,
+            self.min_client_size,
         )
 
     def sampling_spec(self) -> Sampling:

@@ -243,6 +243,7 @@ class DataSpec:
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
     synthetic_iid: bool = False
+    min_client_size: int = P.MIN_PARTY_SIZE  # label-dirichlet's redraw threshold
 
 
 def _user_split(users: list[UserData], seed: int, frac: float = 0.9):
@@ -331,6 +332,7 @@ def build_federated(spec: DataSpec, seed: int) -> FederatedDataset:
             beta=spec.beta,
             k=spec.classes_per_client,
             n_classes=data.n_classes,
+            min_size=spec.min_client_size,
         )
         natural_tests = None
     noise_levels = (

@@ -98,12 +98,14 @@ def label_dirichlet(
     seed: int,
     n_classes: int | None = None,
     max_tries: int = 10_000,
+    min_size: int = MIN_PARTY_SIZE,
 ) -> list[np.ndarray]:
     """p_k ~ Dir_N(beta) per class (`noniid-labeldir`), with the reference's balancing rule.
 
     Per class: shuffle its indices, draw proportions ~ Dir(beta * 1_N), zero those of clients
     already holding >= n/N samples, renormalise and cut. The whole draw repeats until every
-    client holds >= 10 samples; each client's list is shuffled at the end.
+    client holds >= `min_size` samples (10 in the reference; lower it only when clients are
+    too small for that to happen); each client's list is shuffled at the end.
     """
     labels = _check(labels, n_clients)
     if beta <= 0:
@@ -123,12 +125,12 @@ def label_dirichlet(
             batches = [
                 b + chunk.tolist() for b, chunk in zip(batches, np.split(idx_c, cuts), strict=True)
             ]
-        if min(len(b) for b in batches) >= MIN_PARTY_SIZE:
+        if min(len(b) for b in batches) >= min_size:
             break
     else:
         raise ValueError(
             f"label-dirichlet(beta={beta}) found no split giving every one of "
-            f"{n_clients} clients >= {MIN_PARTY_SIZE} samples in {max_tries} "
+            f"{n_clients} clients >= {min_size} samples in {max_tries} "
             "draws; use fewer clients or a larger beta"
         )
     parts = []
@@ -216,14 +218,16 @@ def partition(
     beta: float = 0.5,
     k: int = 2,
     n_classes: int | None = None,
+    min_size: int = MIN_PARTY_SIZE,
 ) -> list[np.ndarray]:
-    """Split sample indices over clients by a NIID-Bench scheme (see SCHEMES)."""
+    """Split sample indices over clients by a NIID-Bench scheme (see SCHEMES). `min_size`
+    is label-dirichlet's redraw threshold."""
     if scheme == "homo":
         return homogeneous(labels, n_clients, seed)
     if scheme == "label-quantity":
         return label_quantity(labels, n_clients, k, seed, n_classes)
     if scheme == "label-dirichlet":
-        return label_dirichlet(labels, n_clients, beta, seed, n_classes)
+        return label_dirichlet(labels, n_clients, beta, seed, n_classes, min_size=min_size)
     if scheme == "quantity-dirichlet":
         return quantity_dirichlet(labels, n_clients, beta, seed)
     if scheme == "mixed":
