@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.func import grad_and_value
 
 from privlearn.fl import tree as T
@@ -76,7 +75,9 @@ def masked_loss(
 ) -> tuple[torch.Tensor, Params]:
     """Mean cross-entropy over the real samples of a (possibly padded) batch."""
     logits, new_buffers = model.apply(params, buffers, batch["x"], batch["mask"], train=True)
-    ce = F.cross_entropy(logits, batch["y"], reduction="none")
+    # log_softmax + gather is F.cross_entropy's arithmetic; under vmap it avoids nll_loss's
+    # Python-level decomposition (a quarter of an eager vmapped step on small models)
+    ce = -logits.log_softmax(-1).gather(1, batch["y"][:, None]).squeeze(1)
     m = batch["mask"]
     return (ce * m).sum() / m.sum().clamp_min(1.0), new_buffers
 

@@ -6,7 +6,8 @@ Clients' states are stacked along a leading axis; one `torch.func.vmap` of the a
   averages over real rows only;
 - step-count grouping: clients are sorted by planned steps (most first), and once a client
   has taken all its steps its rows leave the stack, so no padded step is ever computed for
-  it (a heavy-tailed cohort costs the longest client's steps, not K times that);
+  it (a heavy-tailed cohort costs the longest client's steps, not K times that); when one
+  client is left, its remaining steps run unbatched, without vmap's per-call overhead;
 - chunks: at most `chunk_size` clients are stacked at once, chosen from a memory budget when
   not given.
 
