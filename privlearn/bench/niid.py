@@ -19,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -104,14 +105,6 @@ def _key(*parts) -> str:
     return " | ".join(str(p) for p in parts)
 
 
-def _load(path: Path, settings: dict) -> dict:
-    if path.exists():
-        doc = json.loads(path.read_text())
-        if doc.get("settings") == settings:
-            return doc
-    return {"settings": settings, "machine": machine(), "runs": {}}
-
-
 def _save(doc: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -130,6 +123,58 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def _run_jobs(
+    out: Path,
+    title: str,
+    jobs: list[tuple[str, dict, RunConfig]],
+    console: Console,
+    train_loss_on_all: bool = False,
+    post=None,
+) -> dict:
+    """Run each (key, labels, config) not already in `out` with the same config; the file
+    is rewritten after every run, so an interrupted benchmark resumes where it stopped."""
+    doc = json.loads(out.read_text()) if out.exists() else {"machine": machine(), "runs": {}}
+    with _progress(console) as bar:
+        task = bar.add_task(title, total=len(jobs), last="")
+        for key, labels, cfg in jobs:
+            conf = asdict(cfg)
+            if doc["runs"].get(key, {}).get("config") != conf:
+                t0 = time.perf_counter()
+                res = _curve(cfg, train_loss_on_all)
+                res.update(wall_seconds=time.perf_counter() - t0, load_1m=os.getloadavg()[0])
+                if post:
+                    res.update(post(res))
+                doc["runs"][key] = {**labels, "config": conf, **res}
+                _save(doc, out)
+            bar.update(task, advance=1, last=f"{key}: final {doc['runs'][key]['final_acc']:.3f}")
+    return doc
+
+
+def grid_config(
+    dataset: str,
+    partition: str,
+    algorithm: str,
+    seed: int,
+    rounds: int,
+    engine: str = "vectorised",
+    threads: int = 1,
+) -> RunConfig:
+    """One cell of the NIID-Bench grid."""
+    return RunConfig(
+        **{
+            **NIID_BENCH,
+            **PARTITIONS[partition],
+            "dataset": dataset,
+            "algorithm": algorithm,
+            "algo_params": ALGORITHMS[algorithm],
+            "rounds": rounds,
+            "seed": seed,
+            "engine": engine,
+            "threads": threads,
+        }
+    )
+
+
 def run_grid(
     datasets: Iterable[str],
     partitions: Iterable[str],
@@ -137,54 +182,25 @@ def run_grid(
     seeds: Iterable[int],
     rounds: dict[str, int],
     out: Path,
-    engine: str = "vectorised",
+    engines: dict[str, str] | None = None,
     threads: int = 1,
     console: Console | None = None,
 ) -> dict:
-    """The NIID-Bench grid; returns (and writes) the results document."""
-    console = console or Console()
-    datasets, partitions, algorithms, seeds = (
-        list(datasets),
-        list(partitions),
-        list(algorithms),
-        list(seeds),
-    )
-    settings = {
-        "kind": "niid-grid",
-        "optimiser": NIID_BENCH,
-        "algorithms": {a: ALGORITHMS[a] for a in algorithms},
-        "rounds": rounds,
-        "engine": engine,
-        "threads": threads,
-    }
-    doc = _load(out, settings)
-    todo = [(d, p, a, s) for d in datasets for p in partitions for a in algorithms for s in seeds]
-    with _progress(console) as bar:
-        task = bar.add_task("niid grid", total=len(todo), last="")
-        for d, p, a, s in todo:
-            key = _key(d, p, a, s)
-            if key not in doc["runs"]:
-                cfg = RunConfig(
-                    **{
-                        **NIID_BENCH,
-                        **PARTITIONS[p],
-                        "dataset": d,
-                        "algorithm": a,
-                        "algo_params": ALGORITHMS[a],
-                        "rounds": rounds[d],
-                        "seed": s,
-                        "engine": engine,
-                        "threads": threads,
-                    }
-                )
-                t0 = time.perf_counter()
-                res = _curve(cfg)
-                res["wall_seconds"] = time.perf_counter() - t0
-                doc["runs"][key] = {"dataset": d, "partition": p, "algorithm": a, "seed": s, **res}
-                _save(doc, out)
-            r = doc["runs"][key]
-            bar.update(task, advance=1, last=f"{key}: final {r['final_acc']:.3f}")
-    return doc
+    """The NIID-Bench grid; returns (and writes) the results document. `engines` picks the
+    engine per dataset (default vectorised; the results agree, only the time differs)."""
+    engines = engines or {}
+    jobs = [
+        (
+            _key(d, p, a, s),
+            {"dataset": d, "partition": p, "algorithm": a, "seed": s},
+            grid_config(d, p, a, s, rounds[d], engines.get(d, "vectorised"), threads),
+        )
+        for d in datasets
+        for p in partitions
+        for a in algorithms
+        for s in seeds
+    ]
+    return _run_jobs(out, "niid grid", jobs, console or Console())
 
 
 def grid_table(doc: dict) -> list[dict]:
@@ -215,7 +231,7 @@ def print_grid(doc: dict, console: Console) -> None:
     rows = grid_table(doc)
     algs = [a for a in ALGORITHMS if any(r["algorithm"] == a for r in rows)]
     for d in dict.fromkeys(r["dataset"] for r in rows):
-        rounds = doc["settings"]["rounds"].get(d)
+        rounds = next(r["config"]["rounds"] for r in doc["runs"].values() if r["dataset"] == d)
         t = Table(
             title=f"{d}: final test accuracy % after {rounds} rounds, mean ± std over "
             "seeds (best over rounds in brackets)"
@@ -276,7 +292,8 @@ def plot_grid(doc: dict, path: Path) -> Path:
         ax.set_xticks(np.arange(len(parts)) + 0.4 - width / 2, parts)
         ax.set_ylabel("final test accuracy %")
         ax.set_ylim(0, 100)
-        ax.set_title(f"{d} ({doc['settings']['rounds'].get(d)} rounds, 10 clients)")
+        rounds = next(r["config"]["rounds"] for r in doc["runs"].values() if r["dataset"] == d)
+        ax.set_title(f"{d} ({rounds} rounds, 10 clients)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, ncol=4)
     fig.tight_layout()
@@ -295,25 +312,19 @@ def run_stragglers(
     console: Console | None = None,
 ) -> dict:
     """FedProx's Synthetic(1,1) straggler experiment (Li et al. 2020, Fig. 1)."""
-    console = console or Console()
-    seeds = list(seeds)
-    settings = {
-        "kind": "fedprox-stragglers",
-        "setup": FEDPROX_SYNTHETIC,
-        "rounds": rounds,
-        "fractions": list(fractions),
-        "methods": {k: list(v[:2]) + [v[2]] for k, v in STRAGGLER_METHODS.items()},
-        "compile": compile,
-        "threads": threads,
-    }
-    doc = _load(out, settings)
-    todo = [(f, m, s) for f in fractions for m in STRAGGLER_METHODS for s in seeds]
-    with _progress(console) as bar:
-        task = bar.add_task("stragglers", total=len(todo), last="")
-        for f, m, s in todo:
-            key = _key(f, m, s)
-            if key not in doc["runs"]:
-                alg, hp, policy = STRAGGLER_METHODS[m]
+
+    def tail(res: dict) -> dict:
+        last = np.array(res["acc"][-rounds // 4 :])
+        return {
+            "tail_mean_acc": float(last.mean()),
+            "tail_std_acc": float(last.std()),
+            "tail_min_acc": float(last.min()),
+        }
+
+    jobs = []
+    for f in fractions:
+        for m, (alg, hp, policy) in STRAGGLER_METHODS.items():
+            for s in seeds:
                 cfg = RunConfig(
                     **{
                         **FEDPROX_SYNTHETIC,
@@ -327,24 +338,14 @@ def run_stragglers(
                         "threads": threads,
                     }
                 )
-                t0 = time.perf_counter()
-                res = _curve(cfg, train_loss_on_all=True)
-                res["wall_seconds"] = time.perf_counter() - t0
-                tail = np.array(res["acc"][-rounds // 4 :])
-                res.update(
-                    tail_mean_acc=float(tail.mean()),
-                    tail_std_acc=float(tail.std()),
-                    tail_min_acc=float(tail.min()),
-                )
-                doc["runs"][key] = {"stragglers": f, "method": m, "seed": s, **res}
-                _save(doc, out)
-            r = doc["runs"][key]
-            bar.update(task, advance=1, last=f"{key}: final {r['final_acc']:.3f}")
-    return doc
+                jobs.append((_key(f, m, s), {"stragglers": f, "method": m, "seed": s}, cfg))
+    return _run_jobs(
+        out, "stragglers", jobs, console or Console(), train_loss_on_all=True, post=tail
+    )
 
 
 def print_stragglers(doc: dict, console: Console) -> None:
-    rounds = doc["settings"]["rounds"]
+    rounds = next(iter(doc["runs"].values()))["config"]["rounds"]
     t = Table(
         title=f"FedProx Synthetic(1,1), {rounds} rounds: test accuracy %, last quarter of "
         "the rounds: mean / std / min (final)"
@@ -352,7 +353,7 @@ def print_stragglers(doc: dict, console: Console) -> None:
     t.add_column("stragglers")
     for m in STRAGGLER_METHODS:
         t.add_column(m, justify="right")
-    for f in doc["settings"]["fractions"]:
+    for f in sorted({r["stragglers"] for r in doc["runs"].values()}):
         cells = []
         for m in STRAGGLER_METHODS:
             rs = [r for r in doc["runs"].values() if r["stragglers"] == f and r["method"] == m]
@@ -377,7 +378,7 @@ def plot_stragglers(doc: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fracs = doc["settings"]["fractions"]
+    fracs = sorted({r["stragglers"] for r in doc["runs"].values()})
     fig, axes = plt.subplots(2, len(fracs), figsize=(4.2 * len(fracs), 6.5), squeeze=False)
     for j, f in enumerate(fracs):
         for m in STRAGGLER_METHODS:
@@ -422,20 +423,16 @@ def run_scaffold_sampling(
         "rounds": rounds,
         "threads": threads,
     }
-    settings = {"kind": "scaffold-10pct", "setup": base, "methods": methods}
-    doc = _load(out, settings)
-    seeds = list(seeds)
-    todo = [(m, s) for m in methods for s in seeds]
-    with _progress(console) as bar:
-        task = bar.add_task("100 clients, 10 % sampling", total=len(todo), last="")
-        for m, s in todo:
-            key = _key(m, s)
-            if key not in doc["runs"]:
-                alg, hp = methods[m]
-                cfg = RunConfig(**{**base, "algorithm": alg, "algo_params": hp, "seed": s})
-                doc["runs"][key] = {"method": m, "seed": s, **_curve(cfg)}
-                _save(doc, out)
-            bar.update(task, advance=1, last=f"{key}: final {doc['runs'][key]['final_acc']:.3f}")
+    jobs = [
+        (
+            _key(m, s),
+            {"method": m, "seed": s},
+            RunConfig(**{**base, "algorithm": alg, "algo_params": hp, "seed": s}),
+        )
+        for m, (alg, hp) in methods.items()
+        for s in seeds
+    ]
+    doc = _run_jobs(out, "100 clients, 10 % sampling", jobs, console)
     t = Table(
         title=f"MNIST-5k, Dir(0.5), 100 clients, 10 per round, {rounds} rounds: test "
         "accuracy % (final / best), mean over seeds"

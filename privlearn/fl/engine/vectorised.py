@@ -67,6 +67,11 @@ class VectorisedEngine:
         if key not in self._cache:
             step = vmap(_gated(algo.client_step) if self.compile else algo.client_step)
             if self.compile:
+                # graphs of a previous algorithm share the vmap wrapper's code object and
+                # would count against (and crowd) this one's recompile budget
+                torch._dynamo.reset()
+                # one graph per stack width: up to log2(K) + 1 widths for a cohort of K
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
                 step = torch.compile(step, dynamic=False)
             self._cache = {
                 key: (
