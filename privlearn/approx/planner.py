@@ -31,8 +31,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from privlearn.he import Ciphertext, CKKSParams, Counts, Evaluator, LevelError
-from privlearn.he.backend import Operand, _is_integer_scalar
+from privlearn.he import (
+    Ciphertext,
+    CKKSParams,
+    Counts,
+    Evaluator,
+    LevelError,
+    Operand,
+    is_integer_scalar,
+)
 
 Policy = Literal["bootstrap", "refresh", "none"]
 
@@ -100,7 +107,7 @@ class LevelManager:
 
     # -- arithmetic: level-consuming operations refresh their operands first -------------------
     def mul(self, a: Ciphertext, b: Operand, *, rescale: bool = True) -> Ciphertext:
-        if not isinstance(b, Ciphertext) and _is_scalar(b) and _is_integer_scalar(b):
+        if not isinstance(b, Ciphertext) and _is_scalar(b) and is_integer_scalar(b):
             return self.ev.mul(a, b)
         a = self.ready(a)
         if isinstance(b, Ciphertext):

@@ -12,8 +12,10 @@ from privlearn.he.backend import (
     HEError,
     LevelError,
     MissingKeyError,
+    Operand,
     ParameterMismatchError,
     available_backends,
+    is_integer_scalar,
 )
 from privlearn.he.cost import CostCounter, Counts, TimeModel
 from privlearn.he.io import EnvelopeError
@@ -33,8 +35,10 @@ __all__ = [
     "InsecureParametersError",
     "LevelError",
     "MissingKeyError",
+    "Operand",
     "ParameterMismatchError",
     "TimeModel",
     "available_backends",
     "get_params",
+    "is_integer_scalar",
 ]

@@ -98,7 +98,8 @@ class Ciphertext:
 Operand = Ciphertext | np.ndarray | Sequence[complex] | complex | float | int
 
 
-def _is_integer_scalar(x: Any) -> bool:
+def is_integer_scalar(x: Any) -> bool:
+    """True for scalars that multiply without a level (see the table above)."""
     if isinstance(x, (bool, np.bool_)):
         return False
     if isinstance(x, numbers.Integral):
@@ -326,7 +327,7 @@ class Evaluator(_Context):
     def mul(self, a: Ciphertext, b: Operand, *, rescale: bool = True) -> Ciphertext:
         """a·b. Integer scalars cost no level; everything else one (see the module table)."""
         self._check(a)
-        if not isinstance(b, Ciphertext) and np.ndim(b) == 0 and _is_integer_scalar(b):
+        if not isinstance(b, Ciphertext) and np.ndim(b) == 0 and is_integer_scalar(b):
             self.cost.record("imult", a.level)
             return self._like(a, self._p_mul_int(a, int(b)))
         self._need_level(a, 1, "multiplication")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 
 from privlearn.he import Counts
 from privlearn.linalg.kernels import log2
-from privlearn.linalg.packing import BlockShape, padded_classes
+from privlearn.linalg.packing import BlockShape, next_pow2, padded_classes
 
 # Count fields, named as the CostCounter's ops.
 OPS = ("cmult", "mult", "smult", "rotate", "hoisted_rotate", "decompose", "conjugate",
@@ -37,6 +37,11 @@ class Dims:
 
     def __str__(self) -> str:
         return f"({self.a},{self.b},{self.c})"
+
+
+# HETAL's benchmark shapes; b = 768 features + a bias column.
+HETAL_SHAPES = (Dims(128, 128, 4), Dims(256, 256, 8), Dims(512, 769, 4), Dims(1024, 769, 8),
+                Dims(2048, 769, 16))
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,12 @@ def _pow2_upto(limit: int) -> list[int]:
     return [1 << e for e in range(max(limit, 1).bit_length()) if 1 << e < limit]
 
 
-def _family(count: int, *, hoist: bool) -> Cost:
-    """kernels.shifted_family: count - 1 rotations; with hoisting, source 0 has lg(count)
-    children, the 2^(q-1-e) sources whose lowest bit is 2^e have e children each, and a
-    source with two or more children shares one decomposition."""
+def _family(count: int) -> Cost:
+    """kernels.shifted_family: count - 1 rotations; source 0 has lg(count) children, the
+    2^(q-1-e) sources whose lowest bit is 2^e have e children each, and a source with two or
+    more children shares one decomposition."""
     q = log2(count)
-    if not hoist or q < 2:
+    if q < 2:
         return Cost(rotate=count - 1)
     sources = [(q, 1)] + [(e, 1 << (q - 1 - e)) for e in range(1, q)]  # (children, how many)
     return Cost(rotate=sum(n for e, n in sources if e == 1),
@@ -115,18 +120,18 @@ def _family(count: int, *, hoist: bool) -> Cost:
                 hoisted_rotate=sum(e * n for e, n in sources if e >= 2))
 
 
-def _geometry(d: Dims, blk: BlockShape, inner_rows: int) -> tuple[int, int, int, int]:
-    """R, J, c', h for a product whose big operand has ``inner_rows`` rows and b columns."""
+def _geometry(d: Dims, blk: BlockShape) -> tuple[int, int, int, int]:
+    """R, J, c', h: the big operand (a x b) has R x J blocks."""
     cp = padded_classes(d.c)
     if cp > min(blk.s0, blk.s1):
         raise ValueError(f"c = {d.c} pads to {cp}, more than a side of the {blk} block: the "
                          f"small operand and the product are tiled inside one block; use "
                          f"hetal_block_shape or a block with s0, s1 >= {cp}")
-    return math.ceil(inner_rows / blk.s0), math.ceil(d.b / blk.s1), cp, cp // 2
+    return math.ceil(d.a / blk.s0), math.ceil(d.b / blk.s1), cp, cp // 2
 
 
 def hetal_abt(d: Dims, blk: BlockShape) -> Cost:
-    R, J, cp, h = _geometry(d, blk, d.a)
+    R, J, cp, h = _geometry(d, blk)
     s1, lg1 = blk.s1, log2(blk.s1)
     return Cost(cmult=2 * h * R, mult=h * R * J, smult=J,
                 rotate=h * J + 2 * h * R * lg1, conjugate=R,
@@ -137,9 +142,9 @@ def hetal_abt(d: Dims, blk: BlockShape) -> Cost:
 
 
 def ours_abt(d: Dims, blk: BlockShape) -> Cost:
-    R, J, cp, h = _geometry(d, blk, d.a)
+    R, J, cp, h = _geometry(d, blk)
     s1, lg1 = blk.s1, log2(blk.s1)
-    fam = _family(h, hoist=True)
+    fam = _family(h)
     return Cost(cmult=R * cp * h, mult=h * R * J, smult=J,
                 rotate=J * (1 + fam.rotate) + R * (h * lg1 + cp - 1 + log2(s1 // cp)),
                 hoisted_rotate=J * fam.hoisted_rotate, decompose=J * fam.decompose,
@@ -150,7 +155,7 @@ def ours_abt(d: Dims, blk: BlockShape) -> Cost:
 
 
 def hetal_atb(d: Dims, blk: BlockShape, *, prot_up: bool) -> Cost:
-    R, J, cp, h = _geometry(d, blk, d.a)
+    R, J, cp, h = _geometry(d, blk)
     s0, s1, lg0 = blk.s0, blk.s1, log2(blk.s0)
     colsum = [p * s1 for p in _pow2_upto(s0)]
     common = dict(mult=h * R * J, smult=R, conjugate=J)
@@ -168,11 +173,11 @@ def hetal_atb(d: Dims, blk: BlockShape, *, prot_up: bool) -> Cost:
 
 
 def ours_atb(d: Dims, blk: BlockShape, *, split: int) -> Cost:
-    R, J, cp, h = _geometry(d, blk, d.a)
+    R, J, cp, h = _geometry(d, blk)
     s0, s1 = blk.s0, blk.s1
     pairs, odd = divmod(J, 2)
     groups = cp // split
-    fam = _family(cp, hoist=True)
+    fam = _family(cp)
     shifts = cp if pairs else h  # real shifts RotLeft(A, k) built for k < shifts
 
     def select(terms: int) -> Cost:  # diag._select_and_sum over `terms` diagonals
@@ -190,8 +195,8 @@ def ours_atb(d: Dims, blk: BlockShape, *, split: int) -> Cost:
                 lag=(3, 3 if pairs else 2))
 
 
-# Time of a CMult over a key switch on OpenFHE at N=2^16 (0.3-0.45 from level 24 to 5,
-# measured by `privlearn bench matmul`): the Evaluator encodes every mask afresh.
+# Time of a CMult over a rotation on OpenFHE at N=2^16: 0.25 at level 5 to 0.4 at level 24 in
+# `privlearn bench matmul`'s time model, because the Evaluator encodes every mask afresh.
 CMULT_PER_KEY_SWITCH = 0.4
 
 
@@ -207,7 +212,7 @@ def _times(c: Cost, n: int) -> Cost:
 
 
 def colmajor_abt(d: Dims, blk: BlockShape) -> Cost:
-    R, J, _, _ = _geometry(d, blk, d.a)
+    R, J, _, _ = _geometry(d, blk)
     s0, s1, c = blk.s0, blk.s1, d.c
     return Cost(cmult=c * (J + R), mult=c * R * J,
                 rotate=c * J * log2(s0) + c * R * log2(s1) + R * (c - 1),
@@ -218,7 +223,7 @@ def colmajor_abt(d: Dims, blk: BlockShape) -> Cost:
 
 
 def rowmajor_atb(d: Dims, blk: BlockShape) -> Cost:
-    R, J, _, _ = _geometry(d, blk, d.a)
+    R, J, _, _ = _geometry(d, blk)
     s0, s1, c = blk.s0, blk.s1, d.c
     return Cost(cmult=c * (R + J), mult=c * R * J,
                 rotate=R * (c - 1) + c * R * log2(s1) + c * J * log2(s0),
@@ -258,7 +263,7 @@ def halevi_shoup_abt(d: Dims, blk: BlockShape) -> Cost:
 
 def halevi_shoup_block(d: Dims, slots: int) -> BlockShape:
     """Segments of 2b' slots, b' = b rounded up to a power of two (at least c')."""
-    width = max(padded_classes(d.c), 1 << (d.b - 1).bit_length())
+    width = max(padded_classes(d.c), next_pow2(d.b))
     if 2 * width > slots:
         raise ValueError(f"Halevi-Shoup needs 2 x {width} slots per row of A; the ciphertext "
                          f"has {slots}")

@@ -6,8 +6,10 @@ gradient has the layout of the weights and the logits the layout the gradient st
 Both compute c' "diagonals" (row i of A against row i + k of the tiled operand) and carry two
 diagonals per complex slot (complexification), halving the ciphertext multiplications.
 
-``hetal_*``: the paper's algorithms step by step (RotLeft, PRotUp, masks after the sums, no
-hoisting); at HETAL's benchmark shapes they count exactly the published CMult/Mult/Rot.
+``hetal_*``: the paper's algorithms (RotLeft, PRotUp, masks after the sums, no hoisting). Its
+implementation is closed (inside CryptoLab's HEaaN SDK), so they are re-derived from the
+paper's description and its published op counts, which they reproduce exactly at HETAL's
+benchmark shapes.
 ``ours_*``: the same products with fewer key switches: hoisted power-of-two rotations, masks
 moved in front of the rotate-and-sum trees so one tree serves all diagonals, and for Aᵀ·B two
 output block columns per complex ciphertext. Inputs are assumed validated (see ``matmul``).
@@ -40,8 +42,8 @@ def _conj_sum(ev: Evaluator, w: Ciphertext) -> Ciphertext:
 
 
 def hetal_abt(ev: Evaluator, a: EncMatrix, b: EncMatrix) -> EncMatrix:
-    """DiagABT (HETAL Alg. 2): per complex diagonal, a row sum, a column-0 mask, a row
-    replication and a diagonal mask; rotations of B one by one."""
+    """HETAL's DiagABT: per complex diagonal, a row sum, a column-0 mask, a row replication
+    and a diagonal mask; B's row shifts rotated one by one."""
     blk, c = a.block, b.shape[0]
     s1, cp = blk.s1, padded_classes(c)
     h = cp // 2
@@ -69,7 +71,7 @@ def ours_abt(ev: Evaluator, a: EncMatrix, b: EncMatrix) -> EncMatrix:
     blk, c = a.block, b.shape[0]
     s1, cp = blk.s1, padded_classes(c)
     h = cp // 2
-    bt = [shifted_family(ev, _complexified_b(ev, bj, s1, h), s1, h, hoist=True)
+    bt = [shifted_family(ev, _complexified_b(ev, bj, s1, h), s1, h)
           for bj in b.blocks]
     place = [[masks.abt_placement(blk, cp, k, rho) for k in range(h)] for rho in range(cp)]
     out = []
@@ -94,8 +96,8 @@ def _prot_up(ev: Evaluator, x: Ciphertext, k: int, blk: BlockShape) -> Ciphertex
 
 
 def hetal_atb(ev: Evaluator, a: EncMatrix, b: EncMatrix, *, prot_up: bool) -> EncMatrix:
-    """DiagATB (HETAL Alg. 3): RotLeft shifts of the complexified A, a column sum and a mask
-    per complex diagonal. With ``prot_up`` (the paper's choice when A has fewer levels than
+    """HETAL's DiagATB: RotLeft shifts of the complexified A, a column sum and a mask per
+    complex diagonal. With ``prot_up`` (the paper's choice when A has fewer levels than
     B), A is shifted by plain rotations and B fixed up by PRotUp, sparing A one level."""
     blk, c = a.block, a.shape[1]
     s0, s1, cp = blk.s0, blk.s1, padded_classes(c)
@@ -138,7 +140,7 @@ def ours_atb(ev: Evaluator, a: EncMatrix, b: EncMatrix, *, split: int) -> EncMat
     right = [masks.columns(blk, s1 - k, s1) for k in range(cp)]
     real, imag = [], []
     for ar in a.blocks:
-        rk = shifted_family(ev, ar, 1, cp, hoist=True)
+        rk = shifted_family(ev, ar, 1, cp)
         # tiled rows repeat every c' columns, so the last k columns of RotLeft(A, k) are
         # Rot(A, k) moved right by c'
         dk = [None] + [ev.rotate(rk[k], -cp) for k in range(1, cp)]

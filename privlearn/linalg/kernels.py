@@ -31,7 +31,7 @@ def tree_sum(ev: Evaluator, cts: Sequence[Ciphertext], step: int) -> Ciphertext:
     """``sum_u Rot(cts[u], u*step)`` for a power-of-two count: len - 1 rotations, keys
     ``2^e * step`` only (pairs are merged level by level, the stride doubling each time)."""
     level = list(cts)
-    log2(len(level))
+    log2(len(level))  # raises unless a power of two
     while len(level) > 1:
         level = [ev.add(level[2 * m], ev.rotate(level[2 * m + 1], step))
                  for m in range(len(level) // 2)]
@@ -39,26 +39,19 @@ def tree_sum(ev: Evaluator, cts: Sequence[Ciphertext], step: int) -> Ciphertext:
     return level[0]
 
 
-def shifted_family(ev: Evaluator, ct: Ciphertext, step: int, count: int, *,
-                   hoist: bool) -> list[Ciphertext]:
+def shifted_family(ev: Evaluator, ct: Ciphertext, step: int, count: int) -> list[Ciphertext]:
     """``[Rot(ct, k*step) for k < count]`` (count a power of two) with count - 1 rotations by
-    power-of-two multiples of ``step``: shift k comes from shift ``k - lowbit(k)``. With
-    ``hoist``, each source's rotations share one decomposition (``rotate_many``)."""
+    power-of-two multiples of ``step``: shift k comes from shift ``k - lowbit(k)``, and each
+    source's rotations share one decomposition (``rotate_many``)."""
     out: list[Ciphertext | None] = [ct] + [None] * (count - 1)
     for src in range(count):
         # children src + b for powers b below lowbit(src) (all b < count for src = 0); they
         # stay below count because count is a power of two
         bits = [1 << e for e in range(log2(src & -src if src else count))]
-        if not bits:
-            continue
-        source = out[src]
-        if hoist:
-            rotated = ev.rotate_many(source, [b * step for b in bits])
+        if bits:
+            rotated = ev.rotate_many(out[src], [b * step for b in bits])
             for b in bits:
                 out[src + b] = rotated[b * step]
-        else:
-            for b in bits:
-                out[src + b] = ev.rotate(source, b * step)
     return out  # type: ignore[return-value]
 
 

@@ -27,11 +27,16 @@ def _is_pow2(x: int) -> bool:
     return x >= 1 and x & (x - 1) == 0
 
 
+def next_pow2(x: int) -> int:
+    """The smallest power of two >= x (1 for x <= 1)."""
+    return 1 << (max(x, 1) - 1).bit_length()
+
+
 def padded_classes(c: int) -> int:
     """``c'``: ``c`` rounded up to a power of two, at least 2 (complexification pairs diagonals)."""
     if c < 1:
         raise ValueError(f"need at least one row/column in the small operand, got {c}")
-    return max(2, 1 << (c - 1).bit_length())
+    return max(2, next_pow2(c))
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ def hetal_block_shape(batch: int, classes: int, slots: int) -> BlockShape:
     cp = padded_classes(classes)
     if cp * cp > slots:
         raise ValueError(f"{classes} classes need {cp}^2 > {slots} slots; use a larger ring")
-    s0 = min(max(1 << (max(batch, 1) - 1).bit_length(), cp), slots // cp)
+    s0 = min(max(next_pow2(batch), cp), slots // cp)
     return BlockShape(s0, slots // s0)
 
 
@@ -133,6 +138,15 @@ def pack(matrix: np.ndarray, block: BlockShape, layout: Layout) -> list[np.ndarr
     if layout is Layout.REPLICATED:
         return [np.full(n, v) for v in m.reshape(-1)]
     raise ValueError(f"unknown layout {layout!r}")  # pragma: no cover
+
+
+def ciphertext_count(shape: tuple[int, int], block: BlockShape, layout: Layout) -> int:
+    """How many ciphertexts :func:`pack` makes (without packing anything)."""
+    rows, cols = shape
+    nr, nc = block.grid(rows, cols)
+    return {Layout.PLAIN: nr * nc, Layout.ROW_TILED: nc, Layout.ROW_TILED_PAIRED: (nc + 1) // 2,
+            Layout.COL_TILED: nr, Layout.DUPLICATED_ROWS: nr, Layout.DIAGONALS:
+            padded_classes(rows), Layout.COLUMNS: cols, Layout.REPLICATED: rows * cols}[layout]
 
 
 def unpack(vectors: Sequence[np.ndarray], shape: tuple[int, int], block: BlockShape,

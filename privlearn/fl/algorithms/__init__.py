@@ -1,0 +1,73 @@
+"""The algorithm suite, built by name with checked hyper-parameters."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from privlearn.fl.algorithms.base import Algorithm, LocalSGD
+from privlearn.fl.algorithms.fedavg import fedavg
+from privlearn.fl.algorithms.fedbn import fedbn
+from privlearn.fl.algorithms.feddyn import feddyn
+from privlearn.fl.algorithms.fednova import fednova
+from privlearn.fl.algorithms.fedopt import fedadagrad, fedadam, fedavgm, fedyogi
+from privlearn.fl.algorithms.fedprox import fedprox
+from privlearn.fl.algorithms.personalised import ditto, fedfomo, ifca, perfedavg, pfedme
+from privlearn.fl.algorithms.scaffold import scaffold
+from privlearn.fl.models import Model
+
+BUILDERS: dict[str, Callable[..., Algorithm]] = {
+    "fedavg": fedavg,
+    "fedavgm": fedavgm,
+    "fedprox": fedprox,
+    "scaffold": scaffold,
+    "fednova": fednova,
+    "feddyn": feddyn,
+    "fedadam": fedadam,
+    "fedyogi": fedyogi,
+    "fedadagrad": fedadagrad,
+    "fedbn": fedbn,
+    "perfedavg": perfedavg,
+    "pfedme": pfedme,
+    "ifca": ifca,
+    "fedfomo": fedfomo,
+    "ditto": ditto,
+}
+ALGORITHMS = tuple(BUILDERS)
+PERSONALISED = ("fedbn", "perfedavg", "pfedme", "ifca", "fedfomo", "ditto")
+# supplied by the run, not by the user's hyper-parameters
+_CONTEXT = ("model", "local", "n_clients", "batch_size", "server", "name")
+
+
+def hyper_parameters(name: str) -> dict[str, object]:
+    """The user-settable hyper-parameters of an algorithm and their defaults."""
+    sig = inspect.signature(BUILDERS[name])
+    return {k: p.default for k, p in sig.parameters.items() if k not in _CONTEXT}
+
+
+def build_algorithm(
+    name: str, model: Model, local: LocalSGD, *, n_clients: int, batch_size: int, **hp: object
+) -> Algorithm:
+    """Build algorithm `name`; unknown hyper-parameters are an error that lists the known ones."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
+    known = hyper_parameters(name)
+    unknown = sorted(set(hp) - set(known))
+    if unknown:
+        listed = ", ".join(f"{k}={v}" for k, v in known.items()) or "none"
+        raise ValueError(f"{name} has no hyper-parameter {', '.join(unknown)}; it takes: {listed}")
+    params = inspect.signature(BUILDERS[name]).parameters
+    ctx = {"n_clients": n_clients, "batch_size": batch_size}
+    kwargs = {k: v for k, v in ctx.items() if k in params}
+    return BUILDERS[name](model, local, **kwargs, **hp)
+
+
+__all__ = [
+    "ALGORITHMS",
+    "BUILDERS",
+    "PERSONALISED",
+    "Algorithm",
+    "LocalSGD",
+    "build_algorithm",
+    "hyper_parameters",
+]

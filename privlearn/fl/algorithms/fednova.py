@@ -1,0 +1,62 @@
+"""FedNova (Wang et al., NeurIPS 2020): normalised averaging for unequal local work.
+
+Client i with tau_i local steps of SGD with momentum rho reports d_i = (x - y_i) / a_i,
+a_i = (tau_i - rho (1 - rho^tau_i) / (1 - rho)) / (1 - rho)  (a_i = tau_i without momentum).
+Server: x <- x - tau_eff * sum_i p_i d_i with p_i = n_i / sum n and tau_eff = sum_i p_i a_i
+(NIID-Bench's `fednova`). The rows handed to the server transform are tau_eff * (-d_i), so a
+robust reducer or server optimiser composes as for FedAvg."""
+
+from __future__ import annotations
+
+import torch
+
+from privlearn.fl.algorithms.base import (
+    Algorithm,
+    LocalSGD,
+    apply_server,
+    averaged_buffers,
+    default_server,
+    local_sgd_step,
+    local_start,
+    model_update,
+    server_start,
+)
+from privlearn.fl.models import Model
+
+
+def normaliser(tau: torch.Tensor, rho: float) -> torch.Tensor:
+    """a_i: the effective number of steps of tau SGD steps with momentum rho."""
+    if rho == 0:
+        return tau
+    return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
+
+
+def fednova(model: Model, local: LocalSGD, server_lr: float = 1.0) -> Algorithm:
+    server = default_server(server_lr)
+
+    def client_init(s, cs, info):
+        return {**local_start(s["params"], s["buffers"], local), "n": info["n"]}
+
+    def client_final(s, lo):
+        a = normaliser(lo["steps"], local.momentum)
+        up = model_update(s["params"], lo, lo["n"])
+        up["delta"] = {k: v / a.clamp_min(1e-12) for k, v in up["delta"].items()}  # -d_i
+        up["a"] = a
+        return up, {}
+
+    def server_update(s, u, rng):
+        p = u["weight"] / u["weight"].sum()
+        tau_eff = (p * u["a"]).sum()
+        rows = {k: tau_eff * v for k, v in u["delta"].items()}
+        return apply_server(s, rows, u["weight"], server, averaged_buffers(s["buffers"], u))
+
+    return Algorithm(
+        name="fednova",
+        server_init=lambda params, buffers, rng: server_start(params, buffers, server),
+        client_state_init=lambda s: {},
+        client_init=client_init,
+        client_step=lambda lo, b: local_sgd_step(model, local, lo, b),
+        client_final=client_final,
+        server_update=server_update,
+        global_model=lambda s: (s["params"], s["buffers"]),
+    )

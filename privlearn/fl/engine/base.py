@@ -1,0 +1,48 @@
+"""What engines share: the cohort's inputs, their result, and the Engine protocol.
+
+An engine runs one round's cohort: client_init, the planned local steps, client_final.
+It returns stacked updates in plan order. The vectorised engine is checked against the
+sequential one (same plan, same algorithm) to float tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from privlearn.fl.algorithms.base import Algorithm
+from privlearn.fl.plan import RoundPlan
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The pooled training rows the plan's indices point into (on the engine's device)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def batch(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        m = torch.ones(idx.shape, device=self.x.device) if mask is None else mask.to(self.x.dtype)
+        return {"x": self.x[idx], "y": self.y[idx], "mask": m}
+
+
+@dataclass
+class CohortResult:
+    updates: Any  # stacked client updates, rows in plan order
+    client_states: Any  # stacked new client states, rows in plan order
+    rejected: dict[int, str] = field(default_factory=dict)  # plan row -> reason (engine-level)
+
+
+class Engine(Protocol):
+    name: str
+
+    def run_clients(
+        self, algo: Algorithm, server: dict, client_states: Any, plan: RoundPlan, data: TrainData
+    ) -> CohortResult: ...
+
+
+def client_info(plan: RoundPlan) -> dict:
+    """What client_init learns about each cohort member: its id and sample count."""
+    return {"id": plan.clients, "n": plan.n.to(torch.float32)}

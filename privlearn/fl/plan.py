@@ -1,0 +1,210 @@
+"""Who trains in a round and on which samples, drawn once, before any engine runs.
+
+A `RoundPlan` fixes the cohort, each client's amount of local work (epochs, heterogeneous
+epochs E ~ U{a..b}, stragglers) and its shuffled sample order for every epoch. Engines only
+read it, so the vectorised engine and the sequential reference see identical batches; that
+is what makes their results comparable to float tolerance.
+
+Client i's step t reads its epoch e = t // nb_i, batch b = t % nb_i: samples
+order[base_i + e n_i + b B : ... + B], cut at the end of the epoch (the last batch of an
+epoch is short, as a PyTorch DataLoader without drop_last makes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Client sampling: `uniform` (a fixed number without replacement), `poisson` (each
+    client independently with probability `rate`), or `all`."""
+
+    kind: str = "uniform"
+    clients_per_round: int = 10
+    rate: float = 0.1
+
+    def __post_init__(self):
+        if self.kind not in ("uniform", "poisson", "all"):
+            raise ValueError(f"sampling must be uniform, poisson or all, got {self.kind!r}")
+        if self.kind == "uniform" and self.clients_per_round < 1:
+            raise ValueError(f"clients_per_round must be >= 1, got {self.clients_per_round}")
+        if self.kind == "poisson" and not 0 < self.rate <= 1:
+            raise ValueError(f"poisson sampling rate must be in (0, 1], got {self.rate}")
+
+
+@dataclass(frozen=True)
+class LocalWork:
+    """How much each sampled client trains.
+
+    epochs: E local epochs; epochs_range=(a, b) draws E_i ~ U{a..b} per client per round
+    (FedNova's heterogeneous work). stragglers: the fraction of the cohort that cannot finish
+    (FedProx: round(K (1 - s)) clients stay active); policy `drop` leaves them out of the
+    round (FedAvg in the FedProx paper), `partial` keeps their partial work: U{1..E-1}
+    epochs, or U{1..nb-1} steps when E = 1."""
+
+    epochs: int = 1
+    batch_size: int = 10
+    epochs_range: tuple[int, int] | None = None
+    stragglers: float = 0.0
+    straggler_policy: str = "drop"
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if self.epochs_range is not None:
+            a, b = self.epochs_range
+            if not 1 <= a <= b:
+                raise ValueError(f"epochs_range must be (a, b) with 1 <= a <= b, got {(a, b)}")
+        if not 0 <= self.stragglers < 1:
+            raise ValueError(f"stragglers must be a fraction in [0, 1), got {self.stragglers}")
+        if self.straggler_policy not in ("drop", "partial"):
+            raise ValueError(
+                f"straggler_policy must be drop or partial, got {self.straggler_policy!r}"
+            )
+
+
+def sample_cohort(n_clients: int, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:
+    """Sorted ids of the clients sampled this round (possibly empty under Poisson sampling)."""
+    if sampling.kind == "all":
+        return np.arange(n_clients)
+    if sampling.kind == "poisson":
+        return np.flatnonzero(rng.random(n_clients) < sampling.rate)
+    if sampling.clients_per_round > n_clients:
+        raise ValueError(
+            f"clients_per_round={sampling.clients_per_round} exceeds the {n_clients} clients"
+        )
+    return np.sort(rng.choice(n_clients, sampling.clients_per_round, replace=False))
+
+
+@dataclass
+class RoundPlan:
+    clients: torch.Tensor  # [K] global client ids, in plan order
+    n: torch.Tensor  # [K] training samples per client
+    nb: torch.Tensor  # [K] batches per epoch
+    steps: torch.Tensor  # [K] local steps this round
+    base: torch.Tensor  # [K] offset of the client's sample order in `order`
+    order: torch.Tensor  # [sum_i epochs_i n_i] training-row indices
+    batch_size: int  # samples per step (batch size x the algorithm's batches per step)
+    stragglers: list[int]  # clients that did partial work
+    dropped: list[int]  # clients sampled but left out (stragglers under `drop`)
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def to(self, device: torch.device | str) -> RoundPlan:
+        f = lambda t: t.to(device)  # noqa: E731
+        return RoundPlan(
+            f(self.clients),
+            f(self.n),
+            f(self.nb),
+            f(self.steps),
+            f(self.base),
+            f(self.order),
+            self.batch_size,
+            self.stragglers,
+            self.dropped,
+        )
+
+    def batch_rows(
+        self, rows: torch.Tensor, t: int, limit: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample indices [k, B] and 0/1 mask for step t of the plan rows `rows`. Rows whose
+        `limit` (default: their step count) is <= t get an all-zero mask."""
+        n, nb, base = self.n[rows], self.nb[rows], self.base[rows]
+        limit = self.steps[rows] if limit is None else limit
+        e = t // nb
+        b = t - e * nb
+        start = base + e * n + b * self.batch_size
+        length = torch.minimum(n - b * self.batch_size, torch.full_like(n, self.batch_size)) * (
+            limit > t
+        )
+        offs = torch.arange(self.batch_size, device=n.device)
+        mask = offs[None, :] < length[:, None]
+        pos = torch.where(
+            mask, start[:, None] + offs[None, :], torch.zeros_like(mask, dtype=n.dtype)
+        )
+        return self.order[pos], mask
+
+    def client_batch(self, row: int, t: int) -> torch.Tensor:
+        """Sample indices of step t of plan row `row`, unpadded (the sequential engine)."""
+        n, nb, base = int(self.n[row]), int(self.nb[row]), int(self.base[row])
+        e, b = divmod(t, nb)
+        start = base + e * n + b * self.batch_size
+        return self.order[start : start + min(self.batch_size, n - b * self.batch_size)]
+
+
+def client_order(
+    indices: np.ndarray, seed: int, round_idx: int, client: int, epochs: int
+) -> np.ndarray:
+    """Client `client`'s sample order for `epochs` epochs of round `round_idx`: one fresh
+    permutation per epoch, from the client's own stream (seed, round, client), so the
+    client can draw it itself (the Flower ClientApp in the speed benchmark does)."""
+    rng = np.random.default_rng([seed, round_idx, 2, client])
+    return (
+        np.concatenate([rng.permutation(indices) for _ in range(epochs)])
+        if epochs
+        else (np.zeros(0, dtype=np.int64))
+    )
+
+
+def plan_round(
+    clients: list[np.ndarray],
+    sampling: Sampling,
+    work: LocalWork,
+    seed: int,
+    round_idx: int,
+    batches_per_step: int = 1,
+) -> RoundPlan:
+    """Draw round `round_idx`'s plan; the same (seed, round) always gives the same plan.
+
+    The cohort, stragglers and epochs come from the round's stream; each client's sample
+    order from its own (`client_order`)."""
+    rng = np.random.default_rng([seed, round_idx, 0])
+    cohort = sample_cohort(len(clients), sampling, rng)
+    big_b = work.batch_size * batches_per_step
+    k = len(cohort)
+    sizes = np.array([len(clients[c]) for c in cohort], dtype=np.int64)
+    nb = -(-sizes // big_b)
+    epochs = (
+        rng.integers(work.epochs_range[0], work.epochs_range[1] + 1, size=k)
+        if work.epochs_range
+        else np.full(k, work.epochs)
+    )
+    steps = epochs * nb
+    stragglers: list[int] = []
+    dropped: list[int] = []
+    keep = np.ones(k, dtype=bool)
+    if work.stragglers > 0 and k > 0:
+        n_active = int(round(k * (1 - work.stragglers)))
+        active = rng.choice(k, n_active, replace=False)
+        slow = np.setdiff1d(np.arange(k), active)
+        if work.straggler_policy == "drop":
+            keep[slow] = False
+            dropped = cohort[slow].tolist()
+        else:
+            for i in slow:
+                if epochs[i] > 1:
+                    epochs[i] = rng.integers(1, epochs[i])
+                    steps[i] = epochs[i] * nb[i]
+                else:
+                    steps[i] = rng.integers(1, nb[i]) if nb[i] > 1 else 1
+            stragglers = cohort[slow].tolist()
+    cohort, sizes, nb, steps = cohort[keep], sizes[keep], nb[keep], steps[keep]
+    n_epochs = -(-steps // np.maximum(nb, 1))
+    orders = [
+        client_order(clients[c], seed, round_idx, int(c), int(e))
+        for c, e in zip(cohort, n_epochs, strict=True)
+    ]
+    lengths = sizes * n_epochs
+    base = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0)
+    order = np.concatenate(orders) if orders else np.zeros(0, dtype=np.int64)
+    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return RoundPlan(
+        t(cohort), t(sizes), t(nb), t(steps), t(base), t(order), big_b, stragglers, dropped
+    )

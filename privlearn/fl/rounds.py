@@ -1,0 +1,77 @@
+"""One federated round, engine-agnostic: plan -> engine -> screen -> server update."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from privlearn.fl import tree as T
+from privlearn.fl.aggregate import Rejection, screen
+from privlearn.fl.algorithms.base import Algorithm
+from privlearn.fl.engine.base import Engine, TrainData
+from privlearn.fl.models import Model
+from privlearn.fl.plan import RoundPlan
+
+
+@dataclass
+class RoundStats:
+    clients: list[int]
+    rejected: list[Rejection] = field(default_factory=list)
+    train_loss: float | None = None
+    seconds: float = 0.0
+
+
+def server_rng(seed: int, round_idx: int) -> torch.Generator:
+    """The server's generator for round `round_idx` (FedFomo's exploration, ...)."""
+    s = int(np.random.default_rng([seed, round_idx, 1]).integers(2**62))
+    return torch.Generator().manual_seed(s)
+
+
+def init_federation(
+    algo: Algorithm, model: Model, n_clients: int, seed: int, device: str | torch.device = "cpu"
+) -> tuple[dict, Any]:
+    """Initial server state (model drawn from `seed`) and the bank of N client states."""
+    g = torch.Generator().manual_seed(seed)
+    params, buffers = model.init(g)
+    server = algo.server_init(params, buffers, g)
+    bank = T.repeat(algo.client_state_init(server), n_clients)
+    move = lambda t: t.to(device)  # noqa: E731
+    return T.tree_map(move, server), T.tree_map(move, bank)
+
+
+def run_round(
+    algo: Algorithm,
+    engine: Engine,
+    server: dict,
+    bank: Any,
+    plan: RoundPlan,
+    data: TrainData,
+    rng: torch.Generator,
+) -> tuple[dict, RoundStats]:
+    """Train the planned cohort, drop bad updates (naming the clients), update the server,
+    and write surviving clients' new states into `bank` (in place)."""
+    t0 = time.perf_counter()
+    stats = RoundStats(clients=plan.clients.tolist())
+    if len(plan) == 0:
+        return server, stats
+    cohort_states = T.rows(bank, plan.clients)
+    result = engine.run_clients(algo, server, cohort_states, plan, data)
+    keep, rejected = screen(result.updates, plan.clients)
+    named = {r.client: r for r in rejected}
+    for row, reason in result.rejected.items():  # the engine's reason is the more precise one
+        named[int(plan.clients[row])] = Rejection(int(plan.clients[row]), reason)
+        keep[row] = False
+    stats.rejected = [named[c] for c in sorted(named)]
+    if keep.any():
+        kept = torch.nonzero(keep).flatten()
+        updates = T.rows(result.updates, kept)
+        server = algo.server_update(server, updates, rng)
+        T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
+        w = updates["weight"].to(torch.float64)
+        stats.train_loss = float((updates["loss"].to(torch.float64) * w).sum() / w.sum())
+    stats.seconds = time.perf_counter() - t0
+    return server, stats

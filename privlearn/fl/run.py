@@ -1,0 +1,406 @@
+"""`privlearn fl run`: a federated experiment from a config, with metrics, plots and resume.
+
+Every round writes `metrics.json` and a checkpoint (`checkpoint.pt`, replaced atomically)
+into the output folder. Round r's cohort, batches and server randomness derive from
+(seed, r) alone, so a run resumed from round r's checkpoint continues exactly as if it
+had never stopped; Ctrl-C loses at most the round in progress, which is then redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from privlearn.fl.algorithms import PERSONALISED, LocalSGD, build_algorithm
+from privlearn.fl.data import DataSpec, build_federated, label_counts, plot_heatmap, summary
+from privlearn.fl.engine import TrainData, make_engine
+from privlearn.fl.evaluate import global_accuracy, personal_accuracy
+from privlearn.fl.models import build_model
+from privlearn.fl.plan import LocalWork, Sampling, plan_round
+from privlearn.fl.rounds import init_federation, run_round, server_rng
+
+CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
+    "checkpoint.pt",
+    "metrics.json",
+    "metrics.png",
+    "partition.png",
+)
+RESUMABLE = ("rounds", "eval_every", "out", "threads")  # what may change when resuming
+
+
+@dataclass
+class RunConfig:
+    """One experiment. Field names are the YAML keys and (with - for _) the CLI flags."""
+
+    # data
+    dataset: str = "digits"
+    partition: str = "label-dirichlet"
+    n_clients: int = 10
+    beta: float = 0.5
+    classes_per_client: int = 2
+    noise: float = 0.0
+    local_test_fraction: float | None = None  # None: 0.2 for personalised algorithms, else 0
+    data_root: str | None = None
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
+    synthetic_iid: bool = False
+    min_client_size: int = 10  # label-dirichlet redraws until every client has this many
+    # model
+    model: str = "auto"
+    hidden: list[int] = field(default_factory=lambda: [200, 200])
+    # rounds and sampling
+    rounds: int = 20
+    sampling: str = "uniform"
+    clients_per_round: int = 10
+    sample_rate: float = 0.1
+    # local work
+    epochs: int = 1
+    epochs_range: list[int] | None = None
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    stragglers: float = 0.0
+    straggler_policy: str = "drop"
+    # algorithm and its hyper-parameters (e.g. {"mu": 0.01} for fedprox)
+    algorithm: str = "fedavg"
+    algo_params: dict[str, Any] = field(default_factory=dict)
+    # execution
+    engine: str = "vectorised"
+    device: str = "cpu"
+    chunk_size: int | None = None
+    compile: bool = False
+    threads: int | None = None  # torch and BLAS threads; 1 is fastest on small, shared CPUs
+    seed: int = 0
+    eval_every: int = 1
+    out: str = "results/fl-run"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path}: expected a mapping of config keys, got {type(data).__name__}"
+            )
+        return cls.from_dict(data)
+
+    def data_spec(self) -> DataSpec:
+        frac = self.local_test_fraction
+        if frac is None:
+            frac = 0.2 if self.algorithm in PERSONALISED else 0.0
+        return DataSpec(
+            self.dataset,
+            self.n_clients,
+            self.partition,
+            self.beta,
+            self.classes_per_client,
+            self.noise,
+            frac,
+            self.data_root,
+            self.synthetic_alpha,
+            self.synthetic_beta,
+            self.synthetic_iid,
+            self.min_client_size,
+        )
+
+    def sampling_spec(self) -> Sampling:
+        return Sampling(
+            self.sampling, min(self.clients_per_round, self.n_clients), self.sample_rate
+        )
+
+    def work(self) -> LocalWork:
+        er = tuple(self.epochs_range) if self.epochs_range else None
+        return LocalWork(self.epochs, self.batch_size, er, self.stragglers, self.straggler_policy)
+
+
+@dataclass
+class Experiment:
+    """Everything a run is made of, built from a config (also used by the benchmarks)."""
+
+    cfg: RunConfig
+    data: Any
+    model: Any
+    algo: Any
+    engine: Any
+
+    @classmethod
+    def build(cls, cfg: RunConfig) -> Experiment:
+        if cfg.rounds < 1 or cfg.eval_every < 1:
+            raise ValueError(
+                f"rounds and eval_every must be >= 1 (got {cfg.rounds}, {cfg.eval_every})"
+            )
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {cfg.device!r} requested but CUDA is not available; use --device cpu"
+            )
+        cfg.sampling_spec(), cfg.work()  # validate before loading data
+        if cfg.threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            torch.set_num_threads(cfg.threads)
+            threadpool_limits(cfg.threads)
+        data = build_federated(cfg.data_spec(), cfg.seed).to(cfg.device)
+        model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.hidden)
+        algo = build_algorithm(
+            cfg.algorithm,
+            model,
+            LocalSGD(cfg.lr, cfg.momentum, cfg.weight_decay),
+            n_clients=cfg.n_clients,
+            batch_size=cfg.batch_size,
+            **cfg.algo_params,
+        )
+        engine = make_engine(cfg.engine, cfg.chunk_size, cfg.compile)
+        return cls(cfg, data, model, algo, engine)
+
+    def init_state(self) -> tuple[dict, Any]:
+        return init_federation(
+            self.algo, self.model, self.cfg.n_clients, self.cfg.seed, self.cfg.device
+        )
+
+    def round(self, server: dict, bank: Any, r: int):
+        """Plan and run round r (0-based)."""
+        plan = plan_round(
+            self.data.clients,
+            self.cfg.sampling_spec(),
+            self.cfg.work(),
+            self.cfg.seed,
+            r,
+            self.algo.batches_per_step,
+        ).to(self.cfg.device)
+        server, stats = run_round(
+            self.algo,
+            self.engine,
+            server,
+            bank,
+            plan,
+            TrainData(self.data.x_train, self.data.y_train),
+            server_rng(self.cfg.seed, r),
+        )
+        return server, stats, plan
+
+    def evaluate(self, server: dict, bank: Any) -> dict:
+        g = global_accuracy(self.algo, self.model, server, self.data)
+        p = personal_accuracy(self.algo, self.model, server, bank, self.data, self.cfg.batch_size)
+        return {
+            "test_acc": None if g is None else g[0],
+            "test_loss": None if g is None else g[1],
+            "personal_acc": p,
+        }
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def plot_metrics(rounds: list[dict], path: Path, title: str) -> Path:
+    """Accuracy (global and personal) and training loss per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (
+        ("test_acc", "global model, pooled test set"),
+        ("personal_acc", "personal models, own test rows"),
+    ):
+        pts = [(m["round"], m[key]) for m in rounds if m.get(key) is not None]
+        if pts:
+            a1.plot(*zip(*pts, strict=False), marker=".", label=label)
+    a1.set_xlabel("round")
+    a1.set_ylabel("test accuracy")
+    a1.set_ylim(0, 1)
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    pts = [(m["round"], m["train_loss"]) for m in rounds if m.get("train_loss") is not None]
+    if pts:
+        a2.plot(*zip(*pts, strict=False), marker=".", color="C3")
+    a2.set_xlabel("round")
+    a2.set_ylabel("mean local training loss")
+    a2.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _check_resume(saved: dict, cfg: RunConfig) -> None:
+    now = asdict(cfg)
+    diff = {k: (saved[k], now[k]) for k in now if k not in RESUMABLE and saved.get(k) != now[k]}
+    if diff:
+        shown = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"cannot resume with a different config ({shown}). Only "
+            f"{', '.join(RESUMABLE)} may change; start a new --out instead"
+        )
+
+
+def run_experiment(
+    cfg: RunConfig, resume: bool = False, console: Console | None = None, progress: bool = True
+) -> dict:
+    """Run (or resume) an experiment; returns the metrics document also written to JSON."""
+    console = console or Console()
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise FileExistsError(
+            f"{out} already holds a checkpoint; pass --resume to continue it "
+            "or choose another --out"
+        )
+    if resume and not ckpt_path.exists():
+        raise FileNotFoundError(f"nothing to resume: {ckpt_path} does not exist")
+    exp = Experiment.build(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = label_counts(exp.data.y_train.cpu().numpy(), exp.data.clients, exp.data.n_classes)
+    doc = {
+        "config": asdict(cfg),
+        "status": "running",
+        "dataset": {
+            "name": exp.data.name,
+            "n_train": int(len(exp.data.y_train)),
+            "n_test": int(len(exp.data.y_test)),
+            "heterogeneity": summary(counts),
+        },
+        "model": {"name": exp.model.name, "n_params": exp.model.n_params()},
+        "algorithm": exp.algo.name,
+        "rounds": [],
+    }
+    if resume:
+        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        _check_resume(ckpt["config"], cfg)
+        server, bank, doc["rounds"], start = (
+            ckpt["server"],
+            ckpt["bank"],
+            ckpt["rounds"],
+            ckpt["round"],
+        )
+        console.print(f"resuming {out} after round {start}")
+    else:
+        server, bank = exp.init_state()
+        start = 0
+        plot_heatmap(
+            counts, out / PARTITION_PLOT, f"{cfg.dataset} / {cfg.partition}: label share per client"
+        )
+    title = f"{cfg.algorithm} on {cfg.dataset} ({cfg.partition}, {cfg.n_clients} clients)"
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[acc]}"),
+        console=console,
+        disable=not progress,
+    )
+    try:
+        with bar:
+            task = bar.add_task(
+                f"{cfg.algorithm} rounds", total=cfg.rounds, completed=start, acc=""
+            )
+            for r in range(start, cfg.rounds):
+                server, stats, plan = exp.round(server, bank, r)
+                entry = {
+                    "round": r + 1,
+                    "clients": len(stats.clients),
+                    "train_loss": stats.train_loss,
+                    "seconds": round(stats.seconds, 4),
+                    "rejected": [str(x) for x in stats.rejected],
+                    "dropped_stragglers": len(plan.dropped),
+                    "partial_stragglers": len(plan.stragglers),
+                }
+                for rej in stats.rejected:
+                    console.print(f"[yellow]round {r + 1}: rejected update from {rej}[/]")
+                if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
+                    t0 = time.perf_counter()
+                    entry.update(exp.evaluate(server, bank))
+                    entry["eval_seconds"] = round(time.perf_counter() - t0, 4)
+                doc["rounds"].append(entry)
+                _atomic_save(
+                    {
+                        "config": asdict(cfg),
+                        "round": r + 1,
+                        "server": server,
+                        "bank": bank,
+                        "rounds": doc["rounds"],
+                    },
+                    ckpt_path,
+                )
+                _write_json(doc, out / METRICS)
+                acc = (
+                    entry.get("test_acc")
+                    if entry.get("test_acc") is not None
+                    else entry.get("personal_acc")
+                )
+                bar.update(task, advance=1, acc="" if acc is None else f"acc {acc:.3f}")
+    except KeyboardInterrupt:
+        doc["status"] = "interrupted"
+        _write_json(doc, out / METRICS)
+        if doc["rounds"]:
+            plot_metrics(doc["rounds"], out / PLOT, title + " (interrupted)")
+        done = doc["rounds"][-1]["round"] if doc["rounds"] else 0
+        console.print(
+            f"[yellow]interrupted: {done} of {cfg.rounds} rounds are saved in {out}; "
+            f"continue with `privlearn fl run --resume {out}`[/]"
+        )
+        raise
+    doc["status"] = "complete"
+    _write_json(doc, out / METRICS)
+    plot_metrics(doc["rounds"], out / PLOT, title)
+    return doc
+
+
+def load_checkpoint_config(out: str | Path) -> RunConfig:
+    """The config a checkpointed run was started with (for `--resume DIR`)."""
+    path = Path(out) / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    return RunConfig.from_dict(torch.load(path, map_location="cpu", weights_only=False)["config"])
+
+
+def summarise(doc: dict) -> dict:
+    """Final and best accuracies of a metrics document."""
+    rounds = doc["rounds"]
+    out = {}
+    for key in ("test_acc", "personal_acc"):
+        vals = [m[key] for m in rounds if m.get(key) is not None]
+        if vals:
+            out[f"final_{key}"] = vals[-1]
+            out[f"best_{key}"] = float(np.max(vals))
+    out["seconds_per_round"] = float(np.mean([m["seconds"] for m in rounds])) if rounds else None
+    return out

@@ -1,0 +1,140 @@
+"""Models, aggregation transforms and round plans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from privlearn.fl import aggregate as A
+from privlearn.fl.models import build_model, simple_cnn
+from privlearn.fl.plan import LocalWork, Sampling, plan_round, sample_cohort
+
+
+@pytest.mark.parametrize(
+    "shape, name, n_params",
+    [
+        ((1, 28, 28), "cnn", 44_426),  # NIID-Bench SimpleCNNMNIST
+        ((3, 32, 32), "cnn", 62_006),  # NIID-Bench SimpleCNN
+        ((60,), "mclr", 610),  # FedProx mclr on Synthetic
+        ((1, 8, 8), "cnn", 19_754),  # the 3x3 variant for digits
+    ],
+)
+def test_parameter_counts_match_the_references(shape, name, n_params):
+    assert build_model(name, shape, 10).n_params() == n_params
+
+
+def test_masked_batch_norm_ignores_padding():
+    model = simple_cnn((1, 8, 8), 10, batch_norm=True)
+    p, b = model.init(torch.Generator().manual_seed(0))
+    x = torch.rand(5, 1, 8, 8)
+    real, _ = model.apply(p, b, x[:3], train=True)
+    padded, nb = model.apply(
+        p, b, torch.cat([x[:3], 100 * x[3:]]), mask=torch.tensor([1.0, 1, 1, 0, 0]), train=True
+    )
+    _, nb_real = model.apply(p, b, x[:3], train=True)
+    torch.testing.assert_close(padded[:3], real, atol=1e-5, rtol=0)
+    for k in nb:
+        torch.testing.assert_close(nb[k], nb_real[k], atol=1e-6, rtol=0)
+    # an all-padding batch leaves the running statistics alone; eval mode uses them
+    _, same = model.apply(p, b, x, mask=torch.zeros(5), train=True)
+    assert all(torch.equal(same[k], b[k]) for k in b)
+    out1, _ = model.apply(p, b, x[:1], train=False)
+    out2, _ = model.apply(p, b, x[:2], train=False)
+    torch.testing.assert_close(out1, out2[:1])
+
+
+def test_model_errors_are_specific():
+    with pytest.raises(ValueError, match="needs image inputs"):
+        build_model("cnn", (64,), 10)
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        build_model("resnet", (64,), 10)
+
+
+def test_weighted_mean_clip_and_chain_order():
+    u = A.Updates({"w": torch.tensor([[3.0, 4.0], [0.0, 1.0]])}, torch.tensor([1.0, 3.0]))
+    step, _ = A.weighted_mean().update(u, (), {})
+    torch.testing.assert_close(step.values["w"], torch.tensor([0.75, 1.75]))
+    clipped, _ = A.clip_by_norm(1.0).update(u, (), {})
+    torch.testing.assert_close(clipped.values["w"], torch.tensor([[0.6, 0.8], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="sgd must come after the reducer"):
+        A.chain(A.sgd(1.0)).update(u, ((),), {})
+    with pytest.raises(ValueError, match="clip_by_norm must come before"):
+        A.chain(A.mean(), A.clip_by_norm(1.0)).update(u, ((), ()), {})
+
+
+def test_screen_names_clients_with_non_finite_rows():
+    ups = {
+        "delta": {"w": torch.tensor([[1.0], [float("nan")], [2.0]])},
+        "n": torch.tensor([1.0, 2.0, float("inf")]),
+    }
+    keep, rejected = A.screen(ups, torch.tensor([7, 8, 9]))
+    assert keep.tolist() == [True, False, False]
+    assert [(r.client, r.reason) for r in rejected] == [
+        (8, "non-finite values (NaN/Inf) in ['delta']['w']"),
+        (9, "non-finite values (NaN/Inf) in ['n']"),
+    ]
+
+
+def test_sampling_is_seeded_and_has_the_right_size():
+    rng = lambda s: np.random.default_rng(s)  # noqa: E731
+    a = sample_cohort(100, Sampling("uniform", 10), rng(1))
+    assert len(a) == 10 and len(set(a)) == 10
+    assert (a == sample_cohort(100, Sampling("uniform", 10), rng(1))).all()
+    sizes = [len(sample_cohort(1000, Sampling("poisson", rate=0.1), rng(s))) for s in range(20)]
+    assert 80 < np.mean(sizes) < 120 and len(set(sizes)) > 1
+    with pytest.raises(ValueError, match="exceeds the 5 clients"):
+        sample_cohort(5, Sampling("uniform", 10), rng(0))
+
+
+def _clients():
+    return [np.arange(i * 50, i * 50 + n) for i, n in enumerate([23, 50, 7, 31, 12, 40])]
+
+
+def test_plan_batches_cover_each_epoch_exactly_once():
+    plan = plan_round(_clients(), Sampling("all"), LocalWork(3, 8), seed=0, round_idx=0)
+    for row in range(len(plan)):
+        n, nb = int(plan.n[row]), int(plan.nb[row])
+        assert int(plan.steps[row]) == 3 * nb
+        for e in range(3):
+            seen = torch.cat([plan.client_batch(row, e * nb + b) for b in range(nb)])
+            assert sorted(seen.tolist()) == _clients()[int(plan.clients[row])].tolist()
+        # the padded view returns the same rows with a mask
+        for t in range(3 * nb):
+            idx, mask = plan.batch_rows(torch.tensor([row]), t)
+            assert idx[0][mask[0]].tolist() == plan.client_batch(row, t).tolist()
+            assert int(mask.sum()) == len(plan.client_batch(row, t)) <= 8
+            assert n >= 1
+
+
+def test_stragglers_heterogeneous_epochs_and_determinism():
+    clients = [np.arange(i * 40, i * 40 + 40) for i in range(10)]
+    drop = plan_round(clients, Sampling("all"), LocalWork(5, 10, stragglers=0.5), 1, 3)
+    assert len(drop) == 5 and len(drop.dropped) == 5  # FedProx: round(K (1 - s)) stay active
+    part = plan_round(
+        clients, Sampling("all"), LocalWork(5, 10, stragglers=0.9, straggler_policy="partial"), 1, 3
+    )
+    slow = np.isin(part.clients.numpy(), part.stragglers)
+    assert slow.sum() == 9
+    assert ((part.steps.numpy()[slow] >= 4) & (part.steps.numpy()[slow] <= 16)).all()  # 1-4 ep.
+    assert (part.steps.numpy()[~slow] == 20).all()
+    het = plan_round(clients, Sampling("all"), LocalWork(2, 10, epochs_range=(2, 5)), 1, 3)
+    assert set((het.steps // 4).tolist()) <= {2, 3, 4, 5} and len(set(het.steps.tolist())) > 1
+    again = plan_round(clients, Sampling("all"), LocalWork(2, 10, epochs_range=(2, 5)), 1, 3)
+    assert torch.equal(het.order, again.order) and torch.equal(het.steps, again.steps)
+    other = plan_round(clients, Sampling("all"), LocalWork(2, 10, epochs_range=(2, 5)), 1, 4)
+    assert not torch.equal(het.order, other.order)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "epochs and batch_size must be >= 1"),
+        ({"epochs_range": (3, 2)}, "epochs_range must be"),
+        ({"stragglers": 1.0}, "stragglers must be a fraction"),
+        ({"straggler_policy": "wait"}, "drop or partial"),
+    ],
+)
+def test_local_work_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LocalWork(**kwargs)

@@ -1,0 +1,246 @@
+"""Runs from a config: outputs, resume after a stop or Ctrl-C, bad input handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from privlearn.cli import app
+from privlearn.fl import tree as T
+from privlearn.fl.algorithms import build_algorithm
+from privlearn.fl.run import RunConfig, run_experiment
+
+from .helpers import LocalWork, Sampling, make, run
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = {
+    "dataset": "digits",
+    "n_clients": 6,
+    "clients_per_round": 4,
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 0.1,
+    "model": "mclr",
+    "algorithm": "scaffold",
+}
+
+
+def _params(out) -> dict:
+    return torch.load(Path(out) / "checkpoint.pt", weights_only=False)["server"]
+
+
+def _strip(rounds):
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rounds]
+
+
+def test_run_writes_metrics_plots_and_checkpoint(tmp_path):
+    doc = run_experiment(RunConfig(**SMALL, rounds=3, out=str(tmp_path)), progress=False)
+    assert doc["status"] == "complete" and len(doc["rounds"]) == 3
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["rounds"][-1]["test_acc"] == doc["rounds"][-1]["test_acc"] > 0.3
+    assert saved["dataset"]["heterogeneity"]["n_clients"] == 6
+    for png in ("metrics.png", "partition.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_experiment(RunConfig(**SMALL, rounds=3, out=str(tmp_path)), progress=False)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = run_experiment(RunConfig(**SMALL, rounds=4, out=str(tmp_path / "a")), progress=False)
+    run_experiment(RunConfig(**SMALL, rounds=2, out=str(tmp_path / "b")), progress=False)
+    resumed = run_experiment(
+        RunConfig(**SMALL, rounds=4, out=str(tmp_path / "b")), resume=True, progress=False
+    )
+    assert _strip(resumed["rounds"]) == _strip(straight["rounds"])
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(T.leaves(a), T.leaves(b), strict=True))
+    with pytest.raises(ValueError, match="lr: checkpoint 0.1 vs now 0.2"):
+        run_experiment(
+            RunConfig(**{**SMALL, "lr": 0.2}, rounds=5, out=str(tmp_path / "b")),
+            resume=True,
+            progress=False,
+        )
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "privlearn",
+        "fl",
+        "run",
+        "--dataset",
+        "digits",
+        "--clients",
+        "6",
+        "--per-round",
+        "4",
+        "--model",
+        "mclr",
+        "--algorithm",
+        "scaffold",
+        "--lr",
+        "0.1",
+        "--batch-size",
+        "32",
+        "--rounds",
+        "100000",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130, text
+    assert "privlearn fl run --resume" in text
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["status"] == "interrupted"
+    done = torch.load(out / "checkpoint.pt", weights_only=False)["round"]
+    assert done >= 1 and len(doc["rounds"]) == done
+    # resume for two more rounds through the CLI; compare with an uninterrupted run
+    result = CliRunner().invoke(app, ["fl", "run", "--resume", str(out), "--rounds", str(done + 2)])
+    assert result.exit_code == 0, result.output
+    straight = run_experiment(
+        RunConfig(**SMALL, rounds=done + 2, out=str(tmp_path / "s")), progress=False
+    )
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["status"] == "complete"
+    assert _strip(resumed["rounds"]) == _strip(straight["rounds"])
+
+
+def _faulty(algo, nan_client: int, shape_client: int | None = None):
+    """An algorithm whose `nan_client` uploads NaN and `shape_client` a mis-shaped bias."""
+    from dataclasses import replace
+
+    def client_init(s, cs, info):
+        return {**algo.client_init(s, cs, info), "who": info["id"]}
+
+    def client_final(s, lo):
+        up, cs = algo.client_final(s, lo)
+        bad = lo["who"] == nan_client
+        up["delta"] = {
+            k: torch.where(bad, torch.full_like(v, float("nan")), v) for k, v in up["delta"].items()
+        }
+        if shape_client is not None and int(lo["who"]) == shape_client:  # sequential only
+            up["delta"]["fc.bias"] = torch.zeros(3)
+        return up, cs
+
+    return replace(algo, client_init=client_init, client_final=client_final)
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vectorised"])
+def test_bad_updates_are_rejected_by_name_and_the_round_goes_on(engine, digits_dir):
+    from privlearn.fl.engine import make_engine
+
+    model, algo = make("scaffold", digits_dir)
+    shape_client = 1 if engine == "sequential" else None
+    bad = _faulty(algo, nan_client=4, shape_client=shape_client)
+    sampling, work = Sampling("all"), LocalWork(1, 16)
+    server, bank, stats = run(bad, model, digits_dir, make_engine(engine), 1, sampling, work)
+    rejected = {r.client: r.reason for r in stats[0].rejected}
+    assert "non-finite" in rejected[4] and "delta" in rejected[4]
+    if shape_client is not None:
+        assert rejected[1] == (
+            "malformed update: ['delta']['fc.bias'] has shape (3,), expected (10,)"
+        )
+    assert all(torch.isfinite(t).all() for t in T.leaves(server))
+    assert (bank["c"]["fc.weight"][4] == 0).all()  # a rejected client's state is not updated
+    assert (bank["c"]["fc.weight"][0] != 0).any()  # the others' are
+    # the round went on without the rejected clients: the model moved, but not as it would
+    # have with them
+    init = algo.server_init(*model.init(torch.Generator().manual_seed(0)), torch.Generator())
+    clean, _, _ = run(algo, model, digits_dir, make_engine(engine), 1, sampling, work)
+    for other in (init, clean):
+        assert not torch.equal(other["params"]["fc.weight"], server["params"]["fc.weight"])
+
+
+def test_partition_with_empty_clients_stops_before_training(tmp_path):
+    cfg = RunConfig(
+        dataset="breast_cancer",
+        partition="label-quantity",
+        classes_per_client=1,
+        n_clients=400,
+        rounds=1,
+        out=str(tmp_path / "x"),
+    )
+    with pytest.raises(ValueError, match=r"clients without training data \(clients "):
+        run_experiment(cfg, progress=False)
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_config_errors_are_specific(tmp_path):
+    (tmp_path / "c.yaml").write_text("dataset: digits\nrounds: 2\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="unknown config keys \\['learning_rate'\\]"):
+        RunConfig.from_yaml(tmp_path / "c.yaml")
+    from privlearn.fl.models import build_model
+
+    m = build_model("mclr", (4,), 2)
+    from privlearn.fl.algorithms import LocalSGD
+
+    with pytest.raises(ValueError, match="fedprox has no hyper-parameter nu; it takes: mu=0.01"):
+        build_algorithm("fedprox", m, LocalSGD(), n_clients=2, batch_size=4, nu=1)
+    with pytest.raises(ValueError, match="FedBN needs a model with batch norm"):
+        build_algorithm("fedbn", m, LocalSGD(), n_clients=2, batch_size=4)
+
+
+def test_cli_runs_from_yaml_with_flag_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "dataset: digits\nn_clients: 4\nclients_per_round: 4\n"
+        "model: mclr\nrounds: 5\nalgorithm: fedprox\n"
+        "algo_params: {mu: 0.5}\n"
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "fl",
+            "run",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--rounds",
+            "2",
+            "--param",
+            "mu=0.1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert doc["config"]["rounds"] == 2 and doc["config"]["algo_params"] == {"mu": 0.1}
+    bad = CliRunner().invoke(
+        app, ["fl", "run", "--algorithm", "fedsgd", "--out", str(tmp_path / "p")]
+    )
+    assert bad.exit_code == 2 and "unknown algorithm 'fedsgd'" in bad.output
+
+
+def test_poisson_round_can_be_empty_and_changes_nothing(digits_dir):
+    from privlearn.fl.engine import make_engine
+
+    model, algo = make("fedavg", digits_dir)
+    server, bank, stats = run(
+        algo,
+        model,
+        digits_dir,
+        make_engine("vectorised"),
+        3,
+        Sampling("poisson", rate=1e-9),
+        LocalWork(1, 16),
+    )
+    assert all(s.clients == [] for s in stats)
+    init = algo.server_init(*model.init(torch.Generator().manual_seed(0)), torch.Generator())
+    assert torch.equal(server["params"]["fc.weight"], init["params"]["fc.weight"])
