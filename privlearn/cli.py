@@ -152,21 +152,25 @@ def he_train(
 
 @bench_app.command("transfer")
 def bench_transfer(
-    tasks: list[str] = typer.Option(["cancer", "wine", "digits", "mnist", "tweets"], "--task"),
-    refresh: list[str] = typer.Option(["client"], "--refresh"),
+    tasks: list[str] = typer.Option([], "--task", help="cancer, wine, digits, mnist, tweets"),
+    refresh: list[str] = typer.Option(["client"], "--refresh", help="client and/or bootstrap"),
     backend: str = typer.Option("openfhe"),
-    epochs: int = typer.Option(None, help="override each task's default epochs"),
+    epochs: int = typer.Option(None, help="override the tasks' default epochs"),
     max_train: int = typer.Option(None, help="train on the first N samples of each task"),
     hetal: list[str] = typer.Option(
         [], "--hetal-shape", help="time HETAL's shape in these refresh modes (client, bootstrap)"
     ),
     peer_task: str = typer.Option(None, "--peer", help="run Concrete ML on this binary task"),
+    peer_iters: int = typer.Option(3, help="Concrete ML's max_iter"),
     out: Path = typer.Option(Path("results/bench-transfer.json")),
 ) -> None:
-    """Encrypted fine-tuning per task vs plaintext; HETAL's shape; Concrete ML side by side."""
-    from privlearn.bench.transfer import print_table, run
+    """Encrypted fine-tuning per task vs plaintext; HETAL's shape; Concrete ML side by side.
 
-    results = run(
+    Runs the parts asked for (none: only the table), keeps each in results/, and prints and
+    writes the table of every kept result (JSON and Markdown)."""
+    from privlearn.bench.transfer import collect, markdown, print_table, run
+
+    run(
         tasks,
         refresh,
         backend=backend,
@@ -174,12 +178,15 @@ def bench_transfer(
         max_train=max_train,
         hetal=hetal,
         peer_task=peer_task,
+        peer_iters=peer_iters,
         console=console,
     )
+    results = collect(backend)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
     print_table(results, console)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 @bench_app.command("softmax")
@@ -218,8 +225,11 @@ def bench_softmax(
 
 @bench_app.command("matmul")
 def bench_matmul(
-    shapes: list[str] = typer.Option([f"{d.a},{d.b},{d.c}" for d in HETAL_SHAPES], "--shape",
-                                     help="a,b,c as in HETAL (default: its five shapes)"),
+    shapes: list[str] = typer.Option(
+        [f"{d.a},{d.b},{d.c}" for d in HETAL_SHAPES],
+        "--shape",
+        help="a,b,c as in HETAL (default: its five shapes)",
+    ),
     algorithms: list[str] = typer.Option([], "--algorithm", help="default: all"),
     preset: str = typer.Option("n16-d24", help="CKKS preset for OpenFHE timings and key sizes"),
     level: int = typer.Option(None, help="operand level (default: the deepest algorithm's)"),
@@ -236,9 +246,17 @@ def bench_matmul(
     from privlearn.linalg import ALGORITHMS
 
     parsed = [tuple(int(x) for x in s.split(",")) for s in shapes]
-    results = run(parsed, algorithms or list(ALGORITHMS), preset=preset, level=level,
-                  max_seconds=max_seconds, max_gb=max_gb, reps=reps, seed=seed,
-                  console=console)
+    results = run(
+        parsed,
+        algorithms or list(ALGORITHMS),
+        preset=preset,
+        level=level,
+        max_seconds=max_seconds,
+        max_gb=max_gb,
+        reps=reps,
+        seed=seed,
+        console=console,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print_table(results, console)
@@ -251,18 +269,21 @@ def bench_matmul(
 def bench_niid(
     part: str = typer.Option("all", help="grid, stragglers, scaffold-sampling or all"),
     datasets: str = typer.Option("digits,mnist5k", help="comma-separated"),
-    partitions: str = typer.Option(",".join(["homo", "#C=2", "Dir(0.5)", "noise(0.1)",
-                                             "quantity Dir(0.5)", "mixed"]),
-                                   help="comma-separated names (also #C=1, #C=3)"),
+    partitions: str = typer.Option(
+        ",".join(["homo", "#C=2", "Dir(0.5)", "noise(0.1)", "quantity Dir(0.5)", "mixed"]),
+        help="comma-separated names (also #C=1, #C=3)",
+    ),
     algorithms: str = typer.Option("fedavg,fedprox,scaffold,fednova"),
     seeds: str = typer.Option("0,1,2"),
     rounds: str = typer.Option("digits=50,mnist5k=20", help="rounds per dataset"),
     straggler_rounds: int = typer.Option(200),
     straggler_seeds: str = typer.Option("0"),
     sampling_rounds: int = typer.Option(200, help="rounds of the 100-client, 10 %% run"),
-    engines: str = typer.Option("digits=vectorised,mnist5k=sequential",
-                                help="engine per dataset (results agree; the CPU time differs: "
-                                "eager vmap of 28x28 convolutions is slower than a loop)"),
+    engines: str = typer.Option(
+        "digits=vectorised,mnist5k=sequential",
+        help="engine per dataset (results agree; the CPU time differs: "
+        "eager vmap of 28x28 convolutions is slower than a loop)",
+    ),
     threads: int = typer.Option(1, help="torch/BLAS threads"),
     out: Path = typer.Option(Path("results/bench-niid"), help="folder for JSON + PNG"),
 ) -> None:
@@ -273,26 +294,41 @@ def bench_niid(
     out.mkdir(parents=True, exist_ok=True)
     if part in ("grid", "all"):
         per = dict(kv.split("=") for kv in rounds.split(","))
-        doc = niid.run_grid(datasets.split(","), partitions.split(","), algorithms.split(","),
-                            ints(seeds), {k: int(v) for k, v in per.items()}, out / "grid.json",
-                            dict(kv.split("=") for kv in engines.split(",")), threads, console)
+        doc = niid.run_grid(
+            datasets.split(","),
+            partitions.split(","),
+            algorithms.split(","),
+            ints(seeds),
+            {k: int(v) for k, v in per.items()},
+            out / "grid.json",
+            dict(kv.split("=") for kv in engines.split(",")),
+            threads,
+            console,
+        )
         niid.print_grid(doc, console)
         niid.plot_grid(doc, out / "grid.png")
     if part in ("stragglers", "all"):
-        doc = niid.run_stragglers(straggler_rounds, ints(straggler_seeds),
-                                  out / "stragglers.json", threads=threads, console=console)
+        doc = niid.run_stragglers(
+            straggler_rounds,
+            ints(straggler_seeds),
+            out / "stragglers.json",
+            threads=threads,
+            console=console,
+        )
         niid.print_stragglers(doc, console)
         niid.plot_stragglers(doc, out / "stragglers.png")
     if part in ("scaffold-sampling", "all"):
-        niid.run_scaffold_sampling(sampling_rounds, ints(straggler_seeds),
-                                   out / "scaffold_sampling.json", threads, console)
+        niid.run_scaffold_sampling(
+            sampling_rounds, ints(straggler_seeds), out / "scaffold_sampling.json", threads, console
+        )
     console.print(f"wrote {out}/")
 
 
 @bench_app.command("fl-speed")
 def bench_fl_speed(
-    workloads: list[str] = typer.Option(None, "--workload",
-                                        help="repeatable; default: all (see `--list`)"),
+    workloads: list[str] = typer.Option(
+        None, "--workload", help="repeatable; default: all (see `--list`)"
+    ),
     engines: str = typer.Option("sequential,vectorised,vectorised+compile,flower"),
     rounds: int = typer.Option(None, help="override every workload's number of rounds"),
     flower_workers: int = typer.Option(2, help="Ray workers (1 CPU each) for Flower"),
@@ -319,6 +355,7 @@ def bench_fl_speed(
 
 # --- federated learning ----------------------------------------------------------------------
 
+
 def _parse_params(items: list[str]) -> dict:
     import yaml
 
@@ -335,17 +372,23 @@ def _parse_params(items: list[str]) -> dict:
 def fl_run(
     config: Path = typer.Option(None, help="YAML config; flags given here override it"),
     resume: Path = typer.Option(None, help="continue the run checkpointed in this folder"),
-    dataset: str = typer.Option(None, help="digits, mnist5k, breast_cancer, wine, mnist, fmnist, "
-                                "cifar10, fedprox_synthetic, leaf_synthetic, fcube"),
+    dataset: str = typer.Option(
+        None,
+        help="digits, mnist5k, breast_cancer, wine, mnist, fmnist, "
+        "cifar10, fedprox_synthetic, leaf_synthetic, fcube",
+    ),
     data_root: str = typer.Option(None, help="folder with MNIST/FMNIST/CIFAR-10 files"),
-    partition: str = typer.Option(None, help="homo, label-quantity, label-dirichlet, "
-                                  "quantity-dirichlet, noise, mixed, natural"),
+    partition: str = typer.Option(
+        None,
+        help="homo, label-quantity, label-dirichlet, quantity-dirichlet, noise, mixed, natural",
+    ),
     clients: int = typer.Option(None, help="number of clients N"),
     beta: float = typer.Option(None, help="Dirichlet concentration"),
     k: int = typer.Option(None, help="classes per client for label-quantity (#C=k)"),
     noise: float = typer.Option(None, help="feature-noise sigma (client i: sigma*i/(N-1))"),
-    local_test_fraction: float = typer.Option(None, help="share of each client's rows held out "
-                                              "for personalised evaluation"),
+    local_test_fraction: float = typer.Option(
+        None, help="share of each client's rows held out for personalised evaluation"
+    ),
     model: str = typer.Option(None, help="auto, mclr, mlp, mlp-bn, cnn, cnn-bn"),
     rounds: int = typer.Option(None),
     sampling: str = typer.Option(None, help="uniform, poisson or all"),
@@ -359,9 +402,12 @@ def fl_run(
     weight_decay: float = typer.Option(None),
     stragglers: float = typer.Option(None, help="fraction of each cohort that straggles"),
     straggler_policy: str = typer.Option(None, help="drop or partial"),
-    algorithm: str = typer.Option(None, help="fedavg, fedavgm, fedprox, scaffold, fednova, "
-                                  "feddyn, fedadam, fedyogi, fedadagrad, fedbn, perfedavg, "
-                                  "pfedme, ifca, fedfomo, ditto"),
+    algorithm: str = typer.Option(
+        None,
+        help="fedavg, fedavgm, fedprox, scaffold, fednova, "
+        "feddyn, fedadam, fedyogi, fedadagrad, fedbn, perfedavg, "
+        "pfedme, ifca, fedfomo, ditto",
+    ),
     param: list[str] = typer.Option([], help="algorithm hyper-parameter key=value, repeatable"),
     engine: str = typer.Option(None, help="vectorised or sequential"),
     device: str = typer.Option(None, help="cpu or cuda"),
@@ -382,16 +428,37 @@ def fl_run(
         cfg = RunConfig.from_yaml(config)
     else:
         cfg = RunConfig()
-    flags = {"dataset": dataset, "data_root": data_root, "partition": partition,
-             "n_clients": clients, "beta": beta, "classes_per_client": k, "noise": noise,
-             "local_test_fraction": local_test_fraction, "model": model, "rounds": rounds,
-             "sampling": sampling, "clients_per_round": per_round, "sample_rate": sample_rate,
-             "epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
-             "weight_decay": weight_decay, "stragglers": stragglers,
-             "straggler_policy": straggler_policy, "algorithm": algorithm, "engine": engine,
-             "device": device, "chunk_size": chunk_size, "compile": compile, "threads": threads,
-             "seed": seed,
-             "eval_every": eval_every, "out": out}
+    flags = {
+        "dataset": dataset,
+        "data_root": data_root,
+        "partition": partition,
+        "n_clients": clients,
+        "beta": beta,
+        "classes_per_client": k,
+        "noise": noise,
+        "local_test_fraction": local_test_fraction,
+        "model": model,
+        "rounds": rounds,
+        "sampling": sampling,
+        "clients_per_round": per_round,
+        "sample_rate": sample_rate,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "stragglers": stragglers,
+        "straggler_policy": straggler_policy,
+        "algorithm": algorithm,
+        "engine": engine,
+        "device": device,
+        "chunk_size": chunk_size,
+        "compile": compile,
+        "threads": threads,
+        "seed": seed,
+        "eval_every": eval_every,
+        "out": out,
+    }
     if epochs_range is not None:
         flags["epochs_range"] = [int(v) for v in epochs_range.split(",")]
     for key, value in flags.items():
@@ -427,27 +494,48 @@ def fl_partition(
     from privlearn.fl.data import DataSpec, build_federated, label_counts, plot_heatmap, summary
 
     try:
-        ds = build_federated(DataSpec(dataset, clients, partition, beta, k, noise,
-                                      data_root=data_root), seed)
+        ds = build_federated(
+            DataSpec(dataset, clients, partition, beta, k, noise, data_root=data_root), seed
+        )
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
     counts = label_counts(ds.y_train.numpy(), ds.clients, ds.n_classes)
     s = summary(counts)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "partition.json").write_text(json.dumps(
-        {"dataset": dataset, "partition": partition, "clients": clients, "beta": beta, "k": k,
-         "noise": noise, "seed": seed, "label_counts": counts.tolist(), **s}, indent=1))
+    (out / "partition.json").write_text(
+        json.dumps(
+            {
+                "dataset": dataset,
+                "partition": partition,
+                "clients": clients,
+                "beta": beta,
+                "k": k,
+                "noise": noise,
+                "seed": seed,
+                "label_counts": counts.tolist(),
+                **s,
+            },
+            indent=1,
+        )
+    )
     plot_heatmap(counts, out / "partition.png", f"{dataset} / {partition}")
     t = Table(title=f"{dataset} / {partition}, {clients} clients, seed {seed}")
     for col in ("client", "samples", "classes", "Hellinger", "JS distance"):
         t.add_column(col, justify="right")
     for i in range(clients):
-        t.add_row(str(i), str(s["sizes"][i]), str(s["classes_per_client"][i]),
-                  f"{s['hellinger'][i]:.3f}", f"{s['js_distance'][i]:.3f}")
+        t.add_row(
+            str(i),
+            str(s["sizes"][i]),
+            str(s["classes_per_client"][i]),
+            f"{s['hellinger'][i]:.3f}",
+            f"{s['js_distance'][i]:.3f}",
+        )
     console.print(t)
-    console.print(f"mean Hellinger {s['hellinger_mean']:.3f}, mean JS {s['js_distance_mean']:.3f}, "
-                  f"size CV {s['size_cv']:.3f}; wrote {out}/partition.json and partition.png")
+    console.print(
+        f"mean Hellinger {s['hellinger_mean']:.3f}, mean JS {s['js_distance_mean']:.3f}, "
+        f"size CV {s['size_cv']:.3f}; wrote {out}/partition.json and partition.png"
+    )
 
 
 def main() -> None:  # pragma: no cover

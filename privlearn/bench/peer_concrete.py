@@ -24,7 +24,7 @@ def main(path: str, max_iter: int) -> None:
         "test": int(len(xt)),
         "max_iter": max_iter,
     }
-    for mode in ("execute",):
+    for mode in ("disable", "execute"):  # same model in the clear, then under TFHE
         model = SGDClassifier(
             random_state=0, max_iter=max_iter, fit_encrypted=True, parameters_range=(-1.0, 1.0)
         )

@@ -36,6 +36,7 @@ HETAL_PUBLISHED = {
 }
 PEER_PYTHON = Path(".peers/concrete-ml/bin/python")
 RESULTS = Path("results")
+PRESET_FOR = {"client": "n15-d11", "bootstrap": "n16-boot7"}
 PEER_SCRIPT = Path(__file__).with_name("peer_concrete.py")
 
 
@@ -108,6 +109,19 @@ def peer(task: str = "cancer", max_iter: int = 10, timeout_s: int = 3600) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _kept(path: Path, check) -> dict | None:
+    """A result kept from an earlier run, if it exists and ``check`` accepts its settings."""
+    if path.exists():
+        r = json.loads(path.read_text())
+        if check(r):
+            return r
+    return None
+
+
+def _same(config, max_train: int | None):
+    return lambda r: r["config"] == asdict(config) and r["sizes"].get("max_train") == max_train
+
+
 def run(
     tasks: list[str],
     refresh_modes: list[str],
@@ -117,26 +131,24 @@ def run(
     max_train: int | None,
     hetal: list[str],
     peer_task: str | None,
+    peer_iters: int,
     console: Console,
-    resume: bool = True,
-) -> dict:
-    """Each task's result is also kept in ``results/transfer-<task>-<mode>-<backend>.json``;
-    with ``resume`` a result already there (same settings) is read instead of re-run."""
-    rows, shapes = [], []
+) -> None:
+    """Run the requested parts, keeping each result in ``results/transfer-*.json``.
+
+    A part whose kept result has the same settings is not run again, so a long benchmark can
+    be built up over several invocations (each row records its own epochs and training size);
+    :func:`collect` then gathers every kept result into one table."""
     for task in tasks:
         for refresh in refresh_modes:
-            preset = "n16-boot7" if refresh == "bootstrap" else "n15-d11"
             config = with_epochs(TASK_DEFAULTS[task], epochs)
             done = RESULTS / f"transfer-{task}-{refresh}-{backend}.json"
-            if resume and done.exists():
-                r = json.loads(done.read_text())
-                if r["config"] == asdict(config) and r["sizes"].get("max_train") == max_train:
-                    console.print(f"{task}, {refresh}: kept the result in {done}")
-                    r.pop("history", None)
-                    rows.append(r)
-                    continue
+            if _kept(done, _same(config, max_train)):
+                console.print(f"{task}, {refresh}: kept the result in {done}")
+                continue
+            preset = PRESET_FOR[refresh]
             console.print(f"[bold]{task}[/], {refresh} refresh, {backend}, {preset}")
-            r = run_task(
+            run_task(
                 task,
                 refresh=refresh,
                 preset=preset,
@@ -145,76 +157,156 @@ def run(
                 max_train=max_train,
                 out_dir=RESULTS,
             )
-            r.pop("history")
-            rows.append(r)
     for refresh in hetal:
-        preset = "n16-boot7" if refresh == "bootstrap" else "n15-d11"
-        console.print(f"HETAL shape, {refresh} refresh, {preset}")
-        shapes.append(hetal_shape(refresh, preset, backend=backend))
-    peer_result = peer(peer_task) if peer_task else None
+        done = RESULTS / f"transfer-hetal-{refresh}-{backend}.json"
+        if not _kept(done, lambda r: True):
+            console.print(f"HETAL shape, {refresh} refresh, {PRESET_FOR[refresh]}")
+            r = hetal_shape(refresh, PRESET_FOR[refresh], backend=backend)
+            done.write_text(json.dumps(r | {"machine": machine()}, indent=1))
+    if peer_task:
+        done = RESULTS / f"transfer-peer-{peer_task}.json"
+        if not _kept(done, lambda r: r.get("max_iter") == peer_iters and "error" not in r):
+            console.print(f"Concrete ML on {peer_task}, max_iter={peer_iters}")
+            done.write_text(json.dumps(peer(peer_task, peer_iters) | {"machine": machine()}))
+
+
+def collect(backend: str) -> dict:
+    """Every kept result of ``backend``: tasks, HETAL's shape, the peer."""
+    kept = sorted(RESULTS.glob(f"transfer-*-{backend}.json"))
+    rows = [json.loads(p.read_text()) for p in kept if not p.name.startswith("transfer-hetal-")]
+    order = {t: i for i, t in enumerate(TASK_DEFAULTS)}
+    rows.sort(key=lambda r: (order.get(r["task"], 99), r["refresh"]))
+    for r in rows:
+        r.pop("history", None)
+    hetal = sorted(RESULTS.glob(f"transfer-hetal-*-{backend}.json"))
+    shapes = [json.loads(p.read_text()) for p in hetal]
+    peers = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("transfer-peer-*.json"))]
     return {
         "benchmark": "transfer",
         "machine": machine(),
         "tasks": rows,
         "hetal_shape": shapes,
         "hetal_published": HETAL_PUBLISHED,
-        "peer": peer_result,
+        "peer": peers,
     }
 
 
-def print_table(results: dict, console: Console) -> None:
-    t = Table(title=f"encrypted fine-tuning (load {results['machine']['loadavg_1m']})")
-    for col in (
+def _task_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    cols = [
         "task",
-        "test n",
+        "train / test n",
+        "epochs (best)",
         "mode",
-        "backend / preset",
+        "preset",
         "plain exact",
         "plain approx",
         "encrypted",
-        "Δ pts",
+        "enc − approx pts",
         "same pred.",
         "s / iter",
         "iters",
         "total s",
-        "refresh/iter",
-        "boot/iter",
+        "refresh / iter",
+        "boot / iter",
         "peak GB",
-    ):
-        t.add_column(col, justify="right")
+    ]
+    rows = []
     for r in results["tasks"]:
-        a = r["accuracy"]
-        t.add_row(
-            r["task"],
-            str(r["sizes"]["test"]),
-            r["refresh"],
-            f"{r['backend']} / {r['preset']}",
-            f"{a['exact']:.4f}",
-            f"{a['approx']:.4f}",
-            f"{a['encrypted']:.4f}",
-            f"{r['encrypted_minus_exact_points']:+.2f}",
-            f"{100 * r['identical_predictions_vs_approx']:.1f}%",
-            f"{r['seconds_per_iteration']:.1f}",
-            str(r["steps"]),
-            f"{r['seconds']['total']:.0f}",
-            f"{r['client_refreshes_per_iteration']:.1f}",
-            f"{r['bootstraps_per_iteration']:.1f}",
-            f"{max(v for v in r['peak_memory_gb'].values() if v):.1f}",
-        )
-    console.print(t)
-    if results["hetal_shape"]:
-        h = Table(title="HETAL's shape (batch 1024, 769 columns, 10 classes), one iteration")
-        for col in ("mode", "preset", "backend", "s / iteration", "HETAL published (GPU)"):
-            h.add_column(col)
-        pub = results["hetal_published"]["seconds_per_iteration"]
-        for r in results["hetal_shape"]:
-            h.add_row(
+        a, n = r["accuracy"], r["sizes"]
+        train = n["train"] if n.get("max_train") is None else min(n["train"], n["max_train"])
+        rows.append(
+            [
+                r["task"],
+                f"{train} / {n['test']}",
+                f"{r['epochs_run']} ({r['best_epoch']['encrypted']})",
                 r["refresh"],
                 r["preset"],
-                r["backend"],
+                f"{a['exact']:.4f}",
+                f"{a['approx']:.4f}",
+                f"{a['encrypted']:.4f}",
+                f"{r['encrypted_minus_approx_points']:+.2f}",
+                f"{100 * r['identical_predictions_vs_approx']:.1f}%",
                 f"{r['seconds_per_iteration']:.1f}",
-                f"{pub[0]}-{pub[1]}",
-            )
-        console.print(h)
-    if results["peer"]:
-        console.print(f"peer: {json.dumps(results['peer'])}")
+                str(r["steps"]),
+                f"{r['seconds']['total']:.0f}",
+                f"{r['client_refreshes_per_iteration']:.1f}",
+                f"{r['bootstraps_per_iteration']:.1f}",
+                f"{max(v for v in r['peak_memory_gb'].values() if v):.1f}",
+            ]
+        )
+    return cols, rows
+
+
+def _shape_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    pub = results["hetal_published"]["seconds_per_iteration"]
+    cols = [
+        "mode",
+        "preset",
+        "s / iteration (this CPU)",
+        "refreshes",
+        "bootstraps",
+        "HETAL published (A40 GPU)",
+    ]
+    rows = [
+        [
+            r["refresh"],
+            r["preset"],
+            f"{r['seconds_per_iteration']:.1f}",
+            str(r["client_refreshes"]),
+            str(r["ops_last_step"].get("bootstrap", 0)),
+            f"{pub[0]}-{pub[1]}",
+        ]
+        for r in results["hetal_shape"]
+    ]
+    return cols, rows
+
+
+def _peer_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    cols = [
+        "peer",
+        "task (train / test)",
+        "max_iter",
+        "plaintext-quantized acc.",
+        "encrypted acc.",
+        "encrypted fit s",
+    ]
+    rows = [
+        [
+            p["peer"],
+            f"cancer ({p['train']} / {p['test']})",
+            str(p["max_iter"]),
+            f"{p.get('accuracy_disable', float('nan')):.4f}",
+            f"{p['accuracy_execute']:.4f}",
+            f"{p['fit_execute_s']:.0f}",
+        ]
+        for p in results["peer"]
+        if "error" not in p
+    ]
+    return cols, rows
+
+
+def print_table(results: dict, console: Console) -> None:
+    titles = (
+        "encrypted fine-tuning",
+        "HETAL's shape (batch 1024, 769 columns, 10 classes)",
+        "peer: Concrete ML (TFHE)",
+    )
+    for title, (cols, rows) in zip(
+        titles, (_task_rows(results), _shape_rows(results), _peer_rows(results)), strict=True
+    ):
+        if rows:
+            t = Table(title=title)
+            for c in cols:
+                t.add_column(c, justify="right")
+            for row in rows:
+                t.add_row(*row)
+            console.print(t)
+
+
+def markdown(results: dict) -> str:
+    out = []
+    for cols, rows in (_task_rows(results), _shape_rows(results), _peer_rows(results)):
+        if rows:
+            out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            out += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    return "\n".join(out)

@@ -1,0 +1,57 @@
+"""`privlearn bench transfer` end to end on one tiny task (simulator): a part is run once,
+kept, and gathered into the table; a kept part with the same settings is not run again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from privlearn.bench import transfer
+from privlearn.cli import app
+
+ARGS = [
+    "bench",
+    "transfer",
+    "--task",
+    "cancer",
+    "--backend",
+    "simulator",
+    "--epochs",
+    "1",
+    "--max-train",
+    "64",
+]
+
+
+def test_parts_are_kept_and_collected(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, [*ARGS, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    (row,) = doc["tasks"]
+    assert (row["task"], row["backend"], row["refresh"]) == ("cancer", "simulator", "client")
+    assert row["real_encryption"] is False and row["steps"] == 1
+    md = out.with_suffix(".md").read_text()
+    assert "| cancer | 64 / 143 | 1 (" in md
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a kept result was run again")
+
+    monkeypatch.setattr(transfer, "run_task", must_not_run)
+    assert CliRunner().invoke(app, [*ARGS, "--out", str(out)]).exit_code == 0
+    with pytest.raises(AssertionError, match="run again"):  # other settings: runs again
+        transfer.run(
+            ["cancer"],
+            ["client"],
+            backend="simulator",
+            epochs=2,
+            max_train=64,
+            hetal=[],
+            peer_task=None,
+            peer_iters=1,
+            console=Console(quiet=True),
+        )
