@@ -162,6 +162,9 @@ def bench_transfer(
     ),
     peer_task: str = typer.Option(None, "--peer", help="run Concrete ML on this binary task"),
     peer_iters: int = typer.Option(3, help="Concrete ML's max_iter"),
+    time_model: Path = typer.Option(
+        None, help="`bench he-ops` JSON: with --backend simulator, predict HETAL's shape from it"
+    ),
     out: Path = typer.Option(Path("results/bench-transfer.json")),
 ) -> None:
     """Encrypted fine-tuning per task vs plaintext; HETAL's shape; Concrete ML side by side.
@@ -180,8 +183,9 @@ def bench_transfer(
         peer_task=peer_task,
         peer_iters=peer_iters,
         console=console,
+        time_model=time_model,
     )
-    results = collect(backend)
+    results = collect()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     out.with_suffix(".md").write_text(markdown(results))

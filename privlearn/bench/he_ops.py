@@ -106,6 +106,8 @@ def measure(preset: str, backend: str, reps: int) -> dict:
     }
     hoist = timings[f"rotate_x{HOIST_K}_hoisted"] / timings[f"rotate_x{HOIST_K}_plain"]
     out["time_model"]["hoisted_rotate"] = tuple(hoist * c for c in out["time_model"]["rotate"])
+    if params.bootstrappable:  # one cost whatever the input level (it starts from level 1)
+        out["time_model"]["bootstrap"] = (timings["bootstrap"], 0.0)
     out["peak_rss_gb"] = peak_rss_gb()
     out["real_encryption"] = client.is_real_encryption
     return out

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from privlearn.bench import machine
+from privlearn.he.cost import TimeModel
 from privlearn.transfer.experiment import TASK_DEFAULTS, run_task, with_epochs
 from privlearn.transfer.session import EncryptedSession
 from privlearn.transfer.train import TrainSpec
@@ -41,9 +42,18 @@ PEER_SCRIPT = Path(__file__).with_name("peer_concrete.py")
 
 
 def hetal_shape(
-    refresh: str, preset: str, *, backend: str = "openfhe", steps: int = 1, seed: int = 0
+    refresh: str,
+    preset: str,
+    *,
+    backend: str = "openfhe",
+    steps: int = 1,
+    seed: int = 0,
+    time_model: TimeModel | None = None,
 ) -> dict:
-    """Time ``steps`` training iterations at (batch 1024, 769 columns, 10 classes)."""
+    """Time ``steps`` training iterations at (batch 1024, 769 columns, 10 classes).
+
+    With ``time_model`` (and the simulator) the iteration is also *predicted*: the ops it
+    counted, level by level, times the per-op seconds measured on OpenFHE for the preset."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, 1024 * steps)
     x = rng.normal(size=(len(y), 768)) + 2 * np.eye(10, 768)[y]
@@ -80,7 +90,14 @@ def hetal_shape(
             "keygen_setup_s": s.seconds["keygen"] + s.seconds["setup"],
             "client_refreshes": s.client.refreshes,
             "ops_last_step": counts.as_dict(),
-        }
+        } | (
+            {}
+            if time_model is None
+            else {
+                "predicted_seconds_per_iteration": time_model.seconds(counts),
+                "predicted_from": f"{time_model.backend} {time_model.preset}: {time_model.machine}",
+            }
+        )
 
 
 def _step(batch: int):
@@ -133,6 +150,7 @@ def run(
     peer_task: str | None,
     peer_iters: int,
     console: Console,
+    time_model: Path | None = None,
 ) -> None:
     """Run the requested parts, keeping each result in ``results/transfer-*.json``.
 
@@ -160,8 +178,12 @@ def run(
     for refresh in hetal:
         done = RESULTS / f"transfer-hetal-{refresh}-{backend}.json"
         if not _kept(done, lambda r: True):
-            console.print(f"HETAL shape, {refresh} refresh, {PRESET_FOR[refresh]}")
-            r = hetal_shape(refresh, PRESET_FOR[refresh], backend=backend)
+            preset = PRESET_FOR[refresh]
+            console.print(f"HETAL shape, {refresh} refresh, {preset}, {backend}")
+            model = None
+            if time_model is not None:
+                model = TimeModel.from_bench(json.loads(time_model.read_text()), preset)
+            r = hetal_shape(refresh, preset, backend=backend, time_model=model)
             done.write_text(json.dumps(r | {"machine": machine()}, indent=1))
     if peer_task:
         done = RESULTS / f"transfer-peer-{peer_task}.json"
@@ -170,15 +192,16 @@ def run(
             done.write_text(json.dumps(peer(peer_task, peer_iters) | {"machine": machine()}))
 
 
-def collect(backend: str) -> dict:
-    """Every kept result of ``backend``: tasks, HETAL's shape, the peer."""
-    kept = sorted(RESULTS.glob(f"transfer-*-{backend}.json"))
+def collect() -> dict:
+    """Every kept result: tasks, HETAL's shape (measured, or predicted: the simulator's op
+    counts times OpenFHE's op times), the peer."""
+    kept = sorted(RESULTS.glob("transfer-*-*-*.json"))
     rows = [json.loads(p.read_text()) for p in kept if not p.name.startswith("transfer-hetal-")]
     order = {t: i for i, t in enumerate(TASK_DEFAULTS)}
     rows.sort(key=lambda r: (order.get(r["task"], 99), r["refresh"]))
     for r in rows:
         r.pop("history", None)
-    hetal = sorted(RESULTS.glob(f"transfer-hetal-*-{backend}.json"))
+    hetal = sorted(RESULTS.glob("transfer-hetal-*.json"))  # the simulator's rows predict
     shapes = [json.loads(p.read_text()) for p in hetal]
     peers = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("transfer-peer-*.json"))]
     return {
@@ -197,7 +220,7 @@ def _task_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         "train / test n",
         "epochs (best)",
         "mode",
-        "preset",
+        "backend / preset",
         "plain exact",
         "plain approx",
         "encrypted",
@@ -220,7 +243,7 @@ def _task_rows(results: dict) -> tuple[list[str], list[list[str]]]:
                 f"{train} / {n['test']}",
                 f"{r['epochs_run']} ({r['best_epoch']['encrypted']})",
                 r["refresh"],
-                r["preset"],
+                f"{r['backend']} / {r['preset']}",
                 f"{a['exact']:.4f}",
                 f"{a['approx']:.4f}",
                 f"{a['encrypted']:.4f}",
@@ -259,6 +282,14 @@ def _shape_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         for r in results["hetal_shape"]
     ]
     return cols, rows
+
+
+def _shape_seconds(r: dict) -> str:
+    if r["backend"] == "openfhe":
+        return f"{r['seconds_per_iteration']:.1f} (measured)"
+    if "predicted_seconds_per_iteration" in r:
+        return f"{r['predicted_seconds_per_iteration']:.0f} (predicted)"
+    return f"{r['seconds_per_iteration']:.1f} (simulator, not encryption)"
 
 
 def _peer_rows(results: dict) -> tuple[list[str], list[list[str]]]:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from privlearn.bench import transfer
 from privlearn.cli import app
+from privlearn.he.cost import TimeModel
 
 ARGS = [
     "bench",
@@ -55,3 +56,12 @@ def test_parts_are_kept_and_collected(tmp_path, monkeypatch):
             peer_iters=1,
             console=Console(quiet=True),
         )
+
+
+def test_hetal_shape_prediction_is_counted_ops_times_op_seconds():
+    only_bootstraps = TimeModel("openfhe", "n16-boot7", "test", {"bootstrap": (2.5, 0.0)})
+    r = transfer.hetal_shape(
+        "bootstrap", "n16-boot7", backend="simulator", time_model=only_bootstraps
+    )
+    assert r["ops_last_step"]["bootstrap"] > 0
+    assert r["predicted_seconds_per_iteration"] == 2.5 * r["ops_last_step"]["bootstrap"]
