@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
+import weakref
 
-from privlearn.transfer.reference import add_bias
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from privlearn.transfer.reference import add_bias, exact_softmax
 from privlearn.transfer.session import EncryptedRun, EncryptedSession
 from privlearn.transfer.train import TrainSpec
 
@@ -35,12 +38,12 @@ class FeatureScaler:
         return (x - self.mean_) / self.std_ / self.norm_
 
 
-class EncryptedSoftmaxClassifier:
+class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
     """A softmax-regression head trained by a server on encrypted features (HETAL).
 
     Parameters mirror :class:`~privlearn.transfer.train.TrainSpec`; ``refresh`` is
     ``"client"`` (interactive: the client decrypts and re-encrypts exhausted ciphertexts) or
-    ``"bootstrap"`` (non-interactive; needs a bootstrappable preset such as ``n16-boot``).
+    ``"bootstrap"`` (non-interactive; needs a bootstrappable preset such as ``n16-boot7``).
     ``validation_fraction`` of the training data is held out for early stopping when
     ``fit`` gets no validation set.
     """
@@ -150,6 +153,7 @@ class EncryptedSoftmaxClassifier:
             logit_range=self.logit_range,
             matmul=self.matmul,
         )
+        self.close()  # a refit ends the previous server session
         self.session_ = EncryptedSession(
             spec,
             preset=self.preset,
@@ -158,6 +162,7 @@ class EncryptedSoftmaxClassifier:
             separate_process=self.separate_process,
             insecure_for_testing=self.insecure_for_testing,
         )
+        weakref.finalize(self, self.session_.close)  # no leaked process or temp dir
         self.run_: EncryptedRun = self.session_.fit(
             self.scaler_.transform(x),
             self._labels(y),
@@ -196,9 +201,7 @@ class EncryptedSoftmaxClassifier:
             self._require_fitted()
             z = self._scaled(self._check_x(x, fitted=True))
             return self.session_.predict(z, probabilities=True)[:, : self.classes_.size]
-        z = self.decision_function(x)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return exact_softmax(self.decision_function(x))
 
     def predict(self, x, *, encrypted: bool = False) -> np.ndarray:
         z = self.decision_function(x, encrypted=encrypted)

@@ -27,7 +27,7 @@ KINDS = {
     "refresh": "server -> client: ciphertexts to decrypt and encrypt afresh at a level",
     "refreshed": "client -> server: the fresh ciphertexts, same order",
     "predict": "client -> server: encrypted features to score",
-    "predictions": "server -> client: encrypted logits (divided by the logit range)",
+    "predictions": "server -> client: encrypted logits (times the weight scale) or probabilities",
     "get_model": "client -> server: ask for the retained encrypted weight snapshots",
     "model": "server -> client: encrypted weights, one snapshot per retained epoch",
     "set_model": "client -> server: the chosen weights, encrypted afresh, to serve",

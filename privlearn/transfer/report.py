@@ -45,8 +45,11 @@ def print_result(r: dict, console: Console) -> None:
         f"{r['bootstraps_per_iteration']:.1f} bootstraps; peak memory "
         + ", ".join(f"{k} {v:.1f} GB" for k, v in r["peak_memory_gb"].items() if v)
     )
-    console.print(
-        "the secret key lived in the client object only; the server was built from "
-        "the public bundle and saw ciphertexts, the public spec and one continue/"
-        "stop bit per epoch"
-    )
+    if r["real_encryption"]:
+        console.print(
+            "the secret key lived in the client object only; the server was built from "
+            "the public bundle and saw ciphertexts, the public spec and one continue/"
+            "stop bit per epoch"
+        )
+    else:
+        console.print("[bold red]simulator: NOT encryption[/] (the server saw slot values)")

@@ -91,7 +91,10 @@ class Server:
             raise ProtocolError(f"the server does not take {msg.kind!r} messages")
         if msg.kind != "setup" and self.trainer is None:
             raise ProtocolError("the server has no setup yet")
-        return handler(msg)
+        try:
+            return handler(msg)
+        except (KeyError, TypeError, IndexError) as e:  # a field missing or of the wrong type
+            raise ProtocolError(f"malformed {msg.kind!r} message: {type(e).__name__} {e}") from e
 
     def _setup(self, msg: Message) -> Message:
         try:
@@ -121,7 +124,16 @@ class Server:
             raise ProtocolError(f"unknown split {split!r}")
         folder = self.workdir / split / str(len(self.batches[split]))
         folder.mkdir(parents=True, exist_ok=True)
-        nx = msg.meta["x"]["count"]
+        nx, ny = msg.meta["x"]["count"], msg.meta["y"]["count"]
+        if len(msg.blobs) != nx + ny:
+            raise ProtocolError(
+                f"upload announces {nx} + {ny} ciphertexts, carries {len(msg.blobs)}"
+            )
+        for m in (msg.meta["x"], msg.meta["y"]):
+            if list(m["block"]) != [self.trainer.block.s0, self.trainer.block.s1]:
+                raise ProtocolError(
+                    f"upload packed in blocks {m['block']}, the spec says {self.trainer.block}"
+                )
         for i, blob in enumerate(msg.blobs):
             (folder / f"{i}.ct").write_bytes(blob)
         self.batches[split].append((msg.meta["x"], msg.meta["y"]))
@@ -182,6 +194,12 @@ class Server:
         return Message("model", {"snapshots": metas}, tuple(blobs))
 
 
+# Per-slot error of a decrypted validation sum, end to end: encrypted and plaintext training
+# measured here differ by at most ~1.4e-8 per slot in the validation loss (cancer, n15-d11,
+# 40 steps); 2^-24 = 6e-8 leaves a factor 4.
+END_TO_END_SLOT_ERROR = 2.0**-24
+
+
 # -- the client ---------------------------------------------------------------------------------
 class Client:
     """The data owner: holds ``ctx`` (the secret key) and speaks to the server via messages."""
@@ -192,7 +210,7 @@ class Client:
         self.ctx, self.spec, self.seed = ctx, spec, seed
         self.block = spec.block(ctx.slots)
         self.flood_security = flood_security
-        self._rng = np.random.default_rng([seed, 7])
+        self._flood_rng = np.random.default_rng()  # never seeded: the server must not replay it
         self.refreshes = 0
 
     # messages the client sends
@@ -239,11 +257,14 @@ class Client:
             if split == "train"
             else np.array_split(np.arange(len(xb)), range(b, len(xb), b))
         )
+        rows = -(-b // self.block.s0) * self.block.s0  # whole blocks: every row is padded
         out = []
         for idx in groups:
-            yb = np.tile(pad_label, (b, 1))
+            xp = np.zeros((rows, xb.shape[1]))
+            xp[: len(idx)] = xb[idx]
+            yb = np.tile(pad_label, (rows, 1))
             yb[: len(idx)] = yh[idx]
-            xe = EncMatrix.encrypt(self.ctx, xb[idx], self.block, Layout.PLAIN, level=level)
+            xe = EncMatrix.encrypt(self.ctx, xp, self.block, Layout.PLAIN, level=level)
             ye = EncMatrix.encrypt(self.ctx, yb, self.block, Layout.COL_TILED, level=1)
             out.append(
                 Message(
@@ -292,7 +313,7 @@ class Client:
         loss = brier_from_squared_errors(sums, n, self.block, self.spec.classes)
         bound = self._error_bound(sum(s.size for s in sums)) / n
         kw = {"statistical_security": self.flood_security, "queries": self.spec.epochs}
-        noisy = float(flood(np.array(loss), bound, rng=self._rng, **kw))
+        noisy = float(flood(np.array(loss), bound, rng=self._flood_rng, **kw))
         probs, start = [], count
         for meta in reply.meta["probabilities"]:
             p = read_matrix(self.ctx, meta, reply.blobs[start : start + meta["count"]])
@@ -308,12 +329,14 @@ class Client:
 
     def _error_bound(self, terms: int) -> float:
         """A bound on the CKKS error of a sum of ``terms`` decrypted slots: 6 standard
-        deviations of the calibrated per-slot error (bootstrap error in bootstrap mode)."""
+        deviations of a per-slot error that covers the whole computation since the last fresh
+        encryption, not only the last operation: the calibrated error of a fresh (or
+        bootstrapped) ciphertext, floored at ``END_TO_END_SLOT_ERROR``."""
         from privlearn.he.simulator import NoiseModel
 
         noise = NoiseModel.for_params(self.ctx.params)
         per_slot = noise.bootstrap if self.spec.refresh == "bootstrap" else noise.fresh
-        return 6 * per_slot * np.sqrt(2 * terms)
+        return 6 * max(per_slot, END_TO_END_SLOT_ERROR) * np.sqrt(2 * terms)
 
     def predictions(self, reply: Message, rows: int) -> np.ndarray:
         """Decrypted logits, or probabilities if they were asked for."""

@@ -180,13 +180,14 @@ class EncryptedSession:
                     break
         self.seconds.update(train=train_s, validate=val_s)
         t = time.perf_counter()
-        weights = client.weights(link.request(Message("get_model")), stopper.best_epoch)
+        best = stopper.best_epoch if spec.early_stopping else len(history) - 1
+        weights = client.weights(link.request(Message("get_model")), best)
         link.request(client.set_model(weights))
         self.seconds["fetch_model"] = time.perf_counter() - t
         self.seconds["total"] = time.perf_counter() - self._t0
         return EncryptedRun(
             weights=weights,
-            best_epoch=stopper.best_epoch,
+            best_epoch=best,
             history=history,
             backend=self.ctx.backend_name,
             real_encryption=self.ctx.is_real_encryption,

@@ -74,3 +74,12 @@ def test_fit_errors():
         EncryptedSoftmaxClassifier(backend="simulator", refresh="magic", progress=False).fit(
             *load_wine(return_X_y=True)
         )
+
+
+def test_scikit_learn_protocol():
+    from sklearn.base import clone
+
+    clf = EncryptedSoftmaxClassifier(backend="simulator", lr=2.0, epochs=3)
+    twin = clone(clf)
+    assert twin.get_params() == clf.get_params() and twin is not clf
+    assert twin.set_params(epochs=5).epochs == 5

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from privlearn.he import io
-from privlearn.transfer.protocol import Message
-from privlearn.transfer.roles import Server
+from privlearn.transfer.protocol import Message, ProtocolError
+from privlearn.transfer.roles import Client, Server
 from privlearn.transfer.session import EncryptedSession
 from privlearn.transfer.train import TrainSpec
 
@@ -91,3 +91,30 @@ def test_malformed_setup_is_refused():
     with pytest.raises(io.EnvelopeError):
         server.handle(Message("setup", {"spec": {}, "weights": {}, "bundle_path": "/nowhere"}))
     server.close()
+
+
+def test_malformed_requests_get_protocol_errors(session_and_data):
+    s, _ = session_and_data
+    server = s.server
+    good = s.client.batches(*session_and_data[1][:2], "train", s.data_level)[0]
+    cases = [
+        Message("upload", good.meta, good.blobs[:-1]),  # a ciphertext missing
+        Message("upload", {**good.meta, "x": {**good.meta["x"], "block": [1, 2]}}, good.blobs),
+        Message("upload", {"x": good.meta["x"]}, good.blobs),  # no split
+        Message("train_step", {"batch": 0}),  # no epoch
+        Message("train_step", {"batch": 10**6, "epoch": 0}),
+        Message("predict", {"x": {"shape": [1]}}, ()),
+    ]
+    for msg in cases:
+        with pytest.raises(ProtocolError):
+            server.handle(msg)
+
+
+def test_flooding_noise_is_not_replayable_from_the_seed(session_and_data):
+    """The server sees the batch order, which the seed fixes: the flooding noise must not
+    come from that seed, or the server could subtract it."""
+    s, (_, _, _, yv) = session_and_data
+    reply = s.link.request(Message("validate"))
+    a, b = (Client(s.ctx, s.spec, seed=0).validation(reply, yv) for _ in range(2))
+    assert a["val_brier"] == b["val_brier"]
+    assert a["val_brier_flooded"] != b["val_brier_flooded"]

@@ -114,3 +114,57 @@ def test_bootstrap_mode_on_the_simulator():
     ref = _reference(spec, x, y, xv, yv)
     assert run.client_refreshes == 0 and run.server_ops["bootstrap"] > 0
     assert np.max(np.abs(run.weights - ref.weights)) < 1e-3  # bootstraps keep ~18 bits
+
+
+@pytest.mark.parametrize(
+    "c,batch,n",
+    [(3, 40, 180), (10, 256, 450)],  # batch not a power of two; batch over one block's rows
+    ids=["batch-40", "batch-over-s0"],
+)
+def test_odd_batch_sizes_and_short_last_batches(c, batch, n):
+    x, y, xv, yv = _problem(n=n, f=8, c=c)
+    spec = TrainSpec(classes=c, features=9, batch_size=batch, lr=2.0, epochs=2, logit_range=16)
+    assert batch % spec.block(2048).s0 or batch > spec.block(2048).s0
+    run = run_encrypted(
+        x,
+        y,
+        xv,
+        yv,
+        spec,
+        preset="toy-n12",
+        backend="simulator",
+        insecure_for_testing=True,
+        progress=False,
+    )
+    ref = _reference(spec, x, y, xv, yv)
+    assert [h["val_brier"] for h in run.history] == pytest.approx(ref.val_losses, abs=1e-6)
+    assert np.max(np.abs(run.weights - ref.weights)) < 1e-6
+
+
+def test_without_early_stopping_the_last_epoch_is_kept():
+    x, y, xv, yv = _problem(n=120, f=6, c=2)
+    yv = 1 - yv  # validation loss rises every epoch: early stopping would keep epoch 0
+    spec = TrainSpec(
+        classes=2,
+        features=7,
+        batch_size=32,
+        lr=2.0,
+        epochs=4,
+        patience=1,
+        early_stopping=False,
+        logit_range=16,
+    )
+    run = run_encrypted(
+        x,
+        y,
+        xv,
+        yv,
+        spec,
+        preset="toy-n12",
+        backend="simulator",
+        insecure_for_testing=True,
+        progress=False,
+    )
+    ref = _reference(spec, x, y, xv, yv)
+    assert run.best_epoch == ref.best_epoch == 3 and len(run.history) == 4
+    assert np.max(np.abs(run.weights - ref.weights)) < 1e-6
