@@ -172,6 +172,15 @@ def bench_transfer(
     Runs the parts asked for (none: only the table), keeps each in results/, and prints and
     writes the table of every kept result (JSON and Markdown)."""
     from privlearn.bench.transfer import collect, markdown, print_table, run
+    from privlearn.transfer.experiment import TASK_DEFAULTS
+
+    for name, given, known in (
+        ("task", tasks, TASK_DEFAULTS),
+        ("refresh", refresh, ("client", "bootstrap")),
+        ("hetal-shape", hetal, ("client", "bootstrap")),
+    ):
+        if set(given) - set(known):
+            raise typer.BadParameter(f"--{name} takes {', '.join(known)}; got {given}")
 
     run(
         tasks,

@@ -189,7 +189,29 @@ def run(
         done = RESULTS / f"transfer-peer-{peer_task}.json"
         if not _kept(done, lambda r: r.get("max_iter") == peer_iters and "error" not in r):
             console.print(f"Concrete ML on {peer_task}, max_iter={peer_iters}")
-            done.write_text(json.dumps(peer(peer_task, peer_iters) | {"machine": machine()}))
+            r = peer(peer_task, peer_iters) | {"task": peer_task, "machine": machine()}
+            done.write_text(json.dumps(r))
+
+
+def logreg_baseline(task: str, max_train: int | None) -> float:
+    """Test accuracy of scikit-learn's logistic regression on the same frozen features and
+    training rows: the orientation figure for each task (kept in results/)."""
+    path = RESULTS / "transfer-logreg.json"
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    key = f"{task}/{max_train}"
+    if key not in kept:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from privlearn.transfer.data import load_task
+
+        t = load_task(task, progress=False)
+        x, y = t.x_train[:max_train], t.y_train[:max_train]
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(x, y)
+        kept[key] = float(model.score(t.x_test, t.y_test))
+        path.write_text(json.dumps(kept, indent=1))
+    return kept[key]
 
 
 def collect() -> dict:
@@ -201,6 +223,7 @@ def collect() -> dict:
     rows.sort(key=lambda r: (order.get(r["task"], 99), r["refresh"]))
     for r in rows:
         r.pop("history", None)
+        r["sklearn_logreg_accuracy"] = logreg_baseline(r["task"], r["sizes"].get("max_train"))
     hetal = sorted(RESULTS.glob("transfer-hetal-*.json"))  # the simulator's rows predict
     shapes = [json.loads(p.read_text()) for p in hetal]
     peers = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("transfer-peer-*.json"))]
@@ -219,6 +242,7 @@ def _task_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         "task",
         "train / test n",
         "epochs (best)",
+        "sklearn LR",
         "mode",
         "backend / preset",
         "plain exact",
@@ -242,6 +266,7 @@ def _task_rows(results: dict) -> tuple[list[str], list[list[str]]]:
                 r["task"],
                 f"{train} / {n['test']}",
                 f"{r['epochs_run']} ({r['best_epoch']['encrypted']})",
+                f"{r['sklearn_logreg_accuracy']:.4f}",
                 r["refresh"],
                 f"{r['backend']} / {r['preset']}",
                 f"{a['exact']:.4f}",
@@ -304,7 +329,7 @@ def _peer_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     rows = [
         [
             p["peer"],
-            f"cancer ({p['train']} / {p['test']})",
+            f"{p['task']} ({p['train']} / {p['test']})",
             str(p["max_iter"]),
             f"{p.get('accuracy_disable', float('nan')):.4f}",
             f"{p['accuracy_execute']:.4f}",

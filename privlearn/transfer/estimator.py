@@ -13,7 +13,6 @@ approximation supports. Rows beyond ``1 + range_tolerance`` after scaling are re
 from __future__ import annotations
 
 import warnings
-
 import weakref
 
 import numpy as np
