@@ -165,6 +165,9 @@ def bench_transfer(
     time_model: Path = typer.Option(
         None, help="`bench he-ops` JSON: with --backend simulator, predict HETAL's shape from it"
     ),
+    breakdown: bool = typer.Option(
+        False, help="predict one iteration per task shape from --time-model, split by op"
+    ),
     out: Path = typer.Option(Path("results/bench-transfer.json")),
 ) -> None:
     """Encrypted fine-tuning per task vs plaintext; HETAL's shape; Concrete ML side by side.
@@ -193,6 +196,7 @@ def bench_transfer(
         peer_iters=peer_iters,
         console=console,
         time_model=time_model,
+        breakdown=breakdown,
     )
     results = collect()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from privlearn.bench import machine
-from privlearn.he.cost import TimeModel
+from privlearn.he.cost import Counts, TimeModel
 from privlearn.transfer.experiment import TASK_DEFAULTS, run_task, with_epochs
 from privlearn.transfer.session import EncryptedSession
 from privlearn.transfer.train import TrainSpec
@@ -41,27 +41,38 @@ PRESET_FOR = {"client": "n15-d11", "bootstrap": "n16-boot7"}
 PEER_SCRIPT = Path(__file__).with_name("peer_concrete.py")
 
 
-def hetal_shape(
+FEATURES = {"cancer": 30, "wine": 13, "digits": 1280, "mnist": 1280, "tweets": 384}
+CLASSES = {"cancer": 2, "wine": 3, "digits": 10, "mnist": 10, "tweets": 3}
+KEY_SWITCHES = ("mult", "rotate", "hoisted_rotate", "conjugate")
+
+
+def iteration(
+    batch: int,
+    columns: int,
+    classes: int,
     refresh: str,
     preset: str,
     *,
     backend: str = "openfhe",
     steps: int = 1,
     seed: int = 0,
-    time_model: TimeModel | None = None,
+    he_ops: dict | None = None,
 ) -> dict:
-    """Time ``steps`` training iterations at (batch 1024, 769 columns, 10 classes).
+    """Time ``steps`` training iterations of a (batch, columns, classes) head on synthetic
+    features.
 
-    With ``time_model`` (and the simulator) the iteration is also *predicted*: the ops it
-    counted, level by level, times the per-op seconds measured on OpenFHE for the preset."""
+    With ``he_ops`` (a ``bench he-ops`` document measured on OpenFHE for ``preset``) the
+    iteration is also *predicted* from the ops it counted, level by level, and split into
+    where the time goes: key switches, plaintext products, rescales, ..., client refreshes
+    (one decryption and one encryption each)."""
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, 1024 * steps)
-    x = rng.normal(size=(len(y), 768)) + 2 * np.eye(10, 768)[y]
+    y = rng.integers(0, classes, batch * steps)
+    x = rng.normal(size=(len(y), columns - 1)) + 2 * np.eye(classes, columns - 1)[y]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     spec = TrainSpec(
-        classes=10,
-        features=769,
-        batch_size=1024,
+        classes=classes,
+        features=columns,
+        batch_size=batch,
         lr=1.0,
         epochs=1,
         refresh=refresh,
@@ -72,14 +83,14 @@ def hetal_shape(
         for msg in s.client.batches(x, y, "train", s.data_level):
             s.link.request(msg)
         upload = time.perf_counter() - t
-        server = s.server
         times = []
         for b in range(steps):
-            t = time.perf_counter()
-            with server.ev.cost.measure() as counts:
+            refreshes, t = s.client.refreshes, time.perf_counter()
+            with s.server.ev.cost.measure() as counts:
                 s.link.request(_step(b))
             times.append(time.perf_counter() - t)
-        return {
+        out = {
+            "shape": [batch, columns, classes],
             "refresh": refresh,
             "preset": preset,
             "backend": backend,
@@ -88,16 +99,35 @@ def hetal_shape(
             "per_step": times,
             "encrypt_upload_s": upload,
             "keygen_setup_s": s.seconds["keygen"] + s.seconds["setup"],
-            "client_refreshes": s.client.refreshes,
+            "client_refreshes": s.client.refreshes - refreshes,
             "ops_last_step": counts.as_dict(),
-        } | (
-            {}
-            if time_model is None
-            else {
-                "predicted_seconds_per_iteration": time_model.seconds(counts),
-                "predicted_from": f"{time_model.backend} {time_model.preset}: {time_model.machine}",
-            }
-        )
+        }
+    if he_ops is not None:
+        out |= _predicted(counts, out["client_refreshes"], he_ops, preset)
+    return out
+
+
+def _predicted(counts: Counts, refreshes: int, he_ops: dict, preset: str) -> dict:
+    model = TimeModel.from_bench(he_ops, preset)
+    row = next(r for r in he_ops["rows"] if r["preset"] == preset and r["backend"] == "openfhe")
+    parts: dict[str, float] = {}
+    for (op, level), n in counts.by_op_level.items():
+        one = Counts()
+        one.add(op, level, n)
+        key = "key switches" if op in KEY_SWITCHES else op
+        parts[key] = parts.get(key, 0.0) + model.seconds(one)
+    parts["client refreshes"] = refreshes * (row["seconds"]["encrypt"] + row["seconds"]["decrypt"])
+    total = sum(parts.values())
+    return {
+        "predicted_seconds_per_iteration": total,
+        "predicted_share": {k: v / total for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+        "predicted_from": f"{model.backend} {model.preset}: {model.machine}",
+    }
+
+
+def hetal_shape(refresh: str, preset: str, **kw) -> dict:
+    """One iteration at HETAL's benchmark shape: batch 1024, 769 columns, 10 classes."""
+    return iteration(1024, 769, 10, refresh, preset, **kw)
 
 
 def _step(batch: int):
@@ -151,12 +181,34 @@ def run(
     peer_iters: int,
     console: Console,
     time_model: Path | None = None,
+    breakdown: bool = False,
 ) -> None:
     """Run the requested parts, keeping each result in ``results/transfer-*.json``.
 
     A part whose kept result has the same settings is not run again, so a long benchmark can
     be built up over several invocations (each row records its own epochs and training size);
     :func:`collect` then gathers every kept result into one table."""
+    if breakdown:  # one client-mode iteration per task shape, counted and predicted
+        if time_model is None:
+            raise ValueError("--breakdown needs --time-model (a `bench he-ops` JSON)")
+        he_ops = json.loads(time_model.read_text())
+        out = {
+            task: iteration(
+                TASK_DEFAULTS[task].batch_size,
+                FEATURES[task] + 1,
+                CLASSES[task],
+                "client",
+                PRESET_FOR["client"],
+                backend="simulator",
+                he_ops=he_ops,
+            )
+            for task in tasks or list(TASK_DEFAULTS)
+        }
+        out["hetal-shape"] = hetal_shape(
+            "client", PRESET_FOR["client"], backend="simulator", he_ops=he_ops
+        )
+        (RESULTS / "transfer-breakdown.json").write_text(json.dumps(out, indent=1))
+        return
     for task in tasks:
         for refresh in refresh_modes:
             config = with_epochs(TASK_DEFAULTS[task], epochs)
@@ -180,10 +232,8 @@ def run(
         if not _kept(done, lambda r: True):
             preset = PRESET_FOR[refresh]
             console.print(f"HETAL shape, {refresh} refresh, {preset}, {backend}")
-            model = None
-            if time_model is not None:
-                model = TimeModel.from_bench(json.loads(time_model.read_text()), preset)
-            r = hetal_shape(refresh, preset, backend=backend, time_model=model)
+            he_ops = json.loads(time_model.read_text()) if time_model else None
+            r = hetal_shape(refresh, preset, backend=backend, he_ops=he_ops)
             done.write_text(json.dumps(r | {"machine": machine()}, indent=1))
     if peer_task:
         done = RESULTS / f"transfer-peer-{peer_task}.json"
@@ -227,6 +277,7 @@ def collect() -> dict:
     hetal = sorted(RESULTS.glob("transfer-hetal-*.json"))  # the simulator's rows predict
     shapes = [json.loads(p.read_text()) for p in hetal]
     peers = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("transfer-peer-*.json"))]
+    split = RESULTS / "transfer-breakdown.json"
     return {
         "benchmark": "transfer",
         "machine": machine(),
@@ -234,6 +285,7 @@ def collect() -> dict:
         "hetal_shape": shapes,
         "hetal_published": HETAL_PUBLISHED,
         "peer": peers,
+        "breakdown": json.loads(split.read_text()) if split.exists() else {},
     }
 
 
@@ -309,6 +361,25 @@ def _shape_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return cols, rows
 
 
+def _breakdown_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    cols = [
+        "shape (batch, columns, classes)",
+        "key switches",
+        "predicted s / iter",
+        "where the time goes (predicted)",
+    ]
+    rows = [
+        [
+            f"{name} {tuple(r['shape'])}",
+            str(r["ops_last_step"]["key_switches"]),
+            f"{r['predicted_seconds_per_iteration']:.1f}",
+            ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["predicted_share"].items() if v >= 0.01),
+        ]
+        for name, r in results.get("breakdown", {}).items()
+    ]
+    return cols, rows
+
+
 def _shape_seconds(r: dict) -> str:
     if r["backend"] == "openfhe":
         return f"{r['seconds_per_iteration']:.1f} (measured)"
@@ -341,15 +412,23 @@ def _peer_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return cols, rows
 
 
+def _tables(results: dict) -> list[tuple[list[str], list[list[str]]]]:
+    return [
+        _task_rows(results),
+        _shape_rows(results),
+        _peer_rows(results),
+        _breakdown_rows(results),
+    ]
+
+
 def print_table(results: dict, console: Console) -> None:
     titles = (
         "encrypted fine-tuning",
         "HETAL's shape (batch 1024, 769 columns, 10 classes)",
         "peer: Concrete ML (TFHE)",
+        "one client-mode iteration: where the time goes",
     )
-    for title, (cols, rows) in zip(
-        titles, (_task_rows(results), _shape_rows(results), _peer_rows(results)), strict=True
-    ):
+    for title, (cols, rows) in zip(titles, _tables(results), strict=True):
         if rows:
             t = Table(title=title)
             for c in cols:
@@ -361,7 +440,7 @@ def print_table(results: dict, console: Console) -> None:
 
 def markdown(results: dict) -> str:
     out = []
-    for cols, rows in (_task_rows(results), _shape_rows(results), _peer_rows(results)):
+    for cols, rows in _tables(results):
         if rows:
             out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             out += ["| " + " | ".join(row) + " |" for row in rows] + [""]

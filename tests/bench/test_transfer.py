@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from privlearn.bench import transfer
 from privlearn.cli import app
-from privlearn.he.cost import TimeModel
 
 ARGS = [
     "bench",
@@ -58,10 +57,38 @@ def test_parts_are_kept_and_collected(tmp_path, monkeypatch):
         )
 
 
+def _he_ops(preset, model, encrypt=0.0, decrypt=0.0):
+    machine = {"processor": "x86_64", "host_cpus": 2, "loadavg_1m": 0.0, "utc": "test"}
+    row = {
+        "preset": preset,
+        "backend": "openfhe",
+        "time_model": model,
+        "seconds": {"encrypt": encrypt, "decrypt": decrypt},
+    }
+    return {"machine": machine, "rows": [row]}
+
+
 def test_hetal_shape_prediction_is_counted_ops_times_op_seconds():
-    only_bootstraps = TimeModel("openfhe", "n16-boot7", "test", {"bootstrap": (2.5, 0.0)})
     r = transfer.hetal_shape(
-        "bootstrap", "n16-boot7", backend="simulator", time_model=only_bootstraps
+        "bootstrap",
+        "n16-boot7",
+        backend="simulator",
+        he_ops=_he_ops("n16-boot7", {"bootstrap": [2.5, 0.0]}),
     )
     assert r["ops_last_step"]["bootstrap"] > 0
     assert r["predicted_seconds_per_iteration"] == 2.5 * r["ops_last_step"]["bootstrap"]
+    assert r["predicted_share"]["bootstrap"] == 1.0
+
+
+def test_breakdown_charges_each_client_refresh_one_decryption_and_one_encryption():
+    r = transfer.iteration(
+        64,
+        9,
+        3,
+        "client",
+        "n15-d11",
+        backend="simulator",
+        he_ops=_he_ops("n15-d11", {}, encrypt=1.0, decrypt=0.5),
+    )
+    assert r["client_refreshes"] > 0
+    assert r["predicted_seconds_per_iteration"] == 1.5 * r["client_refreshes"]
