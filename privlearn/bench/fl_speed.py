@@ -206,7 +206,8 @@ def run(
     timeout: float = 3600,
     console: Console | None = None,
 ) -> dict:
-    """Measure every (workload, engine) pair; writes JSON after each, returns the document."""
+    """Measure every (workload, engine) pair; writes JSON after each, returns the document.
+    An existing `out` is extended: its other pairs are kept, the ones measured now replaced."""
     console = console or Console()
     unknown = [w for w in workloads if w not in WORKLOADS] + [
         e for e in engines if e not in ENGINES
@@ -230,6 +231,18 @@ def run(
         doc["flwr"] = flwr.__version__
     except ImportError:
         doc["flwr"] = None
+    if out.exists():  # keep what earlier invocations measured; re-measured pairs are replaced
+        prev = json.loads(out.read_text())
+        for res in prev.get("results", {}).values():
+            for e, r in res.items():  # older files kept these only at the top level
+                r.setdefault(
+                    "flower_workers", prev.get("flower_workers") if e == "flower" else None
+                )
+                r.setdefault("machine", prev.get("machine_before"))
+        doc["results"] = prev.get("results", {})
+        doc["earlier_invocations"] = prev.get("earlier_invocations", []) + [
+            {k: prev.get(k) for k in ("machine_before", "machine_after", "flower_workers")}
+        ]
     tmp = out.parent / (out.stem + "-params")
     tmp.mkdir(parents=True, exist_ok=True)
     pairs = [(w, e) for w in workloads for e in engines]
@@ -253,6 +266,9 @@ def run(
             }
             res = _run_subprocess(spec, timeout)
             res["load_1m"] = os.getloadavg()[0]
+            res["rounds"] = spec["rounds"]
+            res["flower_workers"] = flower_workers if e == "flower" else None
+            res["machine"] = machine()
             res["params_file"] = spec["params_out"]
             doc["results"].setdefault(w, {})[e] = res
             _finish(doc, w)
@@ -296,13 +312,15 @@ def _finish(doc: dict, w: str) -> None:
 def print_table(doc: dict, console: Console) -> None:
     """One table per workload: steady-state time, throughput, memory, agreement, ratios."""
     console.print(
-        f"privlearn: 1 thread; Flower {doc.get('flwr')}: {doc['flower_workers']} Ray "
-        f"workers x 1 CPU; load before {doc['machine_before']['loadavg_1m']}"
+        f"privlearn: 1 thread; Flower {doc.get('flwr')}: Ray workers x 1 CPU as in each "
+        f"flower row; load (1 min) before each run in the 'load' column"
     )
     for w, res in doc["results"].items():
         t = Table(title=w)
         for col in (
             "engine",
+            "rounds",
+            "load",
             "s/round",
             "1st round s",
             "clients/s",
@@ -315,10 +333,13 @@ def print_table(doc: dict, console: Console) -> None:
             t.add_column(col, justify="right")
         for e, r in res.items():
             if "error" in r:
-                t.add_row(e, f"[red]{r['error']}[/]", *[""] * 7)
+                t.add_row(e, "", "", f"[red]{r['error']}[/]", *[""] * 7)
                 continue
+            workers = r.get("flower_workers")
             t.add_row(
-                e,
+                e + (f" ({workers} workers)" if workers else ""),
+                str(r.get("rounds", len(r["round_seconds"]))),
+                f"{r.get('load_1m', float('nan')):.1f}",
                 f"{r['steady_seconds_per_round']:.3f}",
                 f"{r['first_round_seconds']:.2f}",
                 f"{r['clients_per_second']:.0f}",
