@@ -351,7 +351,7 @@ def _shape_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         [
             r["refresh"],
             r["preset"],
-            f"{r['seconds_per_iteration']:.1f}",
+            _shape_seconds(r),
             str(r["client_refreshes"]),
             str(r["ops_last_step"].get("bootstrap", 0)),
             f"{pub[0]}-{pub[1]}",

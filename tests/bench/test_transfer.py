@@ -78,6 +78,14 @@ def test_hetal_shape_prediction_is_counted_ops_times_op_seconds():
     assert r["ops_last_step"]["bootstrap"] > 0
     assert r["predicted_seconds_per_iteration"] == 2.5 * r["ops_last_step"]["bootstrap"]
     assert r["predicted_share"]["bootstrap"] == 1.0
+    doc = {
+        "tasks": [],
+        "hetal_shape": [r],
+        "hetal_published": transfer.HETAL_PUBLISHED,
+        "peer": [],
+        "breakdown": {},
+    }
+    assert f"| {2.5 * r['ops_last_step']['bootstrap']:.0f} (predicted) |" in transfer.markdown(doc)
 
 
 def test_breakdown_charges_each_client_refresh_one_decryption_and_one_encryption():
