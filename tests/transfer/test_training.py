@@ -38,6 +38,24 @@ def _reference(spec, x, y, xv, yv):
     )
 
 
+def _both(spec, data, preset="toy-n12", backend="simulator", **kw):
+    """The encrypted run at a toy preset (INSECURE, tests only) and its plaintext reference."""
+    x, y, xv, yv = data
+    run = run_encrypted(
+        x,
+        y,
+        xv,
+        yv,
+        spec,
+        preset=preset,
+        backend=backend,
+        insecure_for_testing=True,
+        progress=False,
+        **kw,
+    )
+    return run, _reference(spec, x, y, xv, yv)
+
+
 @pytest.mark.parametrize("matmul", ["ours", "hetal"])
 def test_full_size_protocol_on_the_simulator(matmul):
     """N = 2^16 (n16-d24's 2^15 slots), the real protocol, every message serialized."""
@@ -56,62 +74,28 @@ def test_full_size_protocol_on_the_simulator(matmul):
 
 @pytest.mark.openfhe
 def test_real_encryption_at_small_size():
-    x, y, xv, yv = _problem(n=120, f=9, c=3)
+    data = _problem(n=120, f=9, c=3)
     spec = TrainSpec(classes=3, features=10, batch_size=32, lr=4.0, epochs=2, logit_range=16)
-    run = run_encrypted(
-        x,
-        y,
-        xv,
-        yv,
-        spec,
-        preset="toy-n12",
-        backend="openfhe",
-        insecure_for_testing=True,
-        progress=False,
-    )
-    ref = _reference(spec, x, y, xv, yv)
+    run, ref = _both(spec, data, backend="openfhe")
     assert run.real_encryption
     assert np.max(np.abs(run.weights - ref.weights)) < 1e-5
-    assert np.mean(predict(run.weights, xv) == predict(ref.weights, xv)) == 1.0
+    assert np.mean(predict(run.weights, data[2]) == predict(ref.weights, data[2])) == 1.0
 
 
 def test_server_in_its_own_process():
-    x, y, xv, yv = _problem(n=100, f=6, c=2)
+    data = _problem(n=100, f=6, c=2)
     spec = TrainSpec(classes=2, features=7, batch_size=32, lr=2.0, epochs=2, logit_range=16)
-    run = run_encrypted(
-        x,
-        y,
-        xv,
-        yv,
-        spec,
-        preset="toy-n12",
-        backend="simulator",
-        insecure_for_testing=True,
-        separate_process=True,
-        progress=False,
-    )
-    ref = _reference(spec, x, y, xv, yv)
+    run, ref = _both(spec, data, separate_process=True)
     assert np.max(np.abs(run.weights - ref.weights)) < 1e-6
     assert run.server_ops["mult"] > 0 and "server" in run.peak_memory_gb
 
 
 def test_bootstrap_mode_on_the_simulator():
-    x, y, xv, yv = _problem(n=80, f=6, c=2)
+    data = _problem(n=80, f=6, c=2)
     spec = TrainSpec(
         classes=2, features=7, batch_size=32, lr=2.0, epochs=1, logit_range=16, refresh="bootstrap"
     )
-    run = run_encrypted(
-        x,
-        y,
-        xv,
-        yv,
-        spec,
-        preset="toy-n12-boot7",
-        backend="simulator",
-        insecure_for_testing=True,
-        progress=False,
-    )
-    ref = _reference(spec, x, y, xv, yv)
+    run, ref = _both(spec, data, preset="toy-n12-boot7")
     assert run.client_refreshes == 0 and run.server_ops["bootstrap"] > 0
     assert np.max(np.abs(run.weights - ref.weights)) < 1e-3  # bootstraps keep ~18 bits
 
@@ -122,28 +106,17 @@ def test_bootstrap_mode_on_the_simulator():
     ids=["batch-40", "batch-over-s0"],
 )
 def test_odd_batch_sizes_and_short_last_batches(c, batch, n):
-    x, y, xv, yv = _problem(n=n, f=8, c=c)
+    data = _problem(n=n, f=8, c=c)
     spec = TrainSpec(classes=c, features=9, batch_size=batch, lr=2.0, epochs=2, logit_range=16)
     assert batch % spec.block(2048).s0 or batch > spec.block(2048).s0
-    run = run_encrypted(
-        x,
-        y,
-        xv,
-        yv,
-        spec,
-        preset="toy-n12",
-        backend="simulator",
-        insecure_for_testing=True,
-        progress=False,
-    )
-    ref = _reference(spec, x, y, xv, yv)
+    run, ref = _both(spec, data)
     assert [h["val_brier"] for h in run.history] == pytest.approx(ref.val_losses, abs=1e-6)
     assert np.max(np.abs(run.weights - ref.weights)) < 1e-6
 
 
 def test_without_early_stopping_the_last_epoch_is_kept():
-    x, y, xv, yv = _problem(n=120, f=6, c=2)
-    yv = 1 - yv  # validation loss rises every epoch: early stopping would keep epoch 0
+    data = _problem(n=120, f=6, c=2)
+    data = (*data[:3], 1 - data[3])  # validation loss rises: early stopping would keep epoch 0
     spec = TrainSpec(
         classes=2,
         features=7,
@@ -154,17 +127,6 @@ def test_without_early_stopping_the_last_epoch_is_kept():
         early_stopping=False,
         logit_range=16,
     )
-    run = run_encrypted(
-        x,
-        y,
-        xv,
-        yv,
-        spec,
-        preset="toy-n12",
-        backend="simulator",
-        insecure_for_testing=True,
-        progress=False,
-    )
-    ref = _reference(spec, x, y, xv, yv)
+    run, ref = _both(spec, data)
     assert run.best_epoch == ref.best_epoch == 3 and len(run.history) == 4
     assert np.max(np.abs(run.weights - ref.weights)) < 1e-6
