@@ -40,8 +40,17 @@ BASELINES = {"abt": ["colmajor", "jin_abt", "halevi_shoup"], "atb": ["rowmajor",
 # The simulator keeps every slot of every ciphertext in memory (512 KiB at 2^15 slots).
 SIM_MAX_CIPHERTEXTS = 3000
 SIM_MAX_KEY_SWITCHES = 20000
-TIMED_OPS = ("add", "cmult", "smult", "mult", "rescale", "rotate", "hoisted_rotate",
-             "decompose", "conjugate")
+TIMED_OPS = (
+    "add",
+    "cmult",
+    "smult",
+    "mult",
+    "rescale",
+    "rotate",
+    "hoisted_rotate",
+    "decompose",
+    "conjugate",
+)
 
 
 def _operands(alg: Algorithm, d: Dims, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +68,14 @@ def _server(client: ClientContext, alg: Algorithm, d: Dims, block) -> Evaluator:
         return Evaluator.from_bundle(path)
 
 
-def _execute(client: ClientContext, alg: Algorithm, d: Dims, block, level: int, seed: int,
-             ) -> tuple[Counts, float, float]:
+def _execute(
+    client: ClientContext,
+    alg: Algorithm,
+    d: Dims,
+    block,
+    level: int,
+    seed: int,
+) -> tuple[Counts, float, float]:
     """Encrypt, run on a fresh server, decrypt: (counts, seconds of server work, max error)."""
     a, b = _operands(alg, d, seed)
     ev = _server(client, alg, d, block)
@@ -80,8 +95,10 @@ def _sim_feasible(alg: Algorithm, d: Dims, c: Cost) -> bool:
 
 def _operand_ciphertexts(alg: Algorithm, d: Dims, block) -> int:
     blk = alg.block_for(d, block)
-    return sum(ciphertext_count(shape, blk, layout)
-               for shape, layout in zip(alg.operand_shapes(d), alg.layouts, strict=True))
+    return sum(
+        ciphertext_count(shape, blk, layout)
+        for shape, layout in zip(alg.operand_shapes(d), alg.layouts, strict=True)
+    )
 
 
 def _model_counts(c: Cost, level: int) -> Counts:
@@ -112,13 +129,15 @@ def measure_op_times(client: ClientContext, levels: tuple[int, int], reps: int) 
     for lvl in levels:
         x, y = client.encrypt(v, level=lvl), client.encrypt(v, level=lvl)
         pending = ev.mul(x, y, rescale=False)
-        t = {"add": timed(lambda x=x, y=y: ev.add(x, y)),
-             "cmult": timed(lambda x=x: ev.mul(x, v, rescale=False)),
-             "smult": timed(lambda x=x: ev.mul(x, 1j, rescale=False)),
-             "mult": timed(lambda x=x, y=y: ev.mul(x, y, rescale=False)),
-             "rescale": timed(lambda p=pending: ev.rescale(p)),
-             "rotate": timed(lambda x=x: ev.rotate(x, 1)),
-             "conjugate": timed(lambda x=x: ev.conjugate(x))}
+        t = {
+            "add": timed(lambda x=x, y=y: ev.add(x, y)),
+            "cmult": timed(lambda x=x: ev.mul(x, v, rescale=False)),
+            "smult": timed(lambda x=x: ev.mul(x, 1j, rescale=False)),
+            "mult": timed(lambda x=x, y=y: ev.mul(x, y, rescale=False)),
+            "rescale": timed(lambda p=pending: ev.rescale(p)),
+            "rotate": timed(lambda x=x: ev.rotate(x, 1)),
+            "conjugate": timed(lambda x=x: ev.conjugate(x)),
+        }
         two = timed(lambda x=x: ev.rotate_many(x, [1, 2]))
         four = timed(lambda x=x: ev.rotate_many(x, [1, 2, 4, 8]))
         t["hoisted_rotate"] = max((four - two) / 2, 0.0)
@@ -138,16 +157,28 @@ def key_bytes(client: ClientContext) -> int:
     return (len(client.public_bundle([1, 2, 3, 4])) - len(client.public_bundle([]))) // 4
 
 
-def run(shapes: list[tuple[int, int, int]], names: list[str], *, preset: str, level: int | None,
-        max_seconds: float, max_gb: float, reps: int, seed: int, console: Console) -> dict:
+def run(
+    shapes: list[tuple[int, int, int]],
+    names: list[str],
+    *,
+    preset: str,
+    level: int | None,
+    max_seconds: float,
+    max_gb: float,
+    reps: int,
+    seed: int,
+    console: Console,
+) -> dict:
     """Counts on the simulator, keys and time on OpenFHE; returns the JSON-able results."""
     params = get_params(preset)
     algs = [ALGORITHMS[n] for n in names]
     blocks = {s: hetal_block_shape(s[0], s[2], params.slots) for s in shapes}
     costs = {(s, a.name): a.cost(Dims(*s), blocks[s]) for s in shapes for a in algs}
     level = level if level is not None else max(c.depth for c in costs.values())
-    console.print(f"preset {preset} (N = {params.ring_dim}, {params.slots} slots, "
-                  f"{'128-bit' if params.secure else 'INSECURE'}), operands at level {level}")
+    console.print(
+        f"preset {preset} (N = {params.ring_dim}, {params.slots} slots, "
+        f"{'128-bit' if params.secure else 'INSECURE'}), operands at level {level}"
+    )
     sim = ClientContext.create(params, "simulator", seed=seed)
     real = ClientContext.create(params, "openfhe")
     console.print("measuring per-op times and one rotation key on OpenFHE ...")
@@ -159,15 +190,24 @@ def run(shapes: list[tuple[int, int, int]], names: list[str], *, preset: str, le
         d, blk = Dims(*s), blocks[s]
         for alg in algs:
             c = costs[(s, alg.name)]
-            row = {"shape": list(s), "algorithm": alg.name, "product": alg.product,
-                   "block": str(alg.block_for(d, blk)), **c.counts(), "depth": c.depth,
-                   "rotation_keys": len(c.rotation_keys), "conjugation_key": c.conjugate > 0,
-                   "key_bytes": (len(c.rotation_keys) + (c.conjugate > 0)) * per_key}
+            row = {
+                "shape": list(s),
+                "algorithm": alg.name,
+                "product": alg.product,
+                "block": str(alg.block_for(d, blk)),
+                **c.counts(),
+                "depth": c.depth,
+                "rotation_keys": len(c.rotation_keys),
+                "conjugation_key": c.conjugate > 0,
+                "key_bytes": (len(c.rotation_keys) + (c.conjugate > 0)) * per_key,
+            }
             if _sim_feasible(alg, d, c):
                 counts, _, err = _execute(sim, alg, d, blk, level, seed)
                 if measured(counts) != c.counts():
-                    raise AssertionError(f"{alg.name} at {d}: executed counts "
-                                         f"{measured(counts)} differ from the model")
+                    raise AssertionError(
+                        f"{alg.name} at {d}: executed counts "
+                        f"{measured(counts)} differ from the model"
+                    )
                 row.update(counts_from="simulator", sim_error=err)
             else:
                 counts = _model_counts(c, level)
@@ -181,29 +221,42 @@ def run(shapes: list[tuple[int, int, int]], names: list[str], *, preset: str, le
                 console.print(f"  {d} {alg.name}: timing on OpenFHE (~{predicted:.0f} s)")
                 load0 = os.getloadavg()[0]
                 _, seconds, err = _execute(real, alg, d, blk, level, seed)
-                row.update(seconds=seconds, time_from="measured", openfhe_error=err,
-                           load=[load0, os.getloadavg()[0]])
+                row.update(
+                    seconds=seconds,
+                    time_from="measured",
+                    openfhe_error=err,
+                    load=[load0, os.getloadavg()[0]],
+                )
             else:
-                row.update(seconds=predicted, time_from="predicted", openfhe_error=None,
-                           load=None)
+                row.update(seconds=predicted, time_from="predicted", openfhe_error=None, load=None)
             rows.append(row)
     _add_ratios(rows)
-    return {"preset": params.summary(), "level": level, "machine": platform.node(),
-            "cpus": os.cpu_count(), "key_bytes_each": per_key, "ciphertext_bytes": per_ct,
-            "max_seconds": max_seconds, "max_gb": max_gb,
-            "time_model": {op: list(ab) for op, ab in times.coef.items()},
-            "loadavg_end": list(os.getloadavg()), "rows": rows,
-            "key_switch_ratios": key_switch_ratios(rows),
-            "shapes": [asdict(Dims(*s)) | {"block": str(blocks[s])} for s in shapes]}
+    return {
+        "preset": params.summary(),
+        "level": level,
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+        "key_bytes_each": per_key,
+        "ciphertext_bytes": per_ct,
+        "max_seconds": max_seconds,
+        "max_gb": max_gb,
+        "time_model": {op: list(ab) for op, ab in times.coef.items()},
+        "loadavg_end": list(os.getloadavg()),
+        "rows": rows,
+        "key_switch_ratios": key_switch_ratios(rows),
+        "shapes": [asdict(Dims(*s)) | {"block": str(blocks[s])} for s in shapes],
+    }
 
 
 def _add_ratios(rows: list[dict]) -> None:
     """speedup[b] = time of baseline b / time of this row, same shape and product."""
     by = {(tuple(r["shape"]), r["algorithm"]): r for r in rows}
     for r in rows:
-        r["speedup"] = {b: by[(tuple(r["shape"]), b)]["seconds"] / r["seconds"]
-                        for b in BASELINES[r["product"]] if (tuple(r["shape"]), b) in by
-                        and b != r["algorithm"]}
+        r["speedup"] = {
+            b: by[(tuple(r["shape"]), b)]["seconds"] / r["seconds"]
+            for b in BASELINES[r["product"]]
+            if (tuple(r["shape"]), b) in by and b != r["algorithm"]
+        }
 
 
 def _fmt_s(r: dict) -> str:
@@ -216,22 +269,40 @@ def _fmt_err(r: dict) -> str:
     return f"{r['sim_error']:.1e} (sim)" if r["sim_error"] is not None else "-"
 
 
-COLUMNS = ["shape", "algorithm", "CMult/Mult/Rot", "KS", "depth", "keys (GB)", "time s",
-           "max err", "speedup vs baselines"]
+COLUMNS = [
+    "shape",
+    "algorithm",
+    "CMult/Mult/Rot",
+    "KS",
+    "depth",
+    "keys (GB)",
+    "time s",
+    "max err",
+    "speedup vs baselines",
+]
 
 
 def _cells(r: dict) -> list[str]:
     speed = ", ".join(f"{b} {x:.1f}x" for b, x in r["speedup"].items())
     model = "" if r["counts_from"] == "simulator" else " (model)"
-    return ["({},{},{})".format(*r["shape"]), r["algorithm"],
-            f"{r['cmult']}/{r['mult']}/{r['rotations']}{model}", str(r["key_switches"]),
-            str(r["depth"]), f"{r['rotation_keys']} ({r['key_bytes'] / 1e9:.1f})", _fmt_s(r),
-            _fmt_err(r), speed]
+    return [
+        "({},{},{})".format(*r["shape"]),
+        r["algorithm"],
+        f"{r['cmult']}/{r['mult']}/{r['rotations']}{model}",
+        str(r["key_switches"]),
+        str(r["depth"]),
+        f"{r['rotation_keys']} ({r['key_bytes'] / 1e9:.1f})",
+        _fmt_s(r),
+        _fmt_err(r),
+        speed,
+    ]
 
 
 def print_table(results: dict, console: Console) -> None:
-    t = Table(title=f"Encrypted matrix products, OpenFHE {results['preset']['name']}, "
-                    f"operands at level {results['level']}")
+    t = Table(
+        title=f"Encrypted matrix products, OpenFHE {results['preset']['name']}, "
+        f"operands at level {results['level']}"
+    )
     for col in COLUMNS:
         t.add_column(col)
     for r in results["rows"]:
@@ -253,8 +324,11 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-VARIANTS = (("diag_abt/ours", "diag_abt/hetal"), ("diag_atb/ours", "diag_atb/hetal"),
-            ("diag_atb/ours-balanced", "diag_atb/hetal"))
+VARIANTS = (
+    ("diag_abt/ours", "diag_abt/hetal"),
+    ("diag_atb/ours", "diag_atb/hetal"),
+    ("diag_atb/ours-balanced", "diag_atb/hetal"),
+)
 
 
 def key_switch_ratios(rows: list[dict]) -> list[dict]:
@@ -265,23 +339,43 @@ def key_switch_ratios(rows: list[dict]) -> list[dict]:
         for s in dict.fromkeys(tuple(r["shape"]) for r in rows):
             if (s, ours) in by and (s, paper) in by:
                 o, p = by[(s, ours)], by[(s, paper)]
-                out.append({"shape": list(s), "ours": ours, "hetal": paper,
-                            "key_switches": [p["key_switches"], o["key_switches"]],
-                            "ratio": p["key_switches"] / o["key_switches"],
-                            "mult": [p["mult"], o["mult"]], "depth": [p["depth"], o["depth"]],
-                            "time_ratio": p["seconds"] / o["seconds"],
-                            "time_from": "measured" if p["time_from"] == o["time_from"]
-                            == "measured" else "predicted"})
+                out.append(
+                    {
+                        "shape": list(s),
+                        "ours": ours,
+                        "hetal": paper,
+                        "key_switches": [p["key_switches"], o["key_switches"]],
+                        "ratio": p["key_switches"] / o["key_switches"],
+                        "mult": [p["mult"], o["mult"]],
+                        "depth": [p["depth"], o["depth"]],
+                        "time_ratio": p["seconds"] / o["seconds"],
+                        "time_from": "measured"
+                        if p["time_from"] == o["time_from"] == "measured"
+                        else "predicted",
+                    }
+                )
     return out
 
 
 def _ratio_cells(x: dict) -> list[str]:
     ks, m, dp = x["key_switches"], x["mult"], x["depth"]
-    return ["({},{},{})".format(*x["shape"]), x["ours"], f"{ks[0]} / {ks[1]}",
-            f"{x['ratio']:.2f}" + (" ✓" if x["ratio"] >= 2 else ""), f"{m[0]} / {m[1]}",
-            f"{dp[0]} / {dp[1]}",
-            f"{x['time_ratio']:.2f}" + ("" if x["time_from"] == "measured" else " (pred.)")]
+    return [
+        "({},{},{})".format(*x["shape"]),
+        x["ours"],
+        f"{ks[0]} / {ks[1]}",
+        f"{x['ratio']:.2f}" + (" ✓" if x["ratio"] >= 2 else ""),
+        f"{m[0]} / {m[1]}",
+        f"{dp[0]} / {dp[1]}",
+        f"{x['time_ratio']:.2f}" + ("" if x["time_from"] == "measured" else " (pred.)"),
+    ]
 
 
-RATIO_COLUMNS = ["shape", "variant", "KS hetal / ours", "KS ratio", "Mult hetal / ours",
-                 "depth hetal / ours", "time ratio"]
+RATIO_COLUMNS = [
+    "shape",
+    "variant",
+    "KS hetal / ours",
+    "KS ratio",
+    "Mult hetal / ours",
+    "depth hetal / ours",
+    "time ratio",
+]

@@ -27,8 +27,7 @@ def colmajor_abt(ev: Evaluator, a: EncMatrix, b: EncMatrix) -> EncMatrix:
     e0 = masks.columns(blk, 0, 1)
     acc: list = [None] * a.grid[0]
     for k in range(c):
-        row_k = [rotate_sum(ev, ev.mul(bj, masks.rows(blk, k, k + 1)), s1, s0)
-                 for bj in b.blocks]
+        row_k = [rotate_sum(ev, ev.mul(bj, masks.rows(blk, k, k + 1)), s1, s0) for bj in b.blocks]
         for r in range(a.grid[0]):
             z = rotate_sum(ev, dot(ev, [a.at(r, j) for j in range(a.grid[1])], row_k), 1, s1)
             z = ev.rotate(ev.mul(z, e0), -k)
@@ -43,8 +42,10 @@ def rowmajor_atb(ev: Evaluator, a: EncMatrix, b: EncMatrix) -> EncMatrix:
     s0, s1 = blk.s0, blk.s1
     acc: list = [[] for _ in range(b.grid[1])]
     for k in range(c):
-        col_k = [rotate_sum(ev, ev.rotate(ev.mul(ar, masks.columns(blk, k, k + 1)), k), -1, s1)
-                 for ar in a.blocks]
+        col_k = [
+            rotate_sum(ev, ev.rotate(ev.mul(ar, masks.columns(blk, k, k + 1)), k), -1, s1)
+            for ar in a.blocks
+        ]
         for j in range(b.grid[1]):
             z = rotate_sum(ev, dot(ev, col_k, [b.at(r, j) for r in range(b.grid[0])]), s1, s0)
             acc[j].append(z)
@@ -56,7 +57,7 @@ def rowmajor_atb(ev: Evaluator, a: EncMatrix, b: EncMatrix) -> EncMatrix:
 def jin_abt(ev: Evaluator, a: EncMatrix, b: EncMatrix) -> EncMatrix:
     """Column k of A·Bᵀ = sum_j (column j of A) * B[k, j], B's entries each a ciphertext."""
     c, nb = b.shape
-    out = tuple(dot(ev, a.blocks, b.blocks[k * nb:(k + 1) * nb]) for k in range(c))
+    out = tuple(dot(ev, a.blocks, b.blocks[k * nb : (k + 1) * nb]) for k in range(c))
     return EncMatrix(out, (a.shape[0], c), a.block, Layout.COLUMNS)
 
 

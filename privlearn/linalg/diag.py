@@ -71,13 +71,16 @@ def ours_abt(ev: Evaluator, a: EncMatrix, b: EncMatrix) -> EncMatrix:
     blk, c = a.block, b.shape[0]
     s1, cp = blk.s1, padded_classes(c)
     h = cp // 2
-    bt = [shifted_family(ev, _complexified_b(ev, bj, s1, h), s1, h)
-          for bj in b.blocks]
+    bt = [shifted_family(ev, _complexified_b(ev, bj, s1, h), s1, h) for bj in b.blocks]
     place = [[masks.abt_placement(blk, cp, k, rho) for k in range(h)] for rho in range(cp)]
     out = []
     for r in range(a.grid[0]):
-        sums = [rotate_sum(ev, dot(ev, [a.at(r, j) for j in range(a.grid[1])],
-                                   [bj[k] for bj in bt]), 1, s1) for k in range(h)]
+        sums = [
+            rotate_sum(
+                ev, dot(ev, [a.at(r, j) for j in range(a.grid[1])], [bj[k] for bj in bt]), 1, s1
+            )
+            for k in range(h)
+        ]
         routed = tree_sum(ev, [masked_sum(ev, sums, place[rho]) for rho in range(cp)], -1)
         out.append(_conj_sum(ev, rotate_sum(ev, routed, -cp, s1 // cp)))
     return EncMatrix(tuple(out), (a.shape[0], c), blk, Layout.COL_TILED)
@@ -105,14 +108,17 @@ def hetal_atb(ev: Evaluator, a: EncMatrix, b: EncMatrix, *, prot_up: bool) -> En
     at = []
     for ar in a.blocks:
         a0 = ev.add(ar, times_i(ev, _rot_left(ev, ar, h, blk)))
-        at.append([a0] + [ev.rotate(a0, k) if prot_up else _rot_left(ev, a0, k, blk)
-                          for k in range(1, h)])
+        at.append(
+            [a0] + [ev.rotate(a0, k) if prot_up else _rot_left(ev, a0, k, blk) for k in range(1, h)]
+        )
     out = []
     for j in range(b.grid[1]):
         acc = None
         for k in range(h):
-            bs = [b.at(r, j) if k == 0 or not prot_up else _prot_up(ev, b.at(r, j), k, blk)
-                  for r in range(b.grid[0])]
+            bs = [
+                b.at(r, j) if k == 0 or not prot_up else _prot_up(ev, b.at(r, j), k, blk)
+                for r in range(b.grid[0])
+            ]
             z = rotate_sum(ev, dot(ev, [ar[k] for ar in at], bs), s1, s0)
             z = ev.mul(z, masks.atb_selection(blk, cp, k, complex_pair=True), rescale=False)
             acc = z if acc is None else ev.add(acc, z)
@@ -158,18 +164,26 @@ def ours_atb(ev: Evaluator, a: EncMatrix, b: EncMatrix, *, split: int) -> EncMat
         zs = [dot(ev, [re[k] for re in real], xs) for k in range(cp)]
         out.append(_select_and_sum(ev, zs, blk, cp, split, complex_pair=False))
     if odd:
-        zs = [dot(ev, [ev.add(real[r][k], imag[r][k]) for r in rows],
-                  [b.at(r, b.grid[1] - 1) for r in rows]) for k in range(h)]
+        zs = [
+            dot(
+                ev,
+                [ev.add(real[r][k], imag[r][k]) for r in rows],
+                [b.at(r, b.grid[1] - 1) for r in rows],
+            )
+            for k in range(h)
+        ]
         out.append(_conj_sum(ev, _select_and_sum(ev, zs, blk, cp, split, complex_pair=True)))
     return EncMatrix(tuple(out), (c, b.shape[1]), blk, Layout.ROW_TILED_PAIRED)
 
 
-def _select_and_sum(ev: Evaluator, zs: list[Ciphertext], blk: BlockShape, cp: int, split: int,
-                    *, complex_pair: bool) -> Ciphertext:
+def _select_and_sum(
+    ev: Evaluator, zs: list[Ciphertext], blk: BlockShape, cp: int, split: int, *, complex_pair: bool
+) -> Ciphertext:
     """``sum_k M_k * colsum(zs[k])`` with the masks moved inside the sum (see ours_atb)."""
     s0, s1 = blk.s0, blk.s1
     sel = [masks.atb_selection(blk, cp, k, complex_pair=complex_pair) for k in range(len(zs))]
     parts = [rotate_sum(ev, z, s1, split) for z in zs]
-    groups = [masked_sum(ev, parts, [np.roll(m, u * split * s1) for m in sel])
-              for u in range(cp // split)]
+    groups = [
+        masked_sum(ev, parts, [np.roll(m, u * split * s1) for m in sel]) for u in range(cp // split)
+    ]
     return rotate_sum(ev, tree_sum(ev, groups, split * s1), cp * s1, s0 // cp)

@@ -33,8 +33,9 @@ def tree_sum(ev: Evaluator, cts: Sequence[Ciphertext], step: int) -> Ciphertext:
     level = list(cts)
     log2(len(level))  # raises unless a power of two
     while len(level) > 1:
-        level = [ev.add(level[2 * m], ev.rotate(level[2 * m + 1], step))
-                 for m in range(len(level) // 2)]
+        level = [
+            ev.add(level[2 * m], ev.rotate(level[2 * m + 1], step)) for m in range(len(level) // 2)
+        ]
         step *= 2
     return level[0]
 
@@ -64,8 +65,11 @@ def dot(ev: Evaluator, xs: Sequence[Ciphertext], ys: Sequence[Ciphertext]) -> Ci
     return ev.rescale(acc)
 
 
-def masked_sum(ev: Evaluator, cts: Sequence[Ciphertext], masks: Sequence[np.ndarray],
-               ) -> Ciphertext:
+def masked_sum(
+    ev: Evaluator,
+    cts: Sequence[Ciphertext],
+    masks: Sequence[np.ndarray],
+) -> Ciphertext:
     """``sum_i cts[i] * masks[i]``: one CMult each, one rescale in all."""
     acc = None
     for ct, m in zip(cts, masks, strict=True):

@@ -99,8 +99,11 @@ def pack(matrix: np.ndarray, block: BlockShape, layout: Layout) -> list[np.ndarr
     rows, cols = m.shape
     s0, s1, n = block.s0, block.s1, block.slots
     if layout is Layout.PLAIN:
-        return [_block(m, i, j, block) for i in range(block.grid(rows, cols)[0])
-                for j in range(block.grid(rows, cols)[1])]
+        return [
+            _block(m, i, j, block)
+            for i in range(block.grid(rows, cols)[0])
+            for j in range(block.grid(rows, cols)[1])
+        ]
     if layout is Layout.DUPLICATED_ROWS:
         half = BlockShape(s0, s1 // 2)
         out = []
@@ -110,18 +113,24 @@ def pack(matrix: np.ndarray, block: BlockShape, layout: Layout) -> list[np.ndarr
         return out
     if layout in (Layout.ROW_TILED, Layout.ROW_TILED_PAIRED):
         cp = padded_classes(rows)
-        tiles = [np.tile(_block(_pad_rows(m, cp), 0, j, BlockShape(cp, s1)).reshape(cp, s1),
-                         (s0 // cp, 1)).reshape(-1) for j in range(block.grid(rows, cols)[1])]
+        tiles = [
+            np.tile(
+                _block(_pad_rows(m, cp), 0, j, BlockShape(cp, s1)).reshape(cp, s1), (s0 // cp, 1)
+            ).reshape(-1)
+            for j in range(block.grid(rows, cols)[1])
+        ]
         if layout is Layout.ROW_TILED:
             return tiles
         pairs = [tiles[2 * p] + 1j * tiles[2 * p + 1] for p in range(len(tiles) // 2)]
-        return pairs + tiles[len(pairs) * 2:]
+        return pairs + tiles[len(pairs) * 2 :]
     if layout is Layout.COL_TILED:
         cp = padded_classes(cols)
         mp = np.zeros((rows, cp))
         mp[:, :cols] = m
-        return [np.tile(_block(mp, i, 0, BlockShape(s0, cp)).reshape(s0, cp),
-                        (1, s1 // cp)).reshape(-1) for i in range(block.grid(rows, cols)[0])]
+        return [
+            np.tile(_block(mp, i, 0, BlockShape(s0, cp)).reshape(s0, cp), (1, s1 // cp)).reshape(-1)
+            for i in range(block.grid(rows, cols)[0])
+        ]
     if layout is Layout.DIAGONALS:
         cp, width = padded_classes(rows), s1 // 2
         mp = np.zeros((cp, width))
@@ -144,13 +153,21 @@ def ciphertext_count(shape: tuple[int, int], block: BlockShape, layout: Layout) 
     """How many ciphertexts :func:`pack` makes (without packing anything)."""
     rows, cols = shape
     nr, nc = block.grid(rows, cols)
-    return {Layout.PLAIN: nr * nc, Layout.ROW_TILED: nc, Layout.ROW_TILED_PAIRED: (nc + 1) // 2,
-            Layout.COL_TILED: nr, Layout.DUPLICATED_ROWS: nr, Layout.DIAGONALS:
-            padded_classes(rows), Layout.COLUMNS: cols, Layout.REPLICATED: rows * cols}[layout]
+    return {
+        Layout.PLAIN: nr * nc,
+        Layout.ROW_TILED: nc,
+        Layout.ROW_TILED_PAIRED: (nc + 1) // 2,
+        Layout.COL_TILED: nr,
+        Layout.DUPLICATED_ROWS: nr,
+        Layout.DIAGONALS: padded_classes(rows),
+        Layout.COLUMNS: cols,
+        Layout.REPLICATED: rows * cols,
+    }[layout]
 
 
-def unpack(vectors: Sequence[np.ndarray], shape: tuple[int, int], block: BlockShape,
-           layout: Layout) -> np.ndarray:
+def unpack(
+    vectors: Sequence[np.ndarray], shape: tuple[int, int], block: BlockShape, layout: Layout
+) -> np.ndarray:
     """Inverse of :func:`pack` (reads the first tile of tiled layouts, real parts elsewhere)."""
     rows, cols = shape
     s0, s1 = block.s0, block.s1
@@ -183,16 +200,22 @@ def check_fits(shape: tuple[int, int], block: BlockShape, layout: Layout) -> Non
     rows, cols = shape
     s0, s1 = block.s0, block.s1
     if layout in (Layout.ROW_TILED, Layout.ROW_TILED_PAIRED) and padded_classes(rows) > s0:
-        raise ValueError(f"{rows} rows tile to {padded_classes(rows)}, more than the block's "
-                         f"s0 = {s0}; choose a taller block (hetal_block_shape does)")
+        raise ValueError(
+            f"{rows} rows tile to {padded_classes(rows)}, more than the block's "
+            f"s0 = {s0}; choose a taller block (hetal_block_shape does)"
+        )
     if layout is Layout.COL_TILED and padded_classes(cols) > s1:
-        raise ValueError(f"{cols} columns tile to {padded_classes(cols)}, more than the block's "
-                         f"s1 = {s1}; choose a wider block (hetal_block_shape does)")
+        raise ValueError(
+            f"{cols} columns tile to {padded_classes(cols)}, more than the block's "
+            f"s1 = {s1}; choose a wider block (hetal_block_shape does)"
+        )
     if layout is Layout.DUPLICATED_ROWS and cols > s1 // 2:
         raise ValueError(f"{cols} columns do not fit half a {s1}-slot segment")
     if layout is Layout.DIAGONALS and not padded_classes(rows) <= s1 // 2:
-        raise ValueError(f"{rows} rows need {padded_classes(rows)} diagonals, more than the "
-                         f"segment's {s1 // 2} columns")
+        raise ValueError(
+            f"{rows} rows need {padded_classes(rows)} diagonals, more than the "
+            f"segment's {s1 // 2} columns"
+        )
     if layout is Layout.DIAGONALS and cols > s1 // 2:
         raise ValueError(f"{cols} columns do not fit half a {s1}-slot segment")
     if layout is Layout.COLUMNS and rows > block.slots:
@@ -201,7 +224,7 @@ def check_fits(shape: tuple[int, int], block: BlockShape, layout: Layout) -> Non
 
 def _block(m: np.ndarray, i: int, j: int, block: BlockShape) -> np.ndarray:
     out = np.zeros((block.s0, block.s1))
-    part = m[i * block.s0:(i + 1) * block.s0, j * block.s1:(j + 1) * block.s1]
+    part = m[i * block.s0 : (i + 1) * block.s0, j * block.s1 : (j + 1) * block.s1]
     out[: part.shape[0], : part.shape[1]] = part
     return out.reshape(-1)
 
@@ -229,19 +252,27 @@ class EncMatrix:
     layout: Layout
 
     @classmethod
-    def encrypt(cls, client: ClientContext, matrix: np.ndarray, block: BlockShape,
-                layout: Layout = Layout.PLAIN, *, level: int | None = None) -> EncMatrix:
+    def encrypt(
+        cls,
+        client: ClientContext,
+        matrix: np.ndarray,
+        block: BlockShape,
+        layout: Layout = Layout.PLAIN,
+        *,
+        level: int | None = None,
+    ) -> EncMatrix:
         if block.slots != client.slots:
-            raise ValueError(f"block {block} holds {block.slots} slots but the context has "
-                             f"{client.slots}")
+            raise ValueError(
+                f"block {block} holds {block.slots} slots but the context has {client.slots}"
+            )
         m = np.asarray(matrix, dtype=np.float64)
         vectors = pack(m, block, layout)
-        return cls(tuple(client.encrypt(v, level=level) for v in vectors), m.shape, block,
-                   layout)
+        return cls(tuple(client.encrypt(v, level=level) for v in vectors), m.shape, block, layout)
 
     def decrypt(self, client: ClientContext) -> np.ndarray:
-        return unpack([client.decrypt(ct) for ct in self.blocks], self.shape, self.block,
-                      self.layout)
+        return unpack(
+            [client.decrypt(ct) for ct in self.blocks], self.shape, self.block, self.layout
+        )
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -244,17 +244,7 @@ class EncryptedTrainer:
         self.w = EncMatrix(tuple(new_w), w.shape, w.block, w.layout)
         self.v_prev = EncMatrix(tuple(new_v), w.shape, w.block, w.layout)
 
-    # -- an epoch and its validation ------------------------------------------------------------
-    def epoch(
-        self,
-        batches: Iterable[tuple[EncMatrix, EncMatrix]],
-        on_step: Callable[[int], None] | None = None,
-    ) -> None:
-        for x, y in batches:
-            self.step(x, y)
-            if on_step:
-                on_step(self.step_count)
-
+    # -- validation ------------------------------------------------------------------------------
     def validate(
         self,
         batches: Iterable[tuple[EncMatrix, EncMatrix]],

@@ -53,8 +53,15 @@ def evaluator(client: ClientContext, alg: Algorithm, d: Dims, block: BlockShape)
         return Evaluator.from_bundle(path)
 
 
-def run(client: ClientContext, alg: Algorithm, d: Dims, block: BlockShape, *, seed: int = 0,
-        level: int | None = None) -> Run:
+def run(
+    client: ClientContext,
+    alg: Algorithm,
+    d: Dims,
+    block: BlockShape,
+    *,
+    seed: int = 0,
+    level: int | None = None,
+) -> Run:
     """Encrypt random operands, run ``alg`` on a fresh evaluator, and count what it did."""
     a, b = operands(alg, d, seed)
     ev = evaluator(client, alg, d, block)

@@ -18,10 +18,17 @@ def client() -> ClientContext:
     return ClientContext.create("n16-d24", "openfhe")
 
 
-@pytest.mark.parametrize("name,i", [
-    ("diag_abt/hetal", 0), ("diag_abt/ours", 0), ("diag_atb/hetal", 0),
-    ("diag_atb/hetal-protup", 0), ("diag_atb/ours", 0),
-    ("diag_atb/ours", 1)])  # (256,256,8): two block columns, the paired path
+@pytest.mark.parametrize(
+    "name,i",
+    [
+        ("diag_abt/hetal", 0),
+        ("diag_abt/ours", 0),
+        ("diag_atb/hetal", 0),
+        ("diag_atb/hetal-protup", 0),
+        ("diag_atb/ours", 0),
+        ("diag_atb/ours", 1),
+    ],
+)  # (256,256,8): two block columns, the paired path
 def test_full_size_on_openfhe(client, name, i):
     d = HETAL_SHAPES[i]
     blk = hetal_block_shape(d.a, d.c, client.slots)

@@ -14,8 +14,15 @@ from tests.conftest import BACKENDS
 
 N = 2048  # toy-n12 slots
 
-OUTPUT_LAYOUTS = [Layout.PLAIN, Layout.ROW_TILED, Layout.COL_TILED, Layout.ROW_TILED_PAIRED,
-                  Layout.DUPLICATED_ROWS, Layout.COLUMNS, Layout.REPLICATED]
+OUTPUT_LAYOUTS = [
+    Layout.PLAIN,
+    Layout.ROW_TILED,
+    Layout.COL_TILED,
+    Layout.ROW_TILED_PAIRED,
+    Layout.DUPLICATED_ROWS,
+    Layout.COLUMNS,
+    Layout.REPLICATED,
+]
 
 
 @st.composite
@@ -66,11 +73,11 @@ def test_plain_blocks_are_row_major_and_zero_padded():
 def test_small_operand_is_tiled_down_and_across_the_block():
     w = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # c = 3 rows, padded to 4
     (rows,) = pack(w, BlockShape(8, 2), Layout.ROW_TILED)
-    np.testing.assert_array_equal(rows.reshape(8, 2), np.tile([[1, 2], [3, 4], [5, 6], [0, 0]],
-                                                              (2, 1)))
+    np.testing.assert_array_equal(
+        rows.reshape(8, 2), np.tile([[1, 2], [3, 4], [5, 6], [0, 0]], (2, 1))
+    )
     (cols,) = pack(w.T, BlockShape(2, 8), Layout.COL_TILED)
-    np.testing.assert_array_equal(cols.reshape(2, 8),
-                                  np.tile([[1, 3, 5, 0], [2, 4, 6, 0]], (1, 2)))
+    np.testing.assert_array_equal(cols.reshape(2, 8), np.tile([[1, 3, 5, 0], [2, 4, 6, 0]], (1, 2)))
 
 
 def test_paired_blocks_carry_two_block_columns_and_an_odd_one_real():
@@ -107,10 +114,18 @@ def test_bad_shapes_are_refused_with_the_reason():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape,layout", [
-    ((1, 700), Layout.PLAIN), ((700, 1), Layout.PLAIN), ((37, 300), Layout.PLAIN),
-    ((5, 300), Layout.ROW_TILED), ((300, 5), Layout.COL_TILED),
-    ((3, 130), Layout.ROW_TILED_PAIRED)], ids=str)
+@pytest.mark.parametrize(
+    "shape,layout",
+    [
+        ((1, 700), Layout.PLAIN),
+        ((700, 1), Layout.PLAIN),
+        ((37, 300), Layout.PLAIN),
+        ((5, 300), Layout.ROW_TILED),
+        ((300, 5), Layout.COL_TILED),
+        ((3, 130), Layout.ROW_TILED_PAIRED),
+    ],
+    ids=str,
+)
 def test_encrypt_decrypt_round_trip(backend, shape, layout, request):
     client = request.getfixturevalue("toy_sim" if backend == "simulator" else "toy_openfhe")
     block = BlockShape(16, N // 16)

@@ -15,15 +15,24 @@ from tests.linalg.conftest import max_error, run
 
 PUBLISHED = {
     "diag_abt/hetal": [(4, 2, 34), (8, 8, 64), (4, 26, 50), (8, 100, 140), (16, 392, 456)],
-    "diag_atb/hetal": [(4, 2, 18), (12, 8, 72), (28, 26, 238), (104, 100, 1008),
-                       (400, 392, 4328)],
-    "diag_atb/hetal-protup": [(4, 2, 18), (15, 8, 75), (40, 26, 250), (176, 100, 1080),
-                              (736, 392, 4664)],
+    "diag_atb/hetal": [(4, 2, 18), (12, 8, 72), (28, 26, 238), (104, 100, 1008), (400, 392, 4328)],
+    "diag_atb/hetal-protup": [
+        (4, 2, 18),
+        (15, 8, 75),
+        (40, 26, 250),
+        (176, 100, 1080),
+        (736, 392, 4664),
+    ],
     "colmajor": [(8, 4, 63), (24, 16, 191), (56, 52, 495), (208, 200, 2047), (800, 784, 8703)],
     "rowmajor": [(8, 4, 63), (24, 16, 191), (56, 52, 495), (208, 200, 2047), (800, 784, 8703)],
     "jin_abt": [(0, 512, 0), (0, 2048, 0), (0, 3076, 0), (0, 6152, 0), (0, 12304, 0)],
-    "jin_atb": [(0, 512, 7680), (0, 2048, 30720), (0, 3076, 46140), (0, 6152, 92280),
-                (0, 12304, 184560)],
+    "jin_atb": [
+        (0, 512, 7680),
+        (0, 2048, 30720),
+        (0, 3076, 46140),
+        (0, 6152, 92280),
+        (0, 12304, 184560),
+    ],
 }
 CASES = [(name, i) for name in PUBLISHED for i in range(5)]
 SLOTS = 2**15
@@ -44,10 +53,20 @@ def test_closed_form_model_reproduces_the_table(case):
 # Executed at full size on the simulator. The paper's algorithms at all five shapes; the
 # baselines where they run in seconds (Jin et al. hold one 2^15-slot ciphertext per entry of B,
 # gigabytes on the simulator beyond the first shape), the rest under `-m slow`.
-_FAST = {"diag_abt/hetal": 5, "diag_atb/hetal": 5, "diag_atb/hetal-protup": 5,
-         "colmajor": 3, "rowmajor": 3, "jin_abt": 1, "jin_atb": 0}
-EXECUTED = [pytest.param(c, id=_id(c), marks=[] if c[1] < _FAST[c[0]] else [pytest.mark.slow])
-            for c in CASES if c[1] < (1 if c[0].startswith("jin") else 5)]
+_FAST = {
+    "diag_abt/hetal": 5,
+    "diag_atb/hetal": 5,
+    "diag_atb/hetal-protup": 5,
+    "colmajor": 3,
+    "rowmajor": 3,
+    "jin_abt": 1,
+    "jin_atb": 0,
+}
+EXECUTED = [
+    pytest.param(c, id=_id(c), marks=[] if c[1] < _FAST[c[0]] else [pytest.mark.slow])
+    for c in CASES
+    if c[1] < (1 if c[0].startswith("jin") else 5)
+]
 
 
 @pytest.mark.parametrize("case", EXECUTED)

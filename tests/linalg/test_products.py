@@ -17,8 +17,9 @@ NAMES = sorted(ALGORITHMS)
 # OpenFHE at toy-n12 both stay near 1e-8 on these sums of up to ~800 products.
 TOL = 1e-6
 MAX_OPS = 1500
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                      HealthCheck.filter_too_much])
+SETTINGS = dict(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 
 
 @st.composite
@@ -77,10 +78,16 @@ def test_openfhe_toy_size(toy_openfhe, name, data):
 DEGENERATE = [Dims(1, 1, 1), Dims(1, 300, 2), Dims(300, 1, 3), Dims(7, 9, 5)]
 
 
-@pytest.mark.parametrize("name,d,flat", [
-    pytest.param(n, d, flat, id=f"{n}-{d}-{'s0' if flat else 's1'}=c'")
-    for n in NAMES for d in DEGENERATE for flat in (True, False)
-    if flat or ALGORITHMS[n].own_block is None])  # Jin et al., Halevi-Shoup: their own blocks
+@pytest.mark.parametrize(
+    "name,d,flat",
+    [
+        pytest.param(n, d, flat, id=f"{n}-{d}-{'s0' if flat else 's1'}=c'")
+        for n in NAMES
+        for d in DEGENERATE
+        for flat in (True, False)
+        if flat or ALGORITHMS[n].own_block is None
+    ],
+)  # Jin et al., Halevi-Shoup: their own blocks
 def test_degenerate_shapes(toy_sim, name, d, flat):
     cp = padded_classes(d.c)
     block = BlockShape(cp, toy_sim.slots // cp) if flat else BlockShape(toy_sim.slots // cp, cp)

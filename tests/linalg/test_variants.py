@@ -10,8 +10,11 @@ from privlearn.linalg import ALGORITHMS, hetal_block_shape
 from privlearn.linalg.cost import HETAL_SHAPES, measured
 from tests.linalg.conftest import max_error, run
 
-PAIRS = [("diag_abt/ours", "diag_abt/hetal"), ("diag_atb/ours", "diag_atb/hetal"),
-         ("diag_atb/ours-balanced", "diag_atb/hetal")]
+PAIRS = [
+    ("diag_abt/ours", "diag_abt/hetal"),
+    ("diag_atb/ours", "diag_atb/hetal"),
+    ("diag_atb/ours-balanced", "diag_atb/hetal"),
+]
 # Shapes (indices into HETAL_SHAPES) where a variant reaches half of HETAL's key switches.
 HALVED = {"diag_abt/ours": [], "diag_atb/ours": [1, 2, 3, 4], "diag_atb/ours-balanced": [2, 3, 4]}
 
@@ -33,8 +36,13 @@ def test_no_more_mults_or_depth_fewer_key_switches_and_keys(ours, paper, i):
     assert (2 * o.key_switches <= p.key_switches) == (i in HALVED[ours])
 
 
-@pytest.mark.parametrize("i", [pytest.param(i, marks=[pytest.mark.slow] if i > 2 else [],
-                                            id=str(HETAL_SHAPES[i])) for i in range(5)])
+@pytest.mark.parametrize(
+    "i",
+    [
+        pytest.param(i, marks=[pytest.mark.slow] if i > 2 else [], id=str(HETAL_SHAPES[i]))
+        for i in range(5)
+    ],
+)
 @pytest.mark.parametrize("name", ["diag_abt/ours", "diag_atb/ours", "diag_atb/ours-balanced"])
 def test_variants_run_at_the_benchmark_shapes(full_sim, name, i):
     d = HETAL_SHAPES[i]
