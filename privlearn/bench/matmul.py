@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from privlearn.he import ClientContext, Counts, Evaluator, TimeModel, get_params
-from privlearn.linalg import ALGORITHMS, Algorithm, Dims, hetal_block_shape, rotation_keys
+from privlearn.linalg import (
+    ALGORITHMS,
+    Algorithm,
+    Dims,
+    hetal_block_shape,
+    keyed_evaluator,
+)
 from privlearn.linalg.cost import Cost, measured
 from privlearn.linalg.packing import ciphertext_count
 
@@ -59,15 +63,6 @@ def _operands(alg: Algorithm, d: Dims, seed: int) -> tuple[np.ndarray, np.ndarra
     return rng.uniform(-1, 1, sa), rng.uniform(-1, 1, sb)
 
 
-def _server(client: ClientContext, alg: Algorithm, d: Dims, block) -> Evaluator:
-    """A server with exactly the keys ``alg`` needs. The bundle goes through a directory:
-    as bytes, several copies of OpenFHE's keys (~100 MB each at N=2^16) coexist."""
-    keys, conj = rotation_keys(alg.name, d, block)
-    with tempfile.TemporaryDirectory(prefix="privlearn-keys-") as tmp:
-        path = client.public_bundle(sorted(keys), conjugation=conj, path=Path(tmp) / "bundle")
-        return Evaluator.from_bundle(path)
-
-
 def _execute(
     client: ClientContext,
     alg: Algorithm,
@@ -78,7 +73,7 @@ def _execute(
 ) -> tuple[Counts, float, float]:
     """Encrypt, run on a fresh server, decrypt: (counts, seconds of server work, max error)."""
     a, b = _operands(alg, d, seed)
-    ev = _server(client, alg, d, block)
+    ev = keyed_evaluator(client, alg.name, d, block)
     ea, eb = alg.encrypt_operands(client, a, b, block, level=level)
     with ev.cost.measure() as counts:
         t0 = time.perf_counter()

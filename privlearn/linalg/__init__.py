@@ -11,6 +11,7 @@ from privlearn.linalg.matmul import (
     diag_abt,
     diag_atb,
     dims_of,
+    keyed_evaluator,
     rotation_keys,
 )
 from privlearn.linalg.packing import (
@@ -34,5 +35,6 @@ __all__ = [
     "dims_of",
     "hetal_block_shape",
     "padded_classes",
+    "keyed_evaluator",
     "rotation_keys",
 ]

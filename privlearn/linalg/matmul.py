@@ -9,9 +9,11 @@ homomorphic operation if anything is wrong.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -258,6 +260,18 @@ def rotation_keys(
     names = [names] if isinstance(names, str) else names
     costs = [get(n).cost(d, block) for n in names]
     return (frozenset().union(*(c.rotation_keys for c in costs)), any(c.conjugate for c in costs))
+
+
+def keyed_evaluator(
+    client: ClientContext, names: str | list[str], d: Dims, block: BlockShape
+) -> Evaluator:
+    """A server holding exactly the keys the named algorithms need at shape ``d``. The bundle
+    goes through a directory: as bytes, OpenFHE's keys (~100 MB each at N=2^16) would be
+    copied several times."""
+    keys, conj = rotation_keys(names, d, block)
+    with tempfile.TemporaryDirectory(prefix="privlearn-keys-") as tmp:
+        path = client.public_bundle(sorted(keys), conjugation=conj, path=Path(tmp) / "bundle")
+        return Evaluator.from_bundle(path)
 
 
 def diag_abt(

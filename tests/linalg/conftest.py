@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from privlearn.he import ClientContext, Counts, Evaluator
-from privlearn.linalg import Algorithm, BlockShape, Dims, EncMatrix, rotation_keys
+from privlearn.he import ClientContext, Counts
+from privlearn.linalg import Algorithm, BlockShape, Dims, EncMatrix, keyed_evaluator
 
 
 @pytest.fixture(scope="session")
@@ -44,15 +42,6 @@ def operands(alg: Algorithm, d: Dims, seed: int) -> tuple[np.ndarray, np.ndarray
     return rng.uniform(-1, 1, sa), rng.uniform(-1, 1, sb)
 
 
-def evaluator(client: ClientContext, alg: Algorithm, d: Dims, block: BlockShape) -> Evaluator:
-    """A server holding exactly the keys ``alg`` needs at this shape (through a bundle
-    directory: as bytes, OpenFHE's keys at N=2^16 would be copied several times)."""
-    keys, conj = rotation_keys(alg.name, d, block)
-    with tempfile.TemporaryDirectory(prefix="privlearn-keys-") as tmp:
-        path = client.public_bundle(sorted(keys), conjugation=conj, path=Path(tmp) / "bundle")
-        return Evaluator.from_bundle(path)
-
-
 def run(
     client: ClientContext,
     alg: Algorithm,
@@ -64,7 +53,7 @@ def run(
 ) -> Run:
     """Encrypt random operands, run ``alg`` on a fresh evaluator, and count what it did."""
     a, b = operands(alg, d, seed)
-    ev = evaluator(client, alg, d, block)
+    ev = keyed_evaluator(client, alg.name, d, block)
     ea, eb = alg.encrypt_operands(client, a, b, block, level=level)
     with ev.cost.measure() as counts:
         out = alg(ev, ea, eb)

@@ -12,8 +12,15 @@ from privlearn.he import (
     MissingKeyError,
     ParameterMismatchError,
 )
-from privlearn.linalg import ALGORITHMS, BlockShape, Dims, EncMatrix, Layout, diag_abt, diag_atb
-from tests.linalg.conftest import evaluator
+from privlearn.linalg import (
+    BlockShape,
+    Dims,
+    EncMatrix,
+    Layout,
+    diag_abt,
+    diag_atb,
+    keyed_evaluator,
+)
 
 BLOCK = BlockShape(32, 64)
 D = Dims(40, 70, 3)
@@ -24,7 +31,7 @@ def setup(toy_sim):
     rng = np.random.default_rng(0)
     x = EncMatrix.encrypt(toy_sim, rng.uniform(-1, 1, (D.a, D.b)), BLOCK)
     w = EncMatrix.encrypt(toy_sim, rng.uniform(-1, 1, (D.c, D.b)), BLOCK, Layout.ROW_TILED)
-    ev = evaluator(toy_sim, ALGORITHMS["diag_abt/ours"], D, BLOCK)
+    ev = keyed_evaluator(toy_sim, "diag_abt/ours", D, BLOCK)
     return toy_sim, ev, x, w
 
 

@@ -8,9 +8,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from privlearn.linalg import ALGORITHMS, BlockShape, Dims, EncMatrix, padded_classes
+from privlearn.linalg import (
+    ALGORITHMS,
+    BlockShape,
+    Dims,
+    EncMatrix,
+    keyed_evaluator,
+    padded_classes,
+)
 from privlearn.linalg.cost import measured
-from tests.linalg.conftest import evaluator, operands
+from tests.linalg.conftest import operands
 
 NAMES = sorted(ALGORITHMS)
 # Max |error| for operands in [-1, 1]: the simulator's calibrated noise (n16-d24) and
@@ -46,7 +53,7 @@ def check(client, name: str, d: Dims, block: BlockShape, levels: tuple[int, int]
     blk = alg.block_for(d, block)
     ea = EncMatrix.encrypt(client, a, blk, alg.layouts[0], level=levels[0])
     eb = EncMatrix.encrypt(client, b, blk, alg.layouts[1], level=levels[1])
-    ev = evaluator(client, alg, d, block)
+    ev = keyed_evaluator(client, alg.name, d, block)
     with ev.cost.measure() as counts:
         out = alg(ev, ea, eb)
     model = alg.cost(d, block)
