@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -221,6 +222,19 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
+    """Read a checkpoint without running code: `weights_only=True` admits tensors and plain
+    containers only, so a crafted pickle (e.g. one whose `__reduce__` calls a shell) is refused."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(
+            f"{path} is not a privlearn checkpoint of plain tensors and containers; refusing to "
+            f"load it ({first})"
+        ) from None
+
+
 def _write_json(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -302,7 +316,7 @@ def run_experiment(
         "rounds": [],
     }
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, cfg.device)
         _check_resume(ckpt["config"], cfg)
         server, bank, doc["rounds"], start = (
             ckpt["server"],
@@ -390,7 +404,7 @@ def load_checkpoint_config(out: str | Path) -> RunConfig:
     path = Path(out) / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist")
-    return RunConfig.from_dict(torch.load(path, map_location="cpu", weights_only=False)["config"])
+    return RunConfig.from_dict(load_checkpoint(path, "cpu")["config"])
 
 
 def summarise(doc: dict) -> dict:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from privlearn.cli import app
 from privlearn.fl import tree as T
 from privlearn.fl.algorithms import build_algorithm
-from privlearn.fl.run import RunConfig, run_experiment
+from privlearn.fl.run import RunConfig, load_checkpoint, run_experiment
 
 from .helpers import LocalWork, Sampling, make, run
 
@@ -35,7 +35,7 @@ SMALL = {
 
 
 def _params(out) -> dict:
-    return torch.load(Path(out) / "checkpoint.pt", weights_only=False)["server"]
+    return load_checkpoint(Path(out) / "checkpoint.pt")["server"]
 
 
 def _strip(rounds):
@@ -110,7 +110,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
     assert "privlearn fl run --resume" in text
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["status"] == "interrupted"
-    done = torch.load(out / "checkpoint.pt", weights_only=False)["round"]
+    done = load_checkpoint(out / "checkpoint.pt")["round"]
     assert done >= 1 and len(doc["rounds"]) == done
     # resume for two more rounds through the CLI; compare with an uninterrupted run
     result = CliRunner().invoke(app, ["fl", "run", "--resume", str(out), "--rounds", str(done + 2)])
@@ -244,3 +244,25 @@ def test_poisson_round_can_be_empty_and_changes_nothing(digits_dir):
     assert all(s.clients == [] for s in stats)
     init = algo.server_init(*model.init(torch.Generator().manual_seed(0)), torch.Generator())
     assert torch.equal(server["params"]["fc.weight"], init["params"]["fc.weight"])
+
+
+class _Payload:
+    """Unpickling this would create a file: the shape of a code-execution checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_crafted_checkpoint_is_refused_without_running_code(tmp_path):
+    out = tmp_path / "run"
+    run_experiment(RunConfig(**SMALL, rounds=1, out=str(out)), progress=False)
+    marker = tmp_path / "pwned"
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt["rounds"].append(_Payload(marker))
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.raises(ValueError, match="not a privlearn checkpoint"):
+        run_experiment(RunConfig(**SMALL, rounds=2, out=str(out)), resume=True, progress=False)
+    assert not marker.exists()
