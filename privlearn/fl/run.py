@@ -163,10 +163,7 @@ class Experiment:
             )
         cfg.sampling_spec(), cfg.work()  # validate before loading data
         if cfg.threads is not None:
-            from threadpoolctl import threadpool_limits
-
-            torch.set_num_threads(cfg.threads)
-            threadpool_limits(cfg.threads)
+            set_threads(cfg.threads)
         data = build_federated(cfg.data_spec(), cfg.seed).to(cfg.device)
         model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.hidden)
         algo = build_algorithm(
@@ -220,6 +217,15 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def set_threads(n: int) -> None:
+    """Torch and BLAS thread counts change float32 reduction order, so a run repeats bit for bit
+    only at the thread count it started with."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n)
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
@@ -318,6 +324,14 @@ def run_experiment(
     if resume:
         ckpt = load_checkpoint(ckpt_path, cfg.device)
         _check_resume(ckpt["config"], cfg)
+        saved_threads = ckpt.get("threads")
+        if saved_threads is not None and cfg.threads is None:
+            set_threads(saved_threads)
+        elif saved_threads is not None and cfg.threads != saved_threads:
+            console.print(
+                f"[yellow]warning: resuming with {cfg.threads} threads, the run started with "
+                f"{saved_threads}; rounds after {ckpt['round']} may differ in the last digits[/]"
+            )
         server, bank, doc["rounds"], start = (
             ckpt["server"],
             ckpt["bank"],
@@ -369,6 +383,7 @@ def run_experiment(
                     {
                         "config": asdict(cfg),
                         "round": r + 1,
+                        "threads": torch.get_num_threads(),
                         "server": server,
                         "bank": bank,
                         "rounds": doc["rounds"],

@@ -112,11 +112,16 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
     assert doc["status"] == "interrupted"
     done = load_checkpoint(out / "checkpoint.pt")["round"]
     assert done >= 1 and len(doc["rounds"]) == done
-    # resume for two more rounds through the CLI; compare with an uninterrupted run
+    started_with = load_checkpoint(out / "checkpoint.pt")["threads"]
+    # resume for two more rounds through the CLI, from a process at another thread count: the
+    # checkpoint's count is re-applied. Compare with an uninterrupted run at that count.
+    torch.set_num_threads(started_with + 1)
     result = CliRunner().invoke(app, ["fl", "run", "--resume", str(out), "--rounds", str(done + 2)])
     assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == started_with
     straight = run_experiment(
-        RunConfig(**SMALL, rounds=done + 2, out=str(tmp_path / "s")), progress=False
+        RunConfig(**SMALL, rounds=done + 2, out=str(tmp_path / "s"), threads=started_with),
+        progress=False,
     )
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["status"] == "complete"
