@@ -1,0 +1,1 @@
+"""Federated learning: algorithms as pure functions, engines, data partitions, runs."""
