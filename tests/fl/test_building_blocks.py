@@ -138,3 +138,13 @@ def test_stragglers_heterogeneous_epochs_and_determinism():
 def test_local_work_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LocalWork(**kwargs)
+
+
+def test_batch_mask_takes_the_features_precision():
+    from privlearn.fl.engine.base import TrainData
+
+    idx = torch.tensor([0, 1])
+    for dtype in (torch.float32, torch.float64):
+        data = TrainData(torch.zeros(3, 2, dtype=dtype), torch.zeros(3, dtype=torch.long))
+        assert data.batch(idx)["mask"].dtype == dtype
+        assert data.batch(idx, torch.ones(2))["mask"].dtype == dtype
