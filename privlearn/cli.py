@@ -295,7 +295,7 @@ def bench_niid(
     rounds: str = typer.Option("digits=50,mnist5k=20", help="rounds per dataset"),
     straggler_rounds: int = typer.Option(200),
     straggler_seeds: str = typer.Option("0"),
-    sampling_rounds: int = typer.Option(200, help="rounds of the 100-client, 10 %% run"),
+    sampling_rounds: int = typer.Option(200, help="rounds of the 100-client, 10-percent run"),
     engines: str = typer.Option(
         "digits=vectorised,mnist5k=sequential",
         help="engine per dataset (results agree; the CPU time differs: "

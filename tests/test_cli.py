@@ -38,3 +38,14 @@ def test_demo_on_openfhe(tmp_path, monkeypatch):
     r = run_demo(backend="openfhe")
     assert r["real_encryption"] and r["security"].startswith("128-bit")
     assert r["identical_predictions_vs_approx"] >= 0.99
+
+
+def test_help_texts_show_no_escaped_percent():
+    """click renders help as %-formatted text only in some paths; '%%' must never reach users."""
+    from typer.testing import CliRunner
+
+    from privlearn.cli import app
+
+    for cmd in (["bench", "niid", "--help"], ["fl", "run", "--help"], ["he", "train", "--help"]):
+        out = CliRunner().invoke(app, cmd, terminal_width=200).output
+        assert "%%" not in out, cmd
