@@ -419,7 +419,7 @@ def load_checkpoint_config(out: str | Path) -> RunConfig:
     path = Path(out) / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist")
-    return RunConfig.from_dict(load_checkpoint(path, "cpu")["config"])
+    return RunConfig.from_dict(load_checkpoint(path)["config"])
 
 
 def summarise(doc: dict) -> dict:

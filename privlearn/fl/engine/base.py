@@ -26,9 +26,8 @@ class TrainData:
     def batch(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
         # the mask weighs losses and counts: in the features' precision, so float64 runs stay exact
         dtype = self.x.dtype if self.x.is_floating_point() else torch.get_default_dtype()
-        m = torch.ones(idx.shape, device=self.x.device, dtype=dtype) if mask is None else mask
-        m = m.to(dtype)
-        return {"x": self.x[idx], "y": self.y[idx], "mask": m}
+        m = torch.ones(idx.shape, device=self.x.device) if mask is None else mask
+        return {"x": self.x[idx], "y": self.y[idx], "mask": m.to(dtype)}
 
 
 @dataclass
