@@ -12,7 +12,7 @@ PYTHON ?= $(shell for p in "$(PYENV_310)" python3.10 python3.12 python3; do \
 	[ -n "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] in ((3,10),(3,12))' >/dev/null 2>&1 \
 	&& { echo "$$p"; break; }; done)
 
-.PHONY: demo test test-slow lint format venv clean data peer-concrete
+.PHONY: demo test test-slow lint format docs venv clean data peer-concrete
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(VPY) -m pytest -q -m slow
+
+# API reference from the docstrings (tests/test_docs.py builds it too, so it cannot rot).
+docs: $(STAMP)
+	$(VPY) -m pdoc -o build/api privlearn
+	@echo "API reference: build/api/index.html"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check privlearn tests

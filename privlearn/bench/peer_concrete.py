@@ -9,11 +9,13 @@ import sys
 import time
 
 import numpy as np
-from concrete.ml.sklearn import SGDClassifier
 from sklearn.preprocessing import MinMaxScaler
 
 
 def main(path: str, max_iter: int) -> None:
+    # Imported here, so that the API reference (pdoc) can import this module without Concrete.
+    from concrete.ml.sklearn import SGDClassifier
+
     d = np.load(path)
     scaler = MinMaxScaler(feature_range=(-1, 1)).fit(d["x"])  # Concrete ML's documented range
     x, xt = scaler.transform(d["x"]), np.clip(scaler.transform(d["xt"]), -1, 1)
