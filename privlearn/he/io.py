@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from typing import Any
 MAGIC = b"PLHE"
 FORMAT_VERSION = 1
 _MAX_HEADER = 1 << 20
+# A section name becomes a file name inside the bundle directory: no separators, no dots.
+_SECTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 
 
 class EnvelopeError(ValueError):
@@ -182,23 +186,45 @@ def open_bundle(source: bytes | str | os.PathLike) -> tuple[Envelope, dict[str, 
         return env, unpack_sections(env.payload)
     path = Path(source)
     try:
-        env = unpack((path / "bundle.plhe").read_bytes(), kind="public_bundle")
+        env = unpack(_regular_file(path / "bundle.plhe").read_bytes(), kind="public_bundle")
     except OSError as e:
         raise EnvelopeError(f"cannot read a public bundle at {path}: {e}") from None
     try:
         index = json.loads(env.payload)
-        sections: dict[str, bytes | Path] = {}
-        for name, info in index.items():
-            f = path / f"{name}.bin"
-            size = f.stat().st_size if f.exists() else -1
-            if size < info["length"]:
-                raise TruncatedError(f"bundle section {f} has {size} of {info['length']} bytes")
-            if size > info["length"] or _file_sha256(f) != info["sha256"]:
-                raise CorruptError(f"bundle section {f} fails its length or SHA-256 check")
-            sections[name] = f
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+    except json.JSONDecodeError as e:
         raise CorruptError(f"bundle index is unreadable: {e}") from None
+    if not isinstance(index, dict):
+        raise CorruptError("bundle index is not a mapping of section names")
+    sections: dict[str, bytes | Path] = {}
+    for name, info in index.items():
+        # Names are checked before the file system is touched: a hostile index cannot make
+        # the reader hash, or reveal the existence of, any file outside the bundle.
+        if not _SECTION_NAME.match(name):
+            raise CorruptError(f"bundle index names an invalid section {name[:40]!r}")
+        length, digest = (
+            (info.get("length"), info.get("sha256")) if isinstance(info, dict) else (None, None)
+        )
+        if not (type(length) is int and length >= 0 and isinstance(digest, str)):
+            raise CorruptError(f"bundle index entry for section {name} is malformed")
+        f = path / f"{name}.bin"
+        try:
+            size = _regular_file(f).stat().st_size
+        except FileNotFoundError:
+            size = -1
+        if size < length:
+            raise TruncatedError(f"bundle section {f} has {size} of {length} bytes")
+        if size > length or _file_sha256(f) != digest:
+            raise CorruptError(f"bundle section {f} fails its length or SHA-256 check")
+        sections[name] = f
     return env, sections
+
+
+def _regular_file(path: Path) -> Path:
+    """``path`` if it is a regular file, not a link: reading a FIFO or a device would hang."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise CorruptError(f"{path} is not a regular file")
+    return path
 
 
 def _file_sha256(path: Path) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -117,3 +120,39 @@ def test_bundle_directory_round_trip_and_tamper(client, tmp_path):
     victim.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(io.TruncatedError):
         Evaluator.from_bundle(path)
+
+
+def _resign_index(path, index) -> None:
+    """What a hostile peer can do: write any index and a valid envelope around it."""
+    env = io.unpack((path / "bundle.plhe").read_bytes(), kind="public_bundle")
+    payload = json.dumps(index).encode()
+    blob = io.pack("public_bundle", env.backend, env.params_fingerprint, payload, env.meta)
+    (path / "bundle.plhe").write_bytes(blob)
+
+
+def test_bundle_index_cannot_name_files_outside_the_bundle(client, tmp_path):
+    path = client.public_bundle([1], path=tmp_path / "b")
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"x" * 10)
+    for name in ("../secret", str(tmp_path / "secret"), "a/b", "relin_key.bin", "", "A"):
+        _resign_index(path, {name: {"length": 10, "sha256": "0" * 64}})
+        with pytest.raises(io.CorruptError, match="invalid section"):
+            Evaluator.from_bundle(path)
+    for entry in ([], {"length": "10", "sha256": "0"}, {"length": -1, "sha256": "0"}, {}):
+        _resign_index(path, {"context": entry})
+        with pytest.raises(io.CorruptError, match="malformed"):
+            Evaluator.from_bundle(path)
+
+
+@pytest.mark.timeout(60)
+def test_bundle_fifo_is_refused_not_read(client, tmp_path):
+    path = client.public_bundle([1], path=tmp_path / "b")
+    os.mkfifo(path / "extra.bin")
+    _resign_index(path, {"extra": {"length": 1, "sha256": "0" * 64}})
+    with pytest.raises(io.CorruptError, match="not a regular file"):
+        Evaluator.from_bundle(path)
+    fifo_dir = tmp_path / "f"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "bundle.plhe")
+    with pytest.raises(io.CorruptError, match="not a regular file"):
+        Evaluator.from_bundle(fifo_dir)
