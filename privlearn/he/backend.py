@@ -112,6 +112,7 @@ class _Context(ABC):
 
     backend_name: str
     params: CKKSParams
+    key_id: str  # names the key pair: a ciphertext under another key is refused, not computed on
 
     def __init__(self, params: CKKSParams) -> None:
         self.params = params
@@ -179,7 +180,12 @@ class _Context(ABC):
     def serialize(self, ct: Ciphertext) -> bytes:
         """Ciphertext -> enveloped bytes (see :mod:`privlearn.he.io`)."""
         self._check(ct)
-        meta = {"level": ct.level, "scale_deg": ct.scale_deg, "complex": ct.is_complex}
+        meta = {
+            "level": ct.level,
+            "scale_deg": ct.scale_deg,
+            "complex": ct.is_complex,
+            "key": self.key_id,
+        }
         return io.pack(
             "ciphertext",
             self.backend_name,
@@ -198,8 +204,14 @@ class _Context(ABC):
         )
         try:
             level, deg, cplx = env.meta["level"], env.meta["scale_deg"], env.meta["complex"]
+            key = env.meta["key"]
         except KeyError as e:
             raise io.CorruptError(f"ciphertext header lacks {e}") from None
+        if key != self.key_id:
+            raise io.ForeignParametersError(
+                "ciphertext was encrypted under another key pair than this context's (same "
+                "preset, different client); it cannot be computed on or decrypted here"
+            )
         if not (isinstance(level, int) and 0 <= level <= self.params.depth and deg in (1, 2)):
             raise io.CorruptError(f"ciphertext header has impossible level {level}/degree {deg}")
         raw = self._raw_from_bytes(env.payload, level, deg)
@@ -499,6 +511,7 @@ def bundle_header(env: io.Envelope) -> tuple[CKKSParams, list[int], bool, bool]:
         raise io.CorruptError(f"public bundle header is incomplete: {e}") from None
     if params.fingerprint() != env.params_fingerprint:
         raise io.CorruptError("public bundle's parameters do not match its fingerprint")
+    params.validate(insecure_for_testing=True)  # a set marked 128-bit must be 128-bit
     return params, [int(r) for r in rotations], bool(conj), bool(boot)
 
 

@@ -103,6 +103,8 @@ class _OpenFHEMixin:
             raise io.CorruptError(f"OpenFHE could not read the ciphertext: {e}") from None
         if raw.GetLevel() != self.params.depth - level or raw.GetNoiseScaleDeg() != scale_deg:
             raise io.CorruptError("ciphertext header and payload disagree on its level")
+        if raw.GetKeyTag() != self.key_id:
+            raise io.ForeignParametersError("ciphertext payload is under another key pair")
         return raw
 
     def _pt(self, v: np.ndarray, level: int, scale_deg: int = 1):
@@ -134,7 +136,7 @@ class Client(_OpenFHEMixin, ClientContext):
         self._cc = make_context(params)
         keys = self._cc.KeyGen()
         self._public_key, self._secret_key = keys.publicKey, keys.secretKey
-        self._tag = self._secret_key.GetKeyTag()
+        self._tag = self.key_id = self._secret_key.GetKeyTag()
         self._cc.EvalMultKeyGen(self._secret_key)
         self._bootstrap_ready = False
 
@@ -206,6 +208,24 @@ class Client(_OpenFHEMixin, ClientContext):
         return ofhe.Serialize(self._secret_key, _SER)
 
 
+def _check_context(cc, params: CKKSParams) -> None:
+    """A bundle's context must be the one its header's parameters build: the header's security
+    claim is checked on the parameters, so a context of another ring or chain must not pass."""
+    ref = make_context(params)
+    for what, get in (
+        ("ring dimension", lambda c: c.GetRingDimension()),
+        ("multiplicative depth", lambda c: c.GetMultiplicativeDepth()),
+        ("ciphertext modulus", lambda c: str(c.GetElementParams().GetModulus())),
+        ("scaling technique", lambda c: str(c.GetScalingTechnique())),
+        ("key switching", lambda c: str(c.GetKeySwitchTechnique())),
+    ):
+        if get(cc) != get(ref):
+            raise io.CorruptError(
+                f"public bundle's context has {what} {str(get(cc))[:40]}, but its header's "
+                f"parameters ({params.name}) give {str(get(ref))[:40]}"
+            )
+
+
 def _load_relin_key(blob: bytes, tag: str) -> None:
     """Insert a relinearisation key unless OpenFHE's table already has this key tag's (it then
     came from the same secret key: the client, or an earlier evaluator, in this process)."""
@@ -231,10 +251,11 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
 
         try:
             self._cc = ofhe.DeserializeCryptoContextString(read("context"), _SER)
+            _check_context(self._cc, params)
             for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
                 self._cc.Enable(getattr(ofhe.PKESchemeFeature, feature))
             self._public_key = ofhe.DeserializePublicKeyString(read("public_key"), _SER)
-            self._tag = self._public_key.GetKeyTag()
+            self._tag = self.key_id = self._public_key.GetKeyTag()
             _load_relin_key(read("relin_key"), self._tag)
             self._keys = None
             keys = sections.get("automorphism_keys")

@@ -116,6 +116,7 @@ class Client(_SimMixin, ClientContext):
         self._seed = int(seed) if seed is not None else secrets.randbits(63)
         self._rng = np.random.default_rng(self._seed)
         self._secret = secrets.token_bytes(32)
+        self.key_id = secrets.token_hex(16)
 
     def encrypt(self, values: Any, *, level: int | None = None):
         level = self._levels_ok(level)
@@ -140,6 +141,7 @@ class Client(_SimMixin, ClientContext):
             "bootstrap": bootstrap,
             "params": self.params.summary(),
             "noise_seed": self._seed + 1,
+            "key": self.key_id,
             "warning": NOT_ENCRYPTION,
         }
         if path is not None:
@@ -154,10 +156,14 @@ class Evaluator(_SimMixin, _EvaluatorBase):
     @classmethod
     def load(cls, env: io.Envelope, sections: dict) -> Evaluator:
         params, rotations, conj, boot = bundle_header(env)
-        return cls(params, rotations, conj, boot, seed=env.meta.get("noise_seed"))
+        key_id = env.meta.get("key")
+        if not isinstance(key_id, str):
+            raise io.CorruptError("simulator bundle header lacks its key id")
+        return cls(params, rotations, conj, boot, key_id, seed=env.meta.get("noise_seed"))
 
-    def __init__(self, params, rotations, conjugation, bootstrap, seed=None) -> None:
+    def __init__(self, params, rotations, conjugation, bootstrap, key_id, seed=None) -> None:
         super().__init__(params, rotations, conjugation, bootstrap)
+        self.key_id = key_id
         self.noise = NoiseModel.for_params(params)
         self._rng = np.random.default_rng(seed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privlearn.he import ClientContext, Evaluator, io
+from privlearn.he import ClientContext, Evaluator, InsecureParametersError, io
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,40 @@ def test_bundle_fifo_is_refused_not_read(client, tmp_path):
     os.mkfifo(fifo_dir / "bundle.plhe")
     with pytest.raises(io.CorruptError, match="not a regular file"):
         Evaluator.from_bundle(fifo_dir)
+
+
+def test_ciphertext_under_another_key_is_refused(client, ev, backend):
+    other = ClientContext.create("toy-n12", backend, seed=2, insecure_for_testing=True)
+    blob = other.serialize(other.encrypt([0.5]))
+    for ctx in (client, ev):
+        with pytest.raises(io.ForeignParametersError, match="another key"):
+            ctx.deserialize(blob)
+    if backend == "openfhe":  # a header re-signed with our key id: OpenFHE's own tag disagrees
+        env = io.unpack(blob, kind="ciphertext")
+        forged = io.pack(
+            "ciphertext",
+            env.backend,
+            env.params_fingerprint,
+            env.payload,
+            {**env.meta, "key": client.key_id},
+        )
+        with pytest.raises(io.ForeignParametersError, match="another key"):
+            ev.deserialize(forged)
+
+
+def _rewrap_bundle(bundle: bytes, params) -> bytes:
+    env = io.unpack(bundle, kind="public_bundle")
+    meta = {**env.meta, "params": params.summary()}
+    return io.pack("public_bundle", env.backend, params.fingerprint(), env.payload, meta)
+
+
+def test_bundle_must_hold_the_context_its_header_claims(client, backend):
+    from privlearn.he import PRESETS
+
+    bundle = client.public_bundle([1])
+    if backend == "openfhe":  # a toy N=4096 context under a 128-bit header
+        with pytest.raises(io.CorruptError, match="ring dimension 4096"):
+            Evaluator.from_bundle(_rewrap_bundle(bundle, PRESETS["n16-d24"]))
+    fake = dataclasses.replace(PRESETS["toy-n12"], security="128-classic")
+    with pytest.raises(InsecureParametersError, match="marked 128-bit but is not"):
+        Evaluator.from_bundle(_rewrap_bundle(bundle, fake))
