@@ -25,7 +25,7 @@ import numpy as np
 from privlearn.he import io
 from privlearn.he.backend import Ciphertext, ClientContext, HEError, bundle_header
 from privlearn.he.backend import Evaluator as _EvaluatorBase
-from privlearn.he.params import CKKSParams
+from privlearn.he.params import CKKSParams, InsecureParametersError
 
 # OpenFHE parallelises with OpenMP, whose threads spin while they wait. On a machine whose
 # cores are busy with other work, spinning threads steal each other's time: measured here
@@ -75,7 +75,18 @@ def make_context(params: CKKSParams):
     p.SetSecurityLevel(
         ofhe.SecurityLevel.HEStd_128_classic if params.secure else ofhe.SecurityLevel.HEStd_NotSet
     )
-    cc = ofhe.GenCryptoContext(p)
+    try:
+        cc = ofhe.GenCryptoContext(p)
+    except RuntimeError as e:
+        if "does not comply with HE standards" not in str(e):
+            raise
+        raise InsecureParametersError(
+            f"OpenFHE finds parameter set {params.name!r} short of 128-bit security "
+            f"({str(e).split('): ')[-1]}). privlearn estimated log2(Q·P) at {params.log_qp()} of "
+            f"{params.max_log_qp()} bits; its estimate is optimistic for some sets within a few "
+            f"bits of the limit, and OpenFHE's check decides: lower the depth or the scale bits, "
+            f"or raise num_large_digits"
+        ) from None
     for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
         cc.Enable(getattr(ofhe.PKESchemeFeature, feature))
     return cc
