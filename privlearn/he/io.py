@@ -7,8 +7,9 @@ byte reaches a backend's deserializer: OpenFHE's own can abort the whole process
 input, so corrupt, truncated, foreign or wrong-version files must never get that far.
 
 The SHA-256 guards against accidents (truncation, bit rot, the wrong file), not against an
-adversary: anyone can write a well-formed envelope around crafted bytes. Only load files from
-parties you would accept ciphertexts from anyway.
+adversary: anyone can write a well-formed envelope around crafted bytes. OpenFHE parses such
+bytes first in a forked child (:mod:`privlearn.he.isolation`), so a parser crash is a refusal;
+bytes that parse can still crash or corrupt the first operation on them.
 """
 
 from __future__ import annotations

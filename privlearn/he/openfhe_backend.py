@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from privlearn.he import io
+from privlearn.he import io, isolation
 from privlearn.he.backend import Ciphertext, ClientContext, HEError, bundle_header
 from privlearn.he.backend import Evaluator as _EvaluatorBase
 from privlearn.he.params import CKKSParams, InsecureParametersError
@@ -78,6 +78,7 @@ def make_context(params: CKKSParams):
     try:
         cc = ofhe.GenCryptoContext(p)
     except RuntimeError as e:
+        _clear_stale_estimate()
         if "does not comply with HE standards" not in str(e):
             raise
         raise InsecureParametersError(
@@ -90,6 +91,21 @@ def make_context(params: CKKSParams):
     for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
         cc.Enable(getattr(ofhe.PKESchemeFeature, feature))
     return cc
+
+
+def _clear_stale_estimate() -> None:
+    """A failed GenCryptoContext leaves OpenFHE's global estimate of the key-switching modulus
+    set, and the next context built without a security level then fails on it. Building one
+    tiny 128-bit context (which sets and consumes that estimate) clears it."""
+    p = ofhe.CCParamsCKKSRNS()
+    p.SetRingDim(8192)
+    p.SetBatchSize(8)
+    p.SetMultiplicativeDepth(1)
+    p.SetScalingModSize(20)
+    p.SetFirstModSize(21)
+    p.SetNumLargeDigits(1)
+    p.SetSecurityLevel(ofhe.SecurityLevel.HEStd_128_classic)
+    ofhe.GenCryptoContext(p)
 
 
 def _bootstrap_depth(params: CKKSParams) -> int:
@@ -108,6 +124,13 @@ class _OpenFHEMixin:
         return ofhe.Serialize(raw, _SER)
 
     def _raw_from_bytes(self, payload: bytes, level: int, scale_deg: int) -> Any:
+        failed = isolation.probe(lambda: self._parse(payload, level, scale_deg), "ciphertext")
+        raw = self._parse(payload, level, scale_deg)
+        if failed is not None:
+            raise io.CorruptError(f"ciphertext is not readable by OpenFHE: {failed}")
+        return raw
+
+    def _parse(self, payload: bytes, level: int, scale_deg: int) -> Any:
         try:
             raw = ofhe.DeserializeCiphertextString(payload, _SER)
         except Exception as e:  # OpenFHE raises RuntimeError subclasses
@@ -260,9 +283,20 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
             blob = sections[name]
             return blob.read_bytes() if isinstance(blob, Path) else blob
 
+        self._conj_index = 2 * params.ring_dim - 1
+        failed = isolation.probe(lambda: self._load(read, sections), "public bundle")
+        self._load(read, sections)
+        if failed is not None:
+            raise io.CorruptError(f"public bundle is not readable by OpenFHE: {failed}")
+        if bootstrap:
+            self._cc.EvalBootstrapSetup(list(params.bootstrap_level_budget))
+        self._m = self._cc.GetCyclotomicOrder()
+
+    def _load(self, read, sections) -> None:
+        """Read every section into OpenFHE (in the probe's child first, then here)."""
         try:
             self._cc = ofhe.DeserializeCryptoContextString(read("context"), _SER)
-            _check_context(self._cc, params)
+            _check_context(self._cc, self.params)
             for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
                 self._cc.Enable(getattr(ofhe.PKESchemeFeature, feature))
             self._public_key = ofhe.DeserializePublicKeyString(read("public_key"), _SER)
@@ -282,10 +316,6 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
             raise io.CorruptError(f"public bundle lacks its {e} section") from None
         except RuntimeError as e:
             raise io.CorruptError(f"OpenFHE could not read the public bundle: {e}") from None
-        if bootstrap:
-            self._cc.EvalBootstrapSetup(list(params.bootstrap_level_budget))
-        self._conj_index = 2 * params.ring_dim - 1
-        self._m = self._cc.GetCyclotomicOrder()
 
     def _activate(self) -> None:
         """Put this evaluator's keys back in OpenFHE's table if another context replaced them."""
