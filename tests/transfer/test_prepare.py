@@ -7,10 +7,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from privlearn.bench import transfer as bench
 from privlearn.transfer import experiment
 from privlearn.transfer.prepare import FeatureScaler, prepare
+from privlearn.transfer.report import print_result
 from privlearn.transfer.train import TrainSpec
 
 
@@ -78,6 +80,10 @@ def test_run_task_goes_through_the_front_door_and_reports_clipped_rows(monkeypat
     spec, _ = prepare(np.zeros((2, 30)), 2, refresh="client", **dataclasses.asdict(config))
     assert r["spec"] == spec.to_meta()
     assert r["out_of_range"] == "clip" and r["rows_beyond_range"]["test"] >= 1
+    console = Console(record=True, width=200)
+    print_result(r, console)
+    far = r["rows_beyond_range"]
+    assert f"{far['val']} validation and {far['test']} test rows" in console.export_text()
 
 
 def test_bench_iteration_states_its_overrides_to_the_front_door():
