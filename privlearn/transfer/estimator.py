@@ -117,14 +117,13 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
             x, x_val, y, y_val = self._hold_out(x, y)
         else:
             x_val = self._features(x_val, reset=False)
-        spec, self.scaler_ = prepare(
+        self.spec_, self.scaler_ = prepare(
             x,
             int(self.classes_.size),
             out_of_range=self.out_of_range,
             range_tolerance=self.range_tolerance,
             **{name: getattr(self, name) for name in SPEC_PARAMS},
         )
-        self.spec_ = spec
         session = self._open_session()
         self.run_: EncryptedRun = session.fit(
             self.scaler_.transform(x),
