@@ -5,63 +5,68 @@
     clf.predict(X_test)        # plaintext inference with the decrypted weights
     clf.predict(X_test, encrypted=True)   # encrypted inference on the server
 
-Features are standardised and scaled so that training rows have Euclidean norm at most 1
-(``scaler_``): together with the softmax's logit range this is the input range the
-approximation supports. Rows beyond ``1 + range_tolerance`` after scaling are refused.
+Features are scaled as :mod:`privlearn.transfer.prepare` says (``scaler_``); a row beyond the
+training range is clipped onto it or refused, by ``out_of_range``.
+
+A fitted classifier pickles (``pickle``, ``joblib``) without its session: no server, process
+or key travels. Plaintext inference needs only the decrypted weights. Encrypted inference
+after unpickling opens a new session on first use: fresh keys, as ``fit`` generated, and the
+weights encrypted under them (nothing encrypted under the old key survives, so it is not
+needed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 import weakref
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
+from privlearn.transfer.prepare import prepare
 from privlearn.transfer.reference import add_bias, exact_softmax
 from privlearn.transfer.session import EncryptedRun, EncryptedSession
 from privlearn.transfer.train import TrainSpec
 
-
-class FeatureScaler:
-    """z-scores per feature, then one factor that brings the longest training row to norm 1."""
-
-    def fit(self, x: np.ndarray) -> FeatureScaler:
-        self.mean_ = x.mean(axis=0)
-        self.std_ = x.std(axis=0)
-        self.std_[self.std_ == 0] = 1.0
-        self.norm_ = float(np.linalg.norm((x - self.mean_) / self.std_, axis=1).max()) or 1.0
-        return self
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean_) / self.std_ / self.norm_
+# the TrainSpec fields that are the estimator's parameters (classes and features come from data)
+SPEC_PARAMS = tuple(
+    f.name for f in dataclasses.fields(TrainSpec) if f.name not in ("classes", "features")
+)
 
 
 class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
     """A softmax-regression head trained by a server on encrypted features (HETAL).
 
-    Parameters mirror :class:`~privlearn.transfer.train.TrainSpec`; ``refresh`` is
-    ``"client"`` (interactive: the client decrypts and re-encrypts exhausted ciphertexts) or
-    ``"bootstrap"`` (non-interactive; needs a bootstrappable preset such as ``n16-boot7``).
-    ``validation_fraction`` of the training data is held out for early stopping when
-    ``fit`` gets no validation set.
+    Parameters ``batch_size`` to ``matmul`` are :class:`~privlearn.transfer.train.TrainSpec`'s,
+    with its defaults; ``refresh`` is ``"client"`` (interactive: the client decrypts and
+    re-encrypts exhausted ciphertexts) or ``"bootstrap"`` (non-interactive; needs a
+    bootstrappable preset such as ``n16-boot7``). ``validation_fraction`` of the training data
+    is held out (stratified) for early stopping when ``fit`` gets no validation set.
+    ``out_of_range`` (``"clip"`` or ``"error"``) and ``range_tolerance`` say what happens to
+    a row whose scaled norm exceeds ``1 + range_tolerance``: see
+    :mod:`privlearn.transfer.prepare`.
     """
 
     def __init__(
         self,
         backend: str = "openfhe",
         preset: str = "n15-d11",
-        refresh: str = "client",
-        lr: float = 4.0,
-        epochs: int = 10,
-        batch_size: int = 128,
-        early_stopping: bool = True,
-        patience: int = 3,
-        nesterov: bool = True,
-        softmax: str = "ours",
-        logit_range: float = 32.0,
-        matmul: str = "ours",
+        refresh: str = TrainSpec.refresh,
+        lr: float = TrainSpec.lr,
+        epochs: int = TrainSpec.epochs,
+        batch_size: int = TrainSpec.batch_size,
+        early_stopping: bool = TrainSpec.early_stopping,
+        patience: int = TrainSpec.patience,
+        nesterov: bool = TrainSpec.nesterov,
+        softmax: str = TrainSpec.softmax,
+        logit_range: float = TrainSpec.logit_range,
+        matmul: str = TrainSpec.matmul,
         validation_fraction: float = 0.15,
+        out_of_range: str = "clip",
         range_tolerance: float = 0.25,
         separate_process: bool = False,
         random_state: int = 0,
@@ -72,42 +77,17 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self.lr, self.epochs, self.batch_size = lr, epochs, batch_size
         self.early_stopping, self.patience, self.nesterov = early_stopping, patience, nesterov
         self.softmax, self.logit_range, self.matmul = softmax, logit_range, matmul
-        self.validation_fraction, self.range_tolerance = validation_fraction, range_tolerance
+        self.validation_fraction = validation_fraction
+        self.out_of_range, self.range_tolerance = out_of_range, range_tolerance
         self.separate_process, self.random_state = separate_process, random_state
         self.progress, self.insecure_for_testing = progress, insecure_for_testing
 
     # -- validation ------------------------------------------------------------------------------
-    def _check_x(self, x, *, fitted: bool) -> np.ndarray:
-        """Finite 2-D features; with ``fitted``, as many columns as at fit."""
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(f"expected a non-empty 2-D array of features, got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            bad = np.argwhere(~np.isfinite(x))[0]
-            raise ValueError(
-                f"features contain NaN or infinity (first at row {bad[0]}, "
-                f"column {bad[1]}); impute or drop them before encrypting"
-            )
-        if fitted and x.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"features have {x.shape[1]} columns but the encrypted model was "
-                f"trained on {self.n_features_in_}"
-            )
-        return x
-
-    def _scaled(self, x: np.ndarray) -> np.ndarray:
-        z = self.scaler_.transform(x)
-        norms = np.linalg.norm(z, axis=1)
-        limit = 1.0 + self.range_tolerance
-        if norms.max() > limit:
-            i = int(norms.argmax())
-            raise ValueError(
-                f"row {i} lies outside the range the encrypted softmax supports: its scaled "
-                f"norm is {norms[i]:.2f}, the training rows' at most 1 (tolerance "
-                f"{limit:.2f}). Such inputs are unlike the training data; check the features "
-                f"or refit on data that covers them"
-            )
-        return z
+    def _features(self, x, *, reset: bool) -> np.ndarray:
+        """Finite 2-D float features; scikit-learn checks the column count and names
+        (``n_features_in_``, ``feature_names_in_``) against fit's."""
+        x = validate_data(self, x, reset=reset, dtype=np.float64, ensure_all_finite=False)
+        return _finite(x)
 
     def _labels(self, y) -> np.ndarray:
         y = np.asarray(y)
@@ -121,56 +101,39 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         return np.searchsorted(self.classes_, y)
 
     # -- scikit-learn's face ----------------------------------------------------------------------
-    def fit(self, x, y, x_val=None, y_val=None) -> EncryptedSoftmaxClassifier:
-        x = self._check_x(x, fitted=False)
-        y = np.asarray(y)
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"got {x.shape[0]} feature rows but labels of shape {y.shape}")
+    def fit(self, X, y, x_val=None, y_val=None) -> EncryptedSoftmaxClassifier:
+        """Train on encrypted ``X``; ``x_val``, ``y_val`` steer early stopping (default: a
+        stratified ``validation_fraction`` of ``X`` held out)."""
+        x, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=False)
+        x = _finite(x)
+        check_classification_targets(y)
         self.classes_ = np.unique(y)
         if self.classes_.size < 2:
-            raise ValueError("need at least two classes to fit a softmax head")
-        self.n_features_in_ = x.shape[1]
-        if x_val is None:
-            from sklearn.model_selection import train_test_split
-
-            x, x_val, y, y_val = train_test_split(
-                x, y, test_size=self.validation_fraction, random_state=self.random_state, stratify=y
+            raise ValueError(
+                "need at least two classes to fit a softmax head; y has 1 class "
+                f"({self.classes_.tolist()})"
             )
-        x_val = self._check_x(x_val, fitted=True)
-        self.scaler_ = FeatureScaler().fit(x)
-        spec = TrainSpec(
-            classes=int(self.classes_.size),
-            features=self.n_features_in_ + 1,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            epochs=self.epochs,
-            refresh=self.refresh,
-            nesterov=self.nesterov,
-            early_stopping=self.early_stopping,
-            patience=self.patience,
-            softmax=self.softmax,
-            logit_range=self.logit_range,
-            matmul=self.matmul,
+        if x_val is None:
+            x, x_val, y, y_val = self._hold_out(x, y)
+        else:
+            x_val = self._features(x_val, reset=False)
+        self.spec_, self.scaler_ = prepare(
+            x,
+            int(self.classes_.size),
+            out_of_range=self.out_of_range,
+            range_tolerance=self.range_tolerance,
+            **{name: getattr(self, name) for name in SPEC_PARAMS},
         )
-        self.close()  # a refit ends the previous server session
-        self.session_ = EncryptedSession(
-            spec,
-            preset=self.preset,
-            backend=self.backend,
-            seed=self.random_state,
-            separate_process=self.separate_process,
-            insecure_for_testing=self.insecure_for_testing,
-        )
-        weakref.finalize(self, self.session_.close)  # no leaked process or temp dir
-        self.run_: EncryptedRun = self.session_.fit(
+        session = self._open_session()
+        self.run_: EncryptedRun = session.fit(
             self.scaler_.transform(x),
             self._labels(y),
-            self._scaled(x_val),
+            self.scaler_.transform(x_val),
             self._labels(y_val),
             progress=self.progress,
         )
         self.coef_, self.intercept_ = self.run_.weights[:, :-1], self.run_.weights[:, -1]
-        self.max_train_logit_ = float(np.abs(self.decision_function(x)).max())
+        self.max_train_logit_ = float(np.abs(self._logits(x, encrypted=False)).max())
         if self.max_train_logit_ > self.logit_range:
             warnings.warn(
                 f"training logits reached {self.max_train_logit_:.1f}, beyond the "
@@ -181,37 +144,103 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
             )
         return self
 
-    def _require_fitted(self) -> None:
-        if not hasattr(self, "run_"):
-            raise AttributeError("this classifier is not fitted yet; call fit first")
+    def _hold_out(self, x: np.ndarray, y: np.ndarray):
+        try:
+            return train_test_split(
+                x,
+                y,
+                test_size=self.validation_fraction,
+                random_state=self.random_state,
+                stratify=y,
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"cannot hold out a stratified validation_fraction={self.validation_fraction} "
+                f"of {len(y)} rows in {self.classes_.size} classes for early stopping ({e}); "
+                f"pass x_val and y_val to fit, or more rows"
+            ) from None
 
-    def decision_function(self, x, *, encrypted: bool = False) -> np.ndarray:
-        """Logits; ``encrypted=True`` has the server compute them on encrypted features."""
-        self._require_fitted()
-        z = self._scaled(self._check_x(x, fitted=True))
+    def _logits(self, x: np.ndarray, *, encrypted: bool) -> np.ndarray:
+        """(n, classes) logits of already validated features."""
+        z = self.scaler_.transform(x)
         if encrypted:
-            return self.session_.predict(z)
-        return add_bias(z) @ self.run_.weights.T
+            return self._serving().predict(z)
+        return add_bias(z) @ self._weights().T
 
-    def predict_proba(self, x, *, encrypted: bool = False) -> np.ndarray:
-        """Softmax probabilities; ``encrypted=True`` runs the softmax approximation on the
-        server too, under encryption (the plaintext path uses the exact softmax)."""
+    def decision_function(self, X, *, encrypted: bool = False) -> np.ndarray:
+        """Logits, (n, classes); for two classes scikit-learn's (n,) score of ``classes_[1]``
+        (its logit minus the other's). ``encrypted=True`` has the server compute them on
+        encrypted features."""
+        check_is_fitted(self)
+        z = self._logits(self._features(X, reset=False), encrypted=encrypted)
+        return z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
+
+    def predict_proba(self, X, *, encrypted: bool = False) -> np.ndarray:
+        """Softmax probabilities, (n, classes); ``encrypted=True`` runs the softmax
+        approximation on the server too, under encryption (the plaintext path uses the exact
+        softmax)."""
+        check_is_fitted(self)
+        x = self._features(X, reset=False)
         if encrypted:
-            self._require_fitted()
-            z = self._scaled(self._check_x(x, fitted=True))
-            return self.session_.predict(z, probabilities=True)[:, : self.classes_.size]
-        return exact_softmax(self.decision_function(x))
+            z = self.scaler_.transform(x)
+            return self._serving().predict(z, probabilities=True)[:, : self.classes_.size]
+        return exact_softmax(self._logits(x, encrypted=False))
 
-    def predict(self, x, *, encrypted: bool = False) -> np.ndarray:
-        z = self.decision_function(x, encrypted=encrypted)
+    def predict(self, X, *, encrypted: bool = False) -> np.ndarray:
+        check_is_fitted(self)
+        z = self._logits(self._features(X, reset=False), encrypted=encrypted)
         return self.classes_[z.argmax(axis=1)]
 
-    def score(self, x, y) -> float:
-        """Mean accuracy (plaintext inference with the decrypted weights)."""
-        pred = self.predict(x)
-        return float(np.mean(np.searchsorted(self.classes_, pred) == self._labels(y)))
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean accuracy (plaintext inference with the decrypted weights); labels unseen at
+        fit are an error rather than a silent miss."""
+        check_is_fitted(self)
+        self._labels(y)
+        return super().score(X, y, sample_weight=sample_weight)
+
+    # -- the session: live, never pickled ---------------------------------------------------------
+    def _weights(self) -> np.ndarray:
+        return np.column_stack([self.coef_, self.intercept_])
+
+    def _open_session(self) -> EncryptedSession:
+        self.close()  # a refit ends the previous server session
+        session = EncryptedSession(
+            self.spec_,
+            preset=self.preset,
+            backend=self.backend,
+            seed=self.random_state,
+            separate_process=self.separate_process,
+            insecure_for_testing=self.insecure_for_testing,
+        )
+        self._session = session
+        self._closer = weakref.finalize(self, session.close)  # no leaked process or temp dir
+        return session
+
+    def _serving(self) -> EncryptedSession:
+        """The session serving encrypted inference: fit's, or after unpickling a new one."""
+        if "_session" not in self.__dict__:
+            self._open_session().serve(self._weights())
+        return self._session
 
     def close(self) -> None:
-        """End the server session (its process, its stored ciphertexts)."""
-        if hasattr(self, "session_"):
-            self.session_.close()
+        """End the server session (its process, its stored ciphertexts, the client's key)."""
+        self.__dict__.pop("_session", None)
+        closer = self.__dict__.pop("_closer", None)
+        if closer is not None:
+            closer()
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())  # a copy: on 3.11+ object's is __dict__ itself
+        state.pop("_session", None)
+        state.pop("_closer", None)
+        return state
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(
+            f"features contain NaN or infinity (first at row {bad[0]}, "
+            f"column {bad[1]}); impute or drop them before encrypting"
+        )
+    return x

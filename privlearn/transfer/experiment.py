@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from privlearn.transfer.data import load_task
-from privlearn.transfer.estimator import FeatureScaler
+from privlearn.transfer.prepare import prepare
 from privlearn.transfer.reference import exact_softmax, predict, train_reference
 from privlearn.transfer.session import run_encrypted
 from privlearn.transfer.train import TrainSpec
@@ -21,10 +21,12 @@ from privlearn.transfer.train import TrainSpec
 
 @dataclass(frozen=True)
 class TaskConfig:
+    """A task's tuned overrides of the :class:`TrainSpec` defaults."""
+
     batch_size: int
     lr: float
     epochs: int
-    logit_range: float = 32.0
+    logit_range: float = TrainSpec.logit_range
 
 
 # Chosen on the validation split with the plaintext reference (seed 0, /tmp sweeps of lr in
@@ -59,30 +61,11 @@ def run_task(
     x, y = task.x_train, task.y_train
     if max_train is not None and max_train < len(y):
         x, y = x[:max_train], y[:max_train]  # the split is already shuffled
-    scaler = FeatureScaler().fit(x)
-    xs, xv, xt = (np.clip(scaler.transform(a), -1.0, 1.0) for a in (x, task.x_val, task.x_test))
-    spec = TrainSpec(
-        classes=len(task.classes),
-        features=task.n_features + 1,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        epochs=config.epochs,
-        refresh=refresh,
-        logit_range=config.logit_range,
-    )
-    common = {
-        "classes": spec.classes,
-        "lr": spec.lr,
-        "epochs": spec.epochs,
-        "batch_size": spec.batch_size,
-        "patience": spec.patience,
-        "seed": seed,
-    }
+    spec, scaler = prepare(x, len(task.classes), refresh=refresh, **asdict(config))
+    xs, xv, xt = (scaler.transform(a) for a in (x, task.x_val, task.x_test))
     t = time.perf_counter()
-    exact = train_reference(xs, y, xv, task.y_val, softmax=exact_softmax, **common)
-    approx = train_reference(
-        xs, y, xv, task.y_val, softmax=spec.softmax_method().reference, **common
-    )
+    exact = train_reference(xs, y, xv, task.y_val, spec, softmax=exact_softmax, seed=seed)
+    approx = train_reference(xs, y, xv, task.y_val, spec, seed=seed)
     plain_s = time.perf_counter() - t
     run = run_encrypted(
         xs,
@@ -115,6 +98,11 @@ def run_task(
         "features": task.n_features,
         "spec": spec.to_meta(),
         "config": asdict(config),
+        "out_of_range": scaler.out_of_range,
+        "rows_beyond_range": {
+            "val": len(scaler.beyond(task.x_val)),
+            "test": len(scaler.beyond(task.x_test)),
+        },
         "backend": run.backend,
         "real_encryption": run.real_encryption,
         "preset": run.preset,

@@ -2,8 +2,9 @@
 
 Exactly the steps the encrypted trainer performs, on the same batches in the same order: logits
 Z = X·Wᵀ, probabilities P = softmax(Z), gradient G = (P − Y)ᵀ·X / b, a Nesterov step, and
-validation-loss early stopping. ``softmax`` is pluggable: the exact function, or the plaintext
-twin of an encrypted approximation, so that encrypted − plaintext differences can be split into
+validation-loss early stopping, all as the same :class:`~privlearn.transfer.train.TrainSpec`
+says. ``softmax`` is pluggable: the exact function, or the plaintext twin of the spec's
+encrypted approximation (the default), so that encrypted − plaintext differences can be split into
 approximation error (exact vs approximate reference) and CKKS noise (approximate reference vs
 encrypted run).
 """
@@ -12,8 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # train.py imports this module
+    from privlearn.transfer.train import TrainSpec
 
 Softmax = Callable[[np.ndarray], np.ndarray]
 
@@ -95,33 +100,35 @@ def train_reference(
     y: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
+    spec: TrainSpec,
     *,
-    classes: int,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    nesterov: bool = True,
-    early_stopping: bool = True,
-    patience: int = 3,
-    softmax: Softmax = exact_softmax,
+    softmax: Softmax | None = None,
     seed: int = 0,
 ) -> TrainResult:
+    """Train as the encrypted run with ``spec`` would, on already scaled features.
+    ``softmax`` defaults to the plaintext twin of the spec's approximation; pass
+    :func:`exact_softmax` for the exact function."""
+    if np.shape(x)[1] + 1 != spec.features or np.shape(x_val)[1] + 1 != spec.features:
+        raise ValueError(
+            f"features have {np.shape(x)[1]} (validation {np.shape(x_val)[1]}) columns but "
+            f"the spec expects {spec.features - 1} (plus the bias)"
+        )
+    softmax = softmax or spec.softmax_method().reference
     xb, xvb = add_bias(np.asarray(x, np.float64)), add_bias(np.asarray(x_val, np.float64))
-    yh = one_hot(y, classes)
-    w = np.zeros((classes, xb.shape[1]))
+    yh = one_hot(y, spec.classes)
+    w = np.zeros((spec.classes, xb.shape[1]))
     v_prev = w.copy()
-    stopper = EarlyStopping(patience if early_stopping else epochs + 1)
+    stopper = EarlyStopping(spec.patience if spec.early_stopping else spec.epochs + 1)
     snapshots, history, step = [], [], 0
-    batches = fixed_batches(len(xb), batch_size, seed)
-    for epoch in range(epochs):
+    batches = fixed_batches(len(xb), spec.batch_size, seed)
+    for epoch in range(spec.epochs):
         for b in epoch_order(len(batches), epoch, seed):
             idx = batches[b]
             xi, yi = xb[idx], yh[idx]
-            g = (
-                (softmax(xi @ w.T) - yi).T @ xi / batch_size
-            )  # nominal size: a short last batch steps less
-            v = w - lr * g
-            if nesterov:
+            # nominal size: a short last batch steps less
+            g = (softmax(xi @ w.T) - yi).T @ xi / spec.batch_size
+            v = w - spec.lr * g
+            if spec.nesterov:
                 gamma = nesterov_gamma(step)
                 w, v_prev = (1 - gamma) * v + gamma * v_prev, v
             else:
@@ -133,7 +140,7 @@ def train_reference(
         history.append({"epoch": epoch, "val_brier": loss, "val_accuracy": acc, "steps": step})
         if not stopper.update(loss):
             break
-    best = stopper.best_epoch if early_stopping else len(snapshots) - 1
+    best = stopper.best_epoch if spec.early_stopping else len(snapshots) - 1
     return TrainResult(snapshots[best], stopper.losses, best, step, history)
 
 

@@ -32,6 +32,12 @@ def print_result(r: dict, console: Console) -> None:
         f"{100 * r['identical_predictions_vs_approx']:.2f} %",
     )
     console.print(t)
+    far = r["rows_beyond_range"]
+    if far["val"] or far["test"]:
+        console.print(
+            f"{far['val']} validation and {far['test']} test rows lay beyond the training "
+            f"range: {'clipped onto it' if r['out_of_range'] == 'clip' else 'refused'}"
+        )
     s = r["seconds"]
     console.print(
         f"epochs run {r['epochs_run']} (best {r['best_epoch']['encrypted']}), {r['steps']} "

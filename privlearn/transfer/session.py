@@ -182,7 +182,7 @@ class EncryptedSession:
         t = time.perf_counter()
         best = stopper.best_epoch if spec.early_stopping else len(history) - 1
         weights = client.weights(link.request(Message("get_model")), best)
-        link.request(client.set_model(weights))
+        self.serve(weights)
         self.seconds["fetch_model"] = time.perf_counter() - t
         self.seconds["total"] = time.perf_counter() - self._t0
         return EncryptedRun(
@@ -205,6 +205,11 @@ class EncryptedSession:
             peak_memory_gb={"client" if self.proc else "client+server": _peak_gb()},
             transcript=getattr(self.link, "transcript", None),
         )
+
+    def serve(self, weights: np.ndarray) -> None:
+        """Have the server serve ``weights`` (c x (f+1), bias last), encrypted by the client
+        under this session's key: after ``fit``, or for weights trained in another session."""
+        self.link.request(self.client.set_model(weights))
 
     def predict(self, x: np.ndarray, *, probabilities: bool = False) -> np.ndarray:
         """Encrypted inference: the client encrypts ``x``, the server returns encrypted

@@ -40,13 +40,16 @@ SOFTMAXES: dict[str, type[SoftmaxMethod]] = {"ours": NormSquare, "hetal": Hetal}
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Everything both sides must agree on; public (it travels in the setup message)."""
+    """Everything both sides must agree on; public (it travels in the setup message).
+
+    Its defaults are the only ones: callers with data build it through
+    :func:`privlearn.transfer.prepare.prepare`, which also scales the features."""
 
     classes: int
     features: int  # columns of X, the bias column included
-    batch_size: int
-    lr: float
-    epochs: int
+    batch_size: int = 128
+    lr: float = 4.0
+    epochs: int = 10
     refresh: str = "client"
     nesterov: bool = True
     early_stopping: bool = True

@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+import inspect
+import io
+import pickle
+
+import joblib
 import numpy as np
 import pytest
-from sklearn.datasets import load_wine
+from sklearn.datasets import load_breast_cancer, load_wine
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
-from privlearn.transfer.estimator import EncryptedSoftmaxClassifier
+from privlearn.he import ClientContext, Evaluator
+from privlearn.transfer.estimator import SPEC_PARAMS, EncryptedSoftmaxClassifier
+from privlearn.transfer.roles import Client, Server
+from privlearn.transfer.session import EncryptedSession
+from privlearn.transfer.train import TrainSpec
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +35,28 @@ def fitted():
     clf.close()
 
 
+@pytest.fixture(scope="module")
+def binary():
+    """Two classes with string labels, fitted on a DataFrame, refusing out-of-range rows."""
+    pd = pytest.importorskip("pandas")
+    data = load_breast_cancer(as_frame=True)
+    labels = np.array(["malignant", "benign"])[data.target.to_numpy()]
+    clf = EncryptedSoftmaxClassifier(
+        backend="simulator",
+        preset="toy-n12",
+        insecure_for_testing=True,
+        epochs=8,  # the cancer task's defaults (experiment.TASK_DEFAULTS)
+        batch_size=64,
+        lr=8.0,
+        out_of_range="error",
+        progress=False,
+    )
+    clf.fit(data.data.iloc[:400], labels[:400])
+    assert isinstance(data.data, pd.DataFrame)
+    yield clf, data.data, labels
+    clf.close()
+
+
 def test_fit_predict_shapes_and_accuracy(fitted):
     clf, x, labels = fitted
     assert clf.coef_.shape == (3, 13) and clf.intercept_.shape == (3,)
@@ -32,8 +65,17 @@ def test_fit_predict_shapes_and_accuracy(fitted):
     assert pred.shape == (38,) and pred.dtype == labels.dtype
     proba = clf.predict_proba(x[140:])
     assert proba.shape == (38, 3) and np.allclose(proba.sum(1), 1)
+    assert clf.decision_function(x[140:]).shape == (38, 3)
     assert clf.score(x[140:], labels[140:]) > 0.85
     assert clf.run_.real_encryption is False  # simulator: results say so
+
+
+def test_the_spec_is_the_front_doors_with_trainspec_defaults(fitted):
+    clf, _, _ = fitted
+    defaults = inspect.signature(EncryptedSoftmaxClassifier).parameters
+    fields = {f: getattr(TrainSpec, f) for f in SPEC_PARAMS}
+    assert {f: defaults[f].default for f in SPEC_PARAMS} == fields
+    assert clf.spec_ == TrainSpec(classes=3, features=14, batch_size=32, epochs=4, logit_range=16)
 
 
 def test_encrypted_inference_matches_plaintext_inference(fitted):
@@ -49,31 +91,129 @@ def test_encrypted_inference_matches_plaintext_inference(fitted):
 
 def test_input_errors(fitted):
     clf, x, labels = fitted
-    with pytest.raises(ValueError, match="13"):
+    with pytest.raises(ValueError, match="X has 12 features, but .* is expecting 13"):
         clf.predict(x[:, :12])
     bad = x[:3].copy()
     bad[1, 4] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN or infinity .*row 1, column 4"):
         clf.predict(bad)
     with pytest.raises(ValueError, match="not seen at fit"):
         clf.score(x[:3], np.array(["barolo", "chianti", "barbera"]))
-    far = x[:1] * 50
-    with pytest.raises(ValueError, match="outside the range"):
-        clf.predict(far)
+
+
+def test_one_far_row_is_clipped_not_the_batch_refused(fitted):
+    clf, x, _ = fitted  # out_of_range="clip", the default
+    batch = x[140:150].copy()
+    batch[3] *= 50
+    assert clf.scaler_.beyond(batch).tolist() == [3]
+    z = clf.decision_function(batch)
+    assert z.shape == (10, 3)
+    keep = [i for i in range(10) if i != 3]
+    assert np.array_equal(z[keep], clf.decision_function(batch[keep]))
+    clipped = clf.scaler_.transform(batch[3:4])  # on the range's edge, its direction kept
+    assert np.linalg.norm(clipped) == pytest.approx(1 + clf.range_tolerance)
+    assert clf.predict(batch).shape == (10,)
+
+
+def test_out_of_range_error_names_the_rows(binary):
+    clf, x, _ = binary
+    batch = x.iloc[400:410].copy()
+    batch.iloc[[1, 6]] *= 40
+    with pytest.raises(ValueError, match=r"2 row\(s\) lie beyond the training range.*rows 1, 6\."):
+        clf.predict(batch)
+
+
+def test_not_fitted_is_sklearns_error():
+    clf = EncryptedSoftmaxClassifier(backend="simulator", preset="n16-d24", progress=False)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(clf)
+    for method in (clf.predict, clf.predict_proba, clf.decision_function):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            method(np.ones((2, 3)))
+    with pytest.raises(NotFittedError):
+        clf.score(np.ones((2, 3)), np.zeros(2))
+
+
+def test_fitted_passes_check_is_fitted(fitted):
+    check_is_fitted(fitted[0])
 
 
 def test_fit_errors():
     clf = EncryptedSoftmaxClassifier(backend="simulator", preset="n16-d24", progress=False)
-    with pytest.raises(AttributeError, match="not fitted"):
-        clf.predict(np.ones((2, 3)))
-    with pytest.raises(ValueError, match="two classes"):
+    with pytest.raises(ValueError, match="two classes.*1 class"):
         clf.fit(np.ones((10, 3)), np.zeros(10))
-    with pytest.raises(ValueError, match="labels of shape"):
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         clf.fit(np.ones((10, 3)), np.zeros(9))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        clf.fit(np.ones((10, 3)), np.linspace(0, 1, 10))
+    with pytest.raises(ValueError, match="cannot hold out a stratified validation_fraction"):
+        clf.fit(np.ones((5, 3)), np.array([0, 0, 0, 0, 1]))
     with pytest.raises(ValueError, match="refresh"):
         EncryptedSoftmaxClassifier(backend="simulator", refresh="magic", progress=False).fit(
             *load_wine(return_X_y=True)
         )
+
+
+def test_binary_outputs_are_shaped_as_scikit_learns(binary):
+    clf, x, labels = binary
+    rows = x.iloc[400:460]
+    assert clf.classes_.tolist() == ["benign", "malignant"]
+    d, p = clf.decision_function(rows), clf.predict_proba(rows)
+    assert d.shape == (60,) and p.shape == (60, 2) and np.allclose(p.sum(1), 1)
+    pred = clf.predict(rows)
+    assert np.array_equal(pred, clf.classes_[(d > 0).astype(int)])  # d scores classes_[1]
+    assert np.array_equal(p[:, 1] > 0.5, d > 0)
+    assert np.mean(pred == labels[400:460]) > 0.9
+    enc = clf.decision_function(rows, encrypted=True)
+    assert enc.shape == (60,) and np.max(np.abs(enc - d)) < 1e-4
+
+
+def test_feature_names_are_checked_by_name_not_by_range(binary):
+    clf, x, _ = binary
+    assert clf.feature_names_in_.tolist() == x.columns.tolist()
+    rows = x.iloc[400:405]
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        clf.predict(rows[rows.columns[::-1]])
+    with pytest.raises(ValueError, match="missing:\n- mean radius"):
+        clf.predict(rows.drop(columns="mean radius"))
+
+
+class _Recorder(pickle.Pickler):
+    """Records the type of every object it pickles."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.types: set[type] = set()
+
+    def reducer_override(self, obj):
+        self.types.add(type(obj))
+        return NotImplemented
+
+
+LIVE = (ClientContext, Evaluator, EncryptedSession, Client, Server)
+
+
+def test_fitted_pickles_without_session_or_key_and_predicts_the_same(fitted, tmp_path):
+    clf, x, _ = fitted
+    rows = x[140:]
+    secret = clf._session.ctx._secret_key_bytes()
+    rec = _Recorder(io.BytesIO())
+    rec.dump(clf)
+    assert not [t for t in rec.types if issubclass(t, LIVE)], rec.types
+    blob = pickle.dumps(clf)
+    assert secret not in blob
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    assert secret not in (tmp_path / "clf.joblib").read_bytes()
+    for loaded in (pickle.loads(blob), joblib.load(tmp_path / "clf.joblib")):
+        assert "_session" not in vars(loaded)
+        assert np.array_equal(loaded.predict(rows), clf.predict(rows))
+        assert np.array_equal(loaded.predict_proba(rows), clf.predict_proba(rows))
+    # encrypted inference after loading: a new session, fresh keys, the same answers
+    enc = loaded.decision_function(rows, encrypted=True)
+    assert loaded._session.ctx._secret_key_bytes() != secret
+    assert np.max(np.abs(enc - clf.decision_function(rows))) < 1e-5
+    loaded.close()
+    assert clf.predict(rows[:3], encrypted=True).shape == (3,)  # pickling left clf's session
 
 
 def test_scikit_learn_protocol():

@@ -13,6 +13,7 @@ from privlearn.transfer.reference import (
     predict,
     train_reference,
 )
+from privlearn.transfer.train import TrainSpec
 
 
 def test_nesterov_schedule():
@@ -49,16 +50,23 @@ def test_reference_learns_a_separable_problem():
     y = rng.integers(0, 3, 300)
     x = np.eye(3)[y] + 0.1 * rng.normal(size=(300, 3))
     x /= np.linalg.norm(x, axis=1).max()
-    r = train_reference(
-        x[:200],
-        y[:200],
-        x[200:],
-        y[200:],
-        classes=3,
-        lr=4.0,
-        epochs=10,
-        batch_size=32,
-        softmax=exact_softmax,
-    )
+    spec = TrainSpec(classes=3, features=4, batch_size=32, lr=4.0, epochs=10)
+    r = train_reference(x[:200], y[:200], x[200:], y[200:], spec, softmax=exact_softmax)
     assert np.mean(predict(r.weights, x[200:]) == y[200:]) > 0.95
     assert r.val_losses[-1] < r.val_losses[0]
+
+
+def test_reference_follows_the_spec():
+    """The spec alone decides: its softmax approximation (by default), early stopping,
+    epochs; features it does not expect are refused."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 120)
+    x = np.eye(2)[y] + 0.3 * rng.normal(size=(120, 2))
+    x /= np.linalg.norm(x, axis=1).max()
+    spec = TrainSpec(classes=2, features=3, batch_size=16, epochs=3, early_stopping=False)
+    approx = train_reference(x[:80], y[:80], x[80:], y[80:], spec)
+    exact = train_reference(x[:80], y[:80], x[80:], y[80:], spec, softmax=exact_softmax)
+    assert approx.best_epoch == 2 and approx.steps == 3 * 5
+    assert 0 < np.max(np.abs(approx.weights - exact.weights)) < 1e-2  # the approximation's
+    with pytest.raises(ValueError, match="spec expects 2"):
+        train_reference(x[:80, :1], y[:80], x[80:, :1], y[80:], spec)

@@ -22,20 +22,7 @@ def _problem(n=240, f=20, c=4, seed=0):
 
 
 def _reference(spec, x, y, xv, yv):
-    return train_reference(
-        x,
-        y,
-        xv,
-        yv,
-        classes=spec.classes,
-        lr=spec.lr,
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        nesterov=spec.nesterov,
-        early_stopping=spec.early_stopping,
-        patience=spec.patience,
-        softmax=spec.softmax_method().reference,
-    )
+    return train_reference(x, y, xv, yv, spec)
 
 
 def _both(spec, data, preset="toy-n12", backend="simulator", **kw):
