@@ -63,6 +63,7 @@ class RunConfig:
     synthetic_beta: float = 1.0
     synthetic_iid: bool = False
     min_client_size: int = 10  # label-dirichlet redraws until every client has this many
+    partition_max_tries: int = 10_000  # Dirichlet partitions' redraws before giving up
     # model
     model: str = "auto"
     hidden: list[int] = field(default_factory=lambda: [200, 200])
@@ -129,6 +130,7 @@ class RunConfig:
             self.synthetic_beta,
             self.synthetic_iid,
             self.min_client_size,
+            self.partition_max_tries,
         )
 
     def sampling_spec(self) -> Sampling:

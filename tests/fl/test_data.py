@@ -12,6 +12,7 @@ from privlearn.fl.data import DataSpec, build_federated, label_counts, plot_heat
 from privlearn.fl.data.datasets import hold_out, load_cifar10, load_idx_images
 from privlearn.fl.data.heterogeneity import hellinger, js_distance
 from privlearn.fl.data.synthetic import fedprox_synthetic, leaf_synthetic
+from privlearn.fl.run import RunConfig
 
 
 def test_fedprox_synthetic_follows_the_generator():
@@ -120,6 +121,17 @@ def test_build_federated_digits_and_noise():
         diff = (ds.x_train[idx] - base.x_train[idx]).numpy()
         assert diff.std() == pytest.approx(0.1 * i, abs=0.01)
     assert (ds.x_test == base.x_test).all()  # the global test set stays clean
+
+
+def test_partition_max_tries_goes_from_the_config_to_the_partition():
+    cfg = RunConfig(dataset="digits", partition="quantity-dirichlet", beta=0.1)
+    with pytest.raises(ValueError, match="after 10000 draws; raise partition_max_tries"):
+        build_federated(cfg.data_spec(), seed=0)
+    cfg.partition_max_tries = 100_000  # seed 0 needs 32,324 draws
+    ds = build_federated(cfg.data_spec(), seed=0)
+    assert ds.n_clients == 10 and ds.sizes().min() >= 9
+    with pytest.raises(ValueError, match="partition_max_tries must be >= 1"):
+        build_federated(DataSpec("digits", 4, "mixed", partition_max_tries=0), seed=0)
 
 
 def test_natural_split_and_local_tests_for_synthetic():

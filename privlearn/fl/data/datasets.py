@@ -244,6 +244,7 @@ class DataSpec:
     synthetic_beta: float = 1.0
     synthetic_iid: bool = False
     min_client_size: int = P.MIN_PARTY_SIZE  # label-dirichlet's redraw threshold
+    partition_max_tries: int = P.MAX_TRIES  # Dirichlet redraws before the partition gives up
 
 
 def _user_split(users: list[UserData], seed: int, frac: float = 0.9):
@@ -333,6 +334,7 @@ def build_federated(spec: DataSpec, seed: int) -> FederatedDataset:
             k=spec.classes_per_client,
             n_classes=data.n_classes,
             min_size=spec.min_client_size,
+            max_tries=spec.partition_max_tries,
         )
         natural_tests = None
     noise_levels = (
