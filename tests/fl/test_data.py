@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from privlearn.fl.data import DataSpec, build_federated, label_counts, plot_heatmap, summary
 from privlearn.fl.data.datasets import hold_out, load_cifar10, load_idx_images
 from privlearn.fl.data.heterogeneity import hellinger, js_distance
-from privlearn.fl.data.synthetic import fedprox_synthetic, leaf_synthetic
+from privlearn.fl.data.synthetic import fcube, fedprox_synthetic, leaf_synthetic
 from privlearn.fl.run import RunConfig
 
 
@@ -48,6 +51,148 @@ def test_leaf_synthetic_sizes_and_classes():
     sizes = [len(u.y) for u in users]
     assert min(sizes) >= 5 and max(sizes) <= 1000
     assert all(u.x.shape[1] == 10 and u.y.max() < 5 for u in users)
+
+
+SYNTHETIC_REF = json.loads(
+    (Path(__file__).parent / "fixtures" / "synthetic_reference.json").read_text()
+)
+
+
+def _check_against_reference(users, case, n_classes):
+    assert [len(u.y) for u in users] == case["sizes"]
+    assert [np.bincount(u.y, minlength=n_classes).tolist() for u in users] == case["label_counts"]
+    # the features are the reference's float64 values rounded to float32 (relative 2^-24)
+    np.testing.assert_allclose(users[0].x[0], case["x_first_row"], rtol=2.0**-24)
+    sums = np.array([u.x.astype(np.float64).sum() for u in users])
+    bound = 2.0**-24 * np.array([np.abs(u.x.astype(np.float64)).sum() for u in users])
+    assert (np.abs(sums - case["x_sums"]) <= bound + 1e-9).all()
+
+
+@pytest.mark.parametrize("case", SYNTHETIC_REF["fedprox"], ids=lambda c: f"seed{c['seed']}")
+def test_fedprox_synthetic_is_the_reference_script_seeded(case):
+    users = fedprox_synthetic(case["alpha"], case["beta"], 30, case["seed"], iid=case["iid"])
+    _check_against_reference(users, case, 10)
+
+
+@pytest.mark.parametrize("case", SYNTHETIC_REF["leaf"], ids=lambda c: f"seed{c['seed']}")
+def test_leaf_synthetic_is_the_reference_script_seeded(case):
+    users = leaf_synthetic(
+        case["n_users"], case["n_classes"], case["dim"], case["seed"], tuple(case["prob_clusters"])
+    )
+    _check_against_reference(users, case, case["n_classes"])
+
+
+P_FALSE_ALARM = 1e-7  # per checked statistic; the bounds below are exact for Gaussian draws
+
+
+def _variance_interval(expected: float, dof: int) -> tuple[float, float]:
+    """Where a sample variance with `dof` degrees of freedom of N(., expected) data falls with
+    probability 1 - 2 P_FALSE_ALARM (chi-square)."""
+    lo, hi = stats.chi2.ppf([P_FALSE_ALARM, 1 - P_FALSE_ALARM], dof) / dof
+    return expected * lo, expected * hi
+
+
+def _binomial_band(p: float, n: int) -> tuple[float, float]:
+    lo, hi = stats.binom.ppf([P_FALSE_ALARM, 1 - P_FALSE_ALARM], n, p) / n
+    return lo, hi
+
+
+def _check_within_user_covariance(users, dim):
+    """x ~ N(v_k, Sigma) within a user, Sigma = diag(j^-1.2), j = 1..dim."""
+    dev = np.concatenate([u.x.astype(np.float64) - u.x.astype(np.float64).mean(0) for u in users])
+    dof = len(dev) - len(users)
+    cov = dev.T @ dev / dof
+    for j, expected in enumerate(np.arange(1, dim + 1) ** -1.2):
+        lo, hi = _variance_interval(expected, dof)
+        assert lo <= cov[j, j] <= hi, (j, cov[j, j], expected)
+    corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    off = corr[~np.eye(dim, dtype=bool)]
+    assert np.abs(off).max() < stats.norm.isf(P_FALSE_ALARM) / np.sqrt(dof)  # Sigma is diagonal
+
+
+def _check_user_means(users, dim, shift_var):
+    """v_k ~ N(B_k, 1) per coordinate with B_k ~ N(0, shift_var): the mean of v_k over its dim
+    coordinates has variance shift_var + 1/dim across users, and v_k's coordinates spread
+    around it with variance 1 (each plus Sigma's share from estimating v_k by a sample mean)."""
+    sigma = np.arange(1, dim + 1) ** -1.2
+    n = np.array([len(u.y) for u in users])
+    means = np.stack([u.x.astype(np.float64).mean(0) for u in users])
+    lo, hi = _variance_interval(shift_var + 1 / dim + np.mean(sigma.sum() / dim**2 / n), len(n) - 1)
+    assert lo <= means.mean(1).var(ddof=1) <= hi
+    spread = means.var(1, ddof=1)  # each ~ (1 + mean(Sigma)/n_k) chi2(dim-1)/(dim-1)
+    lo, hi = _variance_interval(1.0, len(n) * (dim - 1))
+    assert lo <= np.mean(spread / (1 + sigma.mean() / n)) <= hi
+
+
+def test_fedprox_synthetic_moments_read_beta_as_a_standard_deviation():
+    beta, n_users = 3.0, 200
+    users = fedprox_synthetic(1.0, beta, n_users, seed=1)
+    # B_k ~ N(0, beta) as numpy's normal(0, beta): beta is the standard deviation (variance 9);
+    # the paper's notation read as a variance (3) lies outside the band
+    _check_user_means(users, 60, shift_var=beta**2)
+    lo, _ = _variance_interval(beta**2 + 1 / 60, n_users - 1)
+    assert lo > beta + 1 / 60
+    _check_within_user_covariance(users, 60)
+    # n_k = int(lognormal(4, 2)) + 50: int(L) <= 54 iff L < 55, int(L) >= 403 iff L >= 403
+    extra = np.array([len(u.y) for u in users]) - 50
+    for frac, p in (
+        (np.mean(extra <= 54), stats.norm.cdf((np.log(55) - 4) / 2)),
+        (np.mean(extra >= 403), stats.norm.sf((np.log(403) - 4) / 2)),
+    ):
+        lo, hi = _binomial_band(p, n_users)
+        assert lo <= frac <= hi
+
+
+def test_fedprox_synthetic_alpha_leaves_the_data_unchanged():
+    # W_k, b_k ~ N(u_k, 1) entrywise with one scalar u_k ~ N(0, alpha): u_k adds
+    # u_k (1 + sum x) to every class's logit alike, so the argmax labels never see it
+    a = fedprox_synthetic(0.0, 1.0, n_users=10, seed=4)
+    b = fedprox_synthetic(5.0, 1.0, n_users=10, seed=4)
+    assert all((u.x == v.x).all() and (u.y == v.y).all() for u, v in zip(a, b, strict=True))
+
+
+def test_synthetic_iid_moments():
+    users = fedprox_synthetic(0, 0, n_users=60, seed=2, iid=True)
+    _check_within_user_covariance(users, 60)
+    x = np.concatenate([u.x for u in users]).astype(np.float64)
+    se = np.sqrt(np.arange(1, 61) ** -1.2 / len(x))  # v = 0 for every user
+    assert (np.abs(x.mean(0)) < stats.norm.isf(P_FALSE_ALARM) * se).all()
+
+
+def test_leaf_synthetic_moments():
+    n_users, dim = 300, 60
+    users = leaf_synthetic(n_users, n_classes=5, dim=dim, seed=2)
+    _check_within_user_covariance(users, dim)
+    _check_user_means(users, dim, shift_var=1.0)  # loc ~ N(B, 1), B ~ N(0, 1)
+    # n = min(int(lognormal(3, 2)) + 5, 1000): capped iff L >= 995; n - 5 <= 20 iff L < 21
+    sizes = np.array([len(u.y) for u in users])
+    for frac, p in (
+        (np.mean(sizes == 1000), stats.norm.sf((np.log(995) - 3) / 2)),
+        (np.mean(sizes - 5 <= 20), stats.norm.cdf((np.log(21) - 3) / 2)),
+    ):
+        lo, hi = _binomial_band(p, n_users)
+        assert lo <= frac <= hi
+    # one cluster: every task's w = Q info with info ~ N(mean, 0.1), one labelling up to noise
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = np.concatenate([u.x for u in users]), np.concatenate([u.y for u in users])
+    assert LogisticRegression(C=100, max_iter=1000).fit(x, y).score(x, y) > 0.95
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: fedprox_synthetic(1.0, 1.0, n_users=5, seed=s),
+        lambda s: fedprox_synthetic(0, 0, n_users=5, seed=s, iid=True),
+        lambda s: leaf_synthetic(5, seed=s),
+        lambda s: fcube(4, seed=s)[0],
+    ],
+    ids=["fedprox", "fedprox-iid", "leaf", "fcube"],
+)
+def test_generators_repeat_under_a_seed_and_differ_across_seeds(make):
+    a, b, c = make(11), make(11), make(12)
+    assert all((u.x == v.x).all() and (u.y == v.y).all() for u, v in zip(a, b, strict=True))
+    assert not np.array_equal(a[0].x[:5], c[0].x[:5])
 
 
 def _write_idx(path, arr, gz):
