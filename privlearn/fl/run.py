@@ -57,6 +57,7 @@ class RunConfig:
     beta: float = 0.5
     classes_per_client: int = 2
     noise: float = 0.0
+    noise_mode: str = "fixed"  # fixed: drawn once, clean test set; per-round: NIID-Bench-like
     local_test_fraction: float | None = None  # None: 0.2 for personalised algorithms, else 0
     data_root: str | None = None
     synthetic_alpha: float = 1.0
@@ -131,6 +132,7 @@ class RunConfig:
             self.synthetic_iid,
             self.min_client_size,
             self.partition_max_tries,
+            self.noise_mode,
         )
 
     def sampling_spec(self) -> Sampling:
@@ -200,7 +202,7 @@ class Experiment:
             server,
             bank,
             plan,
-            TrainData(self.data.x_train, self.data.y_train),
+            TrainData(self.data.round_features(r), self.data.y_train),
             server_rng(self.cfg.seed, r),
         )
         return server, stats, plan

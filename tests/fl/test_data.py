@@ -15,7 +15,7 @@ from privlearn.fl.data import DataSpec, build_federated, label_counts, plot_heat
 from privlearn.fl.data.datasets import hold_out, load_cifar10, load_idx_images
 from privlearn.fl.data.heterogeneity import hellinger, js_distance
 from privlearn.fl.data.synthetic import fcube, fedprox_synthetic, leaf_synthetic
-from privlearn.fl.run import RunConfig
+from privlearn.fl.run import Experiment, RunConfig
 
 
 def test_fedprox_synthetic_follows_the_generator():
@@ -266,6 +266,81 @@ def test_build_federated_digits_and_noise():
         diff = (ds.x_train[idx] - base.x_train[idx]).numpy()
         assert diff.std() == pytest.approx(0.1 * i, abs=0.01)
     assert (ds.x_test == base.x_test).all()  # the global test set stays clean
+
+
+def _noise_std_band(std: float, n: int) -> tuple[float, float]:
+    lo, hi = _variance_interval(std**2, n)
+    return np.sqrt(lo), np.sqrt(hi)
+
+
+def test_per_round_noise_is_redrawn_every_round_and_tests_on_noisy_copies():
+    spec = DataSpec("digits", 5, "noise", noise=0.4, noise_mode="per-round")
+    ds = build_federated(spec, seed=0)
+    base = build_federated(DataSpec("digits", 5, "homo"), seed=0)
+    assert (ds.x_clean == base.x_train).all()
+    draws = [ds.round_features(r) for r in (0, 1, 2)]
+    assert (ds.round_features(1) == draws[1]).all()  # a function of (seed, round): resumable
+    for i, idx in enumerate(ds.clients):
+        for x in draws:
+            diff = (x[idx] - base.x_train[idx]).numpy().astype(np.float64)
+            if i == 0:
+                assert (diff == 0).all()
+            else:
+                lo, hi = _noise_std_band(0.1 * i, diff.size)
+                assert lo <= np.sqrt((diff**2).mean()) <= hi
+        if i > 0:  # every round draws afresh
+            assert not (draws[1][idx] == draws[2][idx]).any()
+    # NIID-Bench's global test set: one copy per client, copy i at client i's noise level
+    n_test = len(base.y_test)
+    assert len(ds.y_test) == 5 * n_test and (ds.y_test == base.y_test.repeat(5)).all()
+    for i in range(5):
+        diff = (ds.x_test[i * n_test : (i + 1) * n_test] - base.x_test).numpy()
+        if i == 0:
+            assert (diff == 0).all()
+        else:
+            lo, hi = _noise_std_band(0.1 * i, diff.size)
+            assert lo <= np.sqrt((diff.astype(np.float64) ** 2).mean()) <= hi
+    fixed = build_federated(DataSpec("digits", 5, "noise", noise=0.4), seed=0)
+    assert fixed.x_clean is None and fixed.round_features(3) is fixed.x_train
+
+
+def test_per_round_noise_on_natural_local_tests():
+    spec = DataSpec("fedprox_synthetic", 4, "natural", noise=0.3, noise_mode="per-round")
+    ds = build_federated(spec, seed=0)
+    clean = build_federated(DataSpec("fedprox_synthetic", 4, "natural"), seed=0)
+    assert len(ds.y_test) == 4 * len(clean.y_test)
+    for i, rows in enumerate(ds.local_tests):  # client i's own test rows carry its noise level
+        same = (ds.x_local[rows] == clean.x_local[rows]).all()
+        assert bool(same) == (i == 0)
+
+
+def test_per_round_noise_reaches_the_training_rounds(monkeypatch):
+    cfg = RunConfig(
+        dataset="digits",
+        partition="noise",
+        noise=0.4,
+        noise_mode="per-round",
+        n_clients=3,
+        clients_per_round=3,
+        model="mclr",
+        rounds=1,
+    )
+    exp = Experiment.build(cfg)
+    seen = []
+
+    def spy(r):
+        seen.append(r)
+        return type(exp.data).round_features(exp.data, r)
+
+    monkeypatch.setattr(exp.data, "round_features", spy)
+    server, bank = exp.init_state()
+    exp.round(server, bank, 4)
+    assert seen == [4]
+
+
+def test_unknown_noise_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown noise_mode 'epoch'; expected one of fixed, per"):
+        build_federated(DataSpec("digits", 4, "noise", noise=0.1, noise_mode="epoch"), seed=0)
 
 
 def test_partition_max_tries_goes_from_the_config_to_the_partition():
