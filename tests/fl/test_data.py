@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from privlearn.fl.data import DataSpec, build_federated, label_counts, plot_heatmap, summary
 from privlearn.fl.data.datasets import hold_out, load_cifar10, load_idx_images
 from privlearn.fl.data.heterogeneity import hellinger, js_distance
-from privlearn.fl.data.synthetic import fedprox_synthetic, leaf_synthetic
+from privlearn.fl.data.synthetic import fcube, fedprox_synthetic, leaf_synthetic
+from privlearn.fl.run import Experiment, RunConfig
 
 
 def test_fedprox_synthetic_follows_the_generator():
@@ -47,6 +51,148 @@ def test_leaf_synthetic_sizes_and_classes():
     sizes = [len(u.y) for u in users]
     assert min(sizes) >= 5 and max(sizes) <= 1000
     assert all(u.x.shape[1] == 10 and u.y.max() < 5 for u in users)
+
+
+SYNTHETIC_REF = json.loads(
+    (Path(__file__).parent / "fixtures" / "synthetic_reference.json").read_text()
+)
+
+
+def _check_against_reference(users, case, n_classes):
+    assert [len(u.y) for u in users] == case["sizes"]
+    assert [np.bincount(u.y, minlength=n_classes).tolist() for u in users] == case["label_counts"]
+    # the features are the reference's float64 values rounded to float32 (relative 2^-24)
+    np.testing.assert_allclose(users[0].x[0], case["x_first_row"], rtol=2.0**-24)
+    sums = np.array([u.x.astype(np.float64).sum() for u in users])
+    bound = 2.0**-24 * np.array([np.abs(u.x.astype(np.float64)).sum() for u in users])
+    assert (np.abs(sums - case["x_sums"]) <= bound + 1e-9).all()
+
+
+@pytest.mark.parametrize("case", SYNTHETIC_REF["fedprox"], ids=lambda c: f"seed{c['seed']}")
+def test_fedprox_synthetic_is_the_reference_script_seeded(case):
+    users = fedprox_synthetic(case["alpha"], case["beta"], 30, case["seed"], iid=case["iid"])
+    _check_against_reference(users, case, 10)
+
+
+@pytest.mark.parametrize("case", SYNTHETIC_REF["leaf"], ids=lambda c: f"seed{c['seed']}")
+def test_leaf_synthetic_is_the_reference_script_seeded(case):
+    users = leaf_synthetic(
+        case["n_users"], case["n_classes"], case["dim"], case["seed"], tuple(case["prob_clusters"])
+    )
+    _check_against_reference(users, case, case["n_classes"])
+
+
+P_FALSE_ALARM = 1e-7  # per checked statistic; the bounds below are exact for Gaussian draws
+
+
+def _variance_interval(expected: float, dof: int) -> tuple[float, float]:
+    """Where a sample variance with `dof` degrees of freedom of N(., expected) data falls with
+    probability 1 - 2 P_FALSE_ALARM (chi-square)."""
+    lo, hi = stats.chi2.ppf([P_FALSE_ALARM, 1 - P_FALSE_ALARM], dof) / dof
+    return expected * lo, expected * hi
+
+
+def _binomial_band(p: float, n: int) -> tuple[float, float]:
+    lo, hi = stats.binom.ppf([P_FALSE_ALARM, 1 - P_FALSE_ALARM], n, p) / n
+    return lo, hi
+
+
+def _check_within_user_covariance(users, dim):
+    """x ~ N(v_k, Sigma) within a user, Sigma = diag(j^-1.2), j = 1..dim."""
+    dev = np.concatenate([u.x.astype(np.float64) - u.x.astype(np.float64).mean(0) for u in users])
+    dof = len(dev) - len(users)
+    cov = dev.T @ dev / dof
+    for j, expected in enumerate(np.arange(1, dim + 1) ** -1.2):
+        lo, hi = _variance_interval(expected, dof)
+        assert lo <= cov[j, j] <= hi, (j, cov[j, j], expected)
+    corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    off = corr[~np.eye(dim, dtype=bool)]
+    assert np.abs(off).max() < stats.norm.isf(P_FALSE_ALARM) / np.sqrt(dof)  # Sigma is diagonal
+
+
+def _check_user_means(users, dim, shift_var):
+    """v_k ~ N(B_k, 1) per coordinate with B_k ~ N(0, shift_var): the mean of v_k over its dim
+    coordinates has variance shift_var + 1/dim across users, and v_k's coordinates spread
+    around it with variance 1 (each plus Sigma's share from estimating v_k by a sample mean)."""
+    sigma = np.arange(1, dim + 1) ** -1.2
+    n = np.array([len(u.y) for u in users])
+    means = np.stack([u.x.astype(np.float64).mean(0) for u in users])
+    lo, hi = _variance_interval(shift_var + 1 / dim + np.mean(sigma.sum() / dim**2 / n), len(n) - 1)
+    assert lo <= means.mean(1).var(ddof=1) <= hi
+    spread = means.var(1, ddof=1)  # each ~ (1 + mean(Sigma)/n_k) chi2(dim-1)/(dim-1)
+    lo, hi = _variance_interval(1.0, len(n) * (dim - 1))
+    assert lo <= np.mean(spread / (1 + sigma.mean() / n)) <= hi
+
+
+def test_fedprox_synthetic_moments_read_beta_as_a_standard_deviation():
+    beta, n_users = 3.0, 200
+    users = fedprox_synthetic(1.0, beta, n_users, seed=1)
+    # B_k ~ N(0, beta) as numpy's normal(0, beta): beta is the standard deviation (variance 9);
+    # the paper's notation read as a variance (3) lies outside the band
+    _check_user_means(users, 60, shift_var=beta**2)
+    lo, _ = _variance_interval(beta**2 + 1 / 60, n_users - 1)
+    assert lo > beta + 1 / 60
+    _check_within_user_covariance(users, 60)
+    # n_k = int(lognormal(4, 2)) + 50: int(L) <= 54 iff L < 55, int(L) >= 403 iff L >= 403
+    extra = np.array([len(u.y) for u in users]) - 50
+    for frac, p in (
+        (np.mean(extra <= 54), stats.norm.cdf((np.log(55) - 4) / 2)),
+        (np.mean(extra >= 403), stats.norm.sf((np.log(403) - 4) / 2)),
+    ):
+        lo, hi = _binomial_band(p, n_users)
+        assert lo <= frac <= hi
+
+
+def test_fedprox_synthetic_alpha_leaves_the_data_unchanged():
+    # W_k, b_k ~ N(u_k, 1) entrywise with one scalar u_k ~ N(0, alpha): u_k adds
+    # u_k (1 + sum x) to every class's logit alike, so the argmax labels never see it
+    a = fedprox_synthetic(0.0, 1.0, n_users=10, seed=4)
+    b = fedprox_synthetic(5.0, 1.0, n_users=10, seed=4)
+    assert all((u.x == v.x).all() and (u.y == v.y).all() for u, v in zip(a, b, strict=True))
+
+
+def test_synthetic_iid_moments():
+    users = fedprox_synthetic(0, 0, n_users=60, seed=2, iid=True)
+    _check_within_user_covariance(users, 60)
+    x = np.concatenate([u.x for u in users]).astype(np.float64)
+    se = np.sqrt(np.arange(1, 61) ** -1.2 / len(x))  # v = 0 for every user
+    assert (np.abs(x.mean(0)) < stats.norm.isf(P_FALSE_ALARM) * se).all()
+
+
+def test_leaf_synthetic_moments():
+    n_users, dim = 300, 60
+    users = leaf_synthetic(n_users, n_classes=5, dim=dim, seed=2)
+    _check_within_user_covariance(users, dim)
+    _check_user_means(users, dim, shift_var=1.0)  # loc ~ N(B, 1), B ~ N(0, 1)
+    # n = min(int(lognormal(3, 2)) + 5, 1000): capped iff L >= 995; n - 5 <= 20 iff L < 21
+    sizes = np.array([len(u.y) for u in users])
+    for frac, p in (
+        (np.mean(sizes == 1000), stats.norm.sf((np.log(995) - 3) / 2)),
+        (np.mean(sizes - 5 <= 20), stats.norm.cdf((np.log(21) - 3) / 2)),
+    ):
+        lo, hi = _binomial_band(p, n_users)
+        assert lo <= frac <= hi
+    # one cluster: every task's w = Q info with info ~ N(mean, 0.1), one labelling up to noise
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = np.concatenate([u.x for u in users]), np.concatenate([u.y for u in users])
+    assert LogisticRegression(C=100, max_iter=1000).fit(x, y).score(x, y) > 0.95
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: fedprox_synthetic(1.0, 1.0, n_users=5, seed=s),
+        lambda s: fedprox_synthetic(0, 0, n_users=5, seed=s, iid=True),
+        lambda s: leaf_synthetic(5, seed=s),
+        lambda s: fcube(4, seed=s)[0],
+    ],
+    ids=["fedprox", "fedprox-iid", "leaf", "fcube"],
+)
+def test_generators_repeat_under_a_seed_and_differ_across_seeds(make):
+    a, b, c = make(11), make(11), make(12)
+    assert all((u.x == v.x).all() and (u.y == v.y).all() for u, v in zip(a, b, strict=True))
+    assert not np.array_equal(a[0].x[:5], c[0].x[:5])
 
 
 def _write_idx(path, arr, gz):
@@ -120,6 +266,92 @@ def test_build_federated_digits_and_noise():
         diff = (ds.x_train[idx] - base.x_train[idx]).numpy()
         assert diff.std() == pytest.approx(0.1 * i, abs=0.01)
     assert (ds.x_test == base.x_test).all()  # the global test set stays clean
+
+
+def _noise_std_band(std: float, n: int) -> tuple[float, float]:
+    lo, hi = _variance_interval(std**2, n)
+    return np.sqrt(lo), np.sqrt(hi)
+
+
+def test_per_round_noise_is_redrawn_every_round_and_tests_on_noisy_copies():
+    spec = DataSpec("digits", 5, "noise", noise=0.4, noise_mode="per-round")
+    ds = build_federated(spec, seed=0)
+    base = build_federated(DataSpec("digits", 5, "homo"), seed=0)
+    assert (ds.x_clean == base.x_train).all()
+    draws = [ds.round_features(r) for r in (0, 1, 2)]
+    assert (ds.round_features(1) == draws[1]).all()  # a function of (seed, round): resumable
+    for i, idx in enumerate(ds.clients):
+        for x in draws:
+            diff = (x[idx] - base.x_train[idx]).numpy().astype(np.float64)
+            if i == 0:
+                assert (diff == 0).all()
+            else:
+                lo, hi = _noise_std_band(0.1 * i, diff.size)
+                assert lo <= np.sqrt((diff**2).mean()) <= hi
+        if i > 0:  # every round draws afresh
+            assert not (draws[1][idx] == draws[2][idx]).any()
+    # NIID-Bench's global test set: one copy per client, copy i at client i's noise level
+    n_test = len(base.y_test)
+    assert len(ds.y_test) == 5 * n_test and (ds.y_test == base.y_test.repeat(5)).all()
+    for i in range(5):
+        diff = (ds.x_test[i * n_test : (i + 1) * n_test] - base.x_test).numpy()
+        if i == 0:
+            assert (diff == 0).all()
+        else:
+            lo, hi = _noise_std_band(0.1 * i, diff.size)
+            assert lo <= np.sqrt((diff.astype(np.float64) ** 2).mean()) <= hi
+    fixed = build_federated(DataSpec("digits", 5, "noise", noise=0.4), seed=0)
+    assert fixed.x_clean is None and fixed.round_features(3) is fixed.x_train
+
+
+def test_per_round_noise_on_natural_local_tests():
+    spec = DataSpec("fedprox_synthetic", 4, "natural", noise=0.3, noise_mode="per-round")
+    ds = build_federated(spec, seed=0)
+    clean = build_federated(DataSpec("fedprox_synthetic", 4, "natural"), seed=0)
+    assert len(ds.y_test) == 4 * len(clean.y_test)
+    for i, rows in enumerate(ds.local_tests):  # client i's own test rows carry its noise level
+        same = (ds.x_local[rows] == clean.x_local[rows]).all()
+        assert bool(same) == (i == 0)
+
+
+def test_per_round_noise_reaches_the_training_rounds(monkeypatch):
+    cfg = RunConfig(
+        dataset="digits",
+        partition="noise",
+        noise=0.4,
+        noise_mode="per-round",
+        n_clients=3,
+        clients_per_round=3,
+        model="mclr",
+        rounds=1,
+    )
+    exp = Experiment.build(cfg)
+    seen = []
+
+    def spy(r):
+        seen.append(r)
+        return type(exp.data).round_features(exp.data, r)
+
+    monkeypatch.setattr(exp.data, "round_features", spy)
+    server, bank = exp.init_state()
+    exp.round(server, bank, 4)
+    assert seen == [4]
+
+
+def test_unknown_noise_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown noise_mode 'epoch'; expected one of fixed, per"):
+        build_federated(DataSpec("digits", 4, "noise", noise=0.1, noise_mode="epoch"), seed=0)
+
+
+def test_partition_max_tries_goes_from_the_config_to_the_partition():
+    cfg = RunConfig(dataset="digits", partition="quantity-dirichlet", beta=0.1)
+    with pytest.raises(ValueError, match="after 10000 draws; raise partition_max_tries"):
+        build_federated(cfg.data_spec(), seed=0)
+    cfg.partition_max_tries = 100_000  # seed 0 needs 32,324 draws
+    ds = build_federated(cfg.data_spec(), seed=0)
+    assert ds.n_clients == 10 and ds.sizes().min() >= 9
+    with pytest.raises(ValueError, match="partition_max_tries must be >= 1"):
+        build_federated(DataSpec("digits", 4, "mixed", partition_max_tries=0), seed=0)
 
 
 def test_natural_split_and_local_tests_for_synthetic():

@@ -139,7 +139,11 @@ def test_quantity_dirichlet_cover_and_min_size(n, beta, seed):
 @given(n=st.integers(2, 10), seed=st.integers(0, 2**31 - 1))
 def test_mixed_gives_two_classes_per_client_and_two_holders_per_class(n, seed):
     labels = np.repeat(np.arange(10), 30)
-    parts = P.mixed(labels, n, 0.5, seed, n_classes=10)
+    try:
+        parts = P.mixed(labels, n, 0.5, seed, n_classes=10)
+    except ValueError as e:  # the class draw can dead-end only when every class has an owner
+        assert "no second class" in str(e) and n == 10
+        return
     counts = label_counts(labels, parts, 10)
     assert ((counts > 0).sum(axis=1) <= 2).all()
     assert ((counts > 0).sum(axis=0) <= 2).all()
@@ -147,6 +151,47 @@ def test_mixed_gives_two_classes_per_client_and_two_holders_per_class(n, seed):
     assert len(allidx) == len(np.unique(allidx))
     if n == 10:  # every class has exactly two holders, so nothing is dropped
         assert len(allidx) == len(labels)
+
+
+def _digits_labels() -> np.ndarray:
+    from privlearn.fl.data.datasets import load_digits
+
+    return load_digits().y_train
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_quantity_dirichlet_gives_up_naming_the_setting_to_raise(seed):
+    # beta = 0.1, 10 clients, 1437 labels: NIID-Bench needs 14k-158k draws on seeds 0-4
+    with pytest.raises(
+        ValueError,
+        match=r"after 10000 draws; raise partition_max_tries \(--partition-max-tries\)",
+    ):
+        P.partition(_digits_labels(), 10, "quantity-dirichlet", seed, beta=0.1)
+
+
+def test_quantity_dirichlet_with_more_tries_finds_niid_bench_split():
+    labels = _digits_labels()
+    parts = P.partition(labels, 10, "quantity-dirichlet", 0, beta=0.1, max_tries=100_000)
+    assert _is_cover(parts, len(labels))
+    assert min(len(p) for p in parts) >= P.MIN_PARTY_SIZE - 1  # cuts floor cumsum(q) n
+    sizes = sorted(len(p) for p in parts)
+    assert sizes[-1] > 10 * sizes[0]  # Dir(0.1): strongly skewed sizes
+
+
+def test_max_tries_reaches_every_dirichlet_scheme():
+    labels = np.arange(100) % 10
+    for scheme in ("label-dirichlet", "quantity-dirichlet", "mixed"):
+        with pytest.raises(ValueError, match="after 1 draws; raise partition_max_tries"):
+            P.partition(labels, 10, scheme, 0, beta=0.01, max_tries=1)
+
+
+@pytest.mark.timeout(60)
+def test_mixed_dead_end_is_an_error_not_an_endless_loop():
+    # seed 4, 10 clients: client 9's only class with one holder is its own class 9
+    labels = np.repeat(np.arange(10), 30)
+    with pytest.raises(ValueError, match="client 9 has no second class.*another seed"):
+        P.partition(labels, 10, "mixed", 4)
+    assert len(P.partition(labels, 10, "mixed", 5)) == 10  # seed 5 has no dead end
 
 
 def test_noise_levels_follow_the_reference_code():

@@ -37,6 +37,8 @@ class FederatedDataset:
 
     `clients[i]` indexes client i's rows of `x_train`. `local_tests[i]` (when present)
     indexes client i's rows of `x_local`/`y_local`, the data personalised models are scored on.
+    `x_clean` (per-round feature noise only) holds the training features before noise; the
+    training rounds read `round_features(r)`.
     """
 
     name: str
@@ -49,6 +51,7 @@ class FederatedDataset:
     x_local: torch.Tensor | None = None
     y_local: torch.Tensor | None = None
     local_tests: list[np.ndarray] | None = None
+    x_clean: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -58,6 +61,14 @@ class FederatedDataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def round_features(self, r: int) -> torch.Tensor:
+        """The features round r (0-based) trains on: `x_train`, or under per-round noise a
+        fresh draw that depends on (seed, r) alone, so a resumed run sees the same draws."""
+        if self.x_clean is None:
+            return self.x_train
+        rng = np.random.default_rng([self.meta["seed"], 103, r])
+        return add_client_noise(self.x_clean, self.clients, self.meta["noise_levels"], rng)
 
     def sizes(self) -> np.ndarray:
         return np.array([len(c) for c in self.clients], dtype=np.int64)
@@ -77,6 +88,8 @@ class FederatedDataset:
         move = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
         if self.x_local is not None:
             move.update(x_local=self.x_local.to(device), y_local=self.y_local.to(device))
+        if self.x_clean is not None:
+            move.update(x_clean=self.x_clean.to(device))
         return FederatedDataset(**{**self.__dict__, **move})
 
 
@@ -244,6 +257,19 @@ class DataSpec:
     synthetic_beta: float = 1.0
     synthetic_iid: bool = False
     min_client_size: int = P.MIN_PARTY_SIZE  # label-dirichlet's redraw threshold
+    partition_max_tries: int = P.MAX_TRIES  # Dirichlet redraws before the partition gives up
+    noise_mode: str = "fixed"  # one of NOISE_MODES
+
+
+# How feature noise (client i: N(0, (sigma i / (N - 1))^2) on its normalised inputs) is drawn.
+# fixed: once per seed, on the training rows only; the global test set stays clean.
+# per-round: NIID-Bench's setting as far as the data can express it. NIID-Bench adds the noise
+# in a DataLoader transform, so every epoch redraws it, and scores the global model on N
+# copies of the test set, copy i noised at client i's level. Here training rows are redrawn
+# every round (the same per epoch when epochs = 1; with E epochs a client sees one draw E
+# times in a round), the N test copies and the clients' own test rows are drawn once. It
+# costs N times the test set's memory and two extra copies of the training features.
+NOISE_MODES = ("fixed", "per-round")
 
 
 def _user_split(users: list[UserData], seed: int, frac: float = 0.9):
@@ -303,11 +329,28 @@ def load_centralised(name: str, root: str | None = None) -> ArrayDataset:
     return CENTRALISED[name]()
 
 
+def add_client_noise(
+    x: torch.Tensor, clients: list[np.ndarray], levels, rng: np.random.Generator
+) -> torch.Tensor:
+    """A copy of `x` with N(0, levels[i]^2) added to client i's rows (drawn for every client,
+    a zero level included, in client order)."""
+    out = x.clone()
+    for i, idx in enumerate(clients):
+        noise = rng.normal(0.0, levels[i], (len(idx), *x.shape[1:]))
+        rows = torch.as_tensor(idx, dtype=torch.long, device=x.device)
+        out[rows] += torch.from_numpy(noise).to(dtype=x.dtype, device=x.device)
+    return out
+
+
 def build_federated(spec: DataSpec, seed: int) -> FederatedDataset:
     """Load `spec.dataset`, split it over `spec.n_clients` clients, and check no client is
     empty. The partition draws with `seed` exactly as NIID-Bench does."""
     if spec.partition == "noise" and spec.noise <= 0:
         raise ValueError("partition 'noise' needs a noise level sigma > 0 (--noise 0.1)")
+    if spec.noise_mode not in NOISE_MODES:
+        raise ValueError(
+            f"unknown noise_mode {spec.noise_mode!r}; expected one of {', '.join(NOISE_MODES)}"
+        )
     natural_tests = None
     if spec.dataset in GENERATED:
         data, natural, natural_tests = _generated(spec, seed)
@@ -333,6 +376,7 @@ def build_federated(spec: DataSpec, seed: int) -> FederatedDataset:
             k=spec.classes_per_client,
             n_classes=data.n_classes,
             min_size=spec.min_client_size,
+            max_tries=spec.partition_max_tries,
         )
         natural_tests = None
     noise_levels = (
@@ -340,29 +384,49 @@ def build_federated(spec: DataSpec, seed: int) -> FederatedDataset:
         if spec.noise > 0
         else np.zeros(spec.n_clients)
     )
-    x_train = data.x_train.copy()
+    x_clean, x_test, y_test = (
+        torch.from_numpy(a) for a in (data.x_train, data.x_test, data.y_test)
+    )
+    x_train, x_local = x_clean, x_test
+    per_round = spec.noise_mode == "per-round" and noise_levels.any()
     if noise_levels.any():  # NIID-Bench adds N(0, std_i^2) to client i's normalised inputs
-        rs = np.random.default_rng([seed, 101])
-        for i, idx in enumerate(clients):
-            x_train[idx] += rs.normal(0.0, noise_levels[i], x_train[idx].shape).astype(np.float32)
+        x_train = add_client_noise(
+            x_clean, clients, noise_levels, np.random.default_rng([seed, 101])
+        )
+    if per_round:
+        rng = np.random.default_rng([seed, 104])
+        n_test = len(y_test)
+        copies = [np.arange(i * n_test, (i + 1) * n_test) for i in range(spec.n_clients)]
+        x_test = add_client_noise(
+            x_test.repeat(spec.n_clients, *[1] * (x_test.dim() - 1)), copies, noise_levels, rng
+        )
+        y_test = y_test.repeat(spec.n_clients)
+        if natural_tests is not None:
+            x_local = add_client_noise(x_local, natural_tests, noise_levels, rng)
     ds = FederatedDataset(
         name=spec.dataset,
-        x_train=torch.from_numpy(x_train),
+        x_train=x_train,
         y_train=torch.from_numpy(data.y_train),
         clients=clients,
-        x_test=torch.from_numpy(data.x_test),
-        y_test=torch.from_numpy(data.y_test),
+        x_test=x_test,
+        y_test=y_test,
         n_classes=data.n_classes,
+        x_clean=x_clean if per_round else None,
         meta={
             "partition": spec.partition,
             "beta": spec.beta,
             "k": spec.classes_per_client,
             "noise_levels": noise_levels.tolist(),
+            "noise_mode": spec.noise_mode,
             "seed": seed,
         },
     )
     if natural_tests is not None:
-        ds.x_local, ds.y_local, ds.local_tests = ds.x_test, ds.y_test, natural_tests
+        ds.x_local, ds.y_local, ds.local_tests = (
+            x_local,
+            torch.from_numpy(data.y_test),
+            natural_tests,
+        )
     ds.check_not_empty()
     if spec.local_test_fraction > 0 and ds.local_tests is None:
         hold_out(ds, spec.local_test_fraction, seed)

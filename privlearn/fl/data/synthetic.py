@@ -47,6 +47,9 @@ def fedprox_synthetic(
     x ~ N(v_i, Sigma), v_i ~ N(B_i, 1), B_i ~ N(0, beta), Sigma = diag(j^-1.2);
     y = argmax(x W_i + b_i). As in the reference, alpha and beta are passed to numpy as
     standard deviations (the paper writes variances). IID: one W, b ~ N(0, 1) and v = 0.
+
+    u_i is one scalar per user, so it adds u_i (1 + sum x) to every class's logit alike and
+    never changes the argmax: alpha has no effect on the data, only beta does.
     """
     if n_users < 1:
         raise ValueError(f"n_users must be >= 1, got {n_users}")
