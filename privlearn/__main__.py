@@ -1,5 +1,5 @@
 """`python -m privlearn` is the `privlearn` command."""
 
-from privlearn.cli import app
+from privlearn.cli import main
 
-app()
+main()

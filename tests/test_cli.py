@@ -16,10 +16,12 @@ def test_info_lists_backends_and_presets():
         assert word in out.output
 
 
-def test_demo_refuses_insecure_presets():
+def test_demo_refuses_insecure_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(app, ["demo", "--backend", "simulator", "--preset", "toy-n12"])
-    assert out.exit_code != 0
-    assert "insecure" in str(out.exception).lower()
+    assert out.exit_code == 2
+    assert "does not give 128-bit security" in out.stderr and len(out.stderr.splitlines()) == 1
+    assert not (tmp_path / "results").exists()  # refused before any work
 
 
 def test_demo_on_the_simulator_matches_plaintext(tmp_path, monkeypatch):

@@ -205,9 +205,11 @@ def run(
     flower_workers: int = 2,
     timeout: float = 3600,
     console: Console | None = None,
+    rounds: int | None = None,
 ) -> dict:
     """Measure every (workload, engine) pair; writes JSON after each, returns the document.
-    An existing `out` is extended: its other pairs are kept, the ones measured now replaced."""
+    An existing `out` is extended: its other pairs are kept, the ones measured now replaced.
+    `rounds` replaces every workload's own number of rounds (WORKLOADS is left as it is)."""
     console = console or Console()
     unknown = [w for w in workloads if w not in WORKLOADS] + [
         e for e in engines if e not in ENGINES
@@ -259,6 +261,7 @@ def run(
             bar.update(task, now=f"{w} / {e}")
             spec = {
                 **WORKLOADS[w],
+                **({} if rounds is None else {"rounds": rounds}),
                 "engine": e,
                 "seed": seed,
                 "flower_workers": flower_workers,

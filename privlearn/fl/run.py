@@ -13,6 +13,8 @@ import json
 import os
 import pickle
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from privlearn.fl.algorithms import PERSONALISED, LocalSGD, build_algorithm
-from privlearn.fl.data import DataSpec, build_federated, label_counts, plot_heatmap, summary
+from privlearn.fl.algorithms import ALGORITHMS, PERSONALISED, LocalSGD, build_algorithm
+from privlearn.fl.data import (
+    DATASETS,
+    SCHEMES,
+    DataSpec,
+    build_federated,
+    label_counts,
+    plot_heatmap,
+    summary,
+)
 from privlearn.fl.engine import TrainData, make_engine
 from privlearn.fl.evaluate import global_accuracy, personal_accuracy
 from privlearn.fl.models import build_model
@@ -46,54 +56,116 @@ CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
 RESUMABLE = ("rounds", "eval_every", "out", "threads")  # what may change when resuming
 
 
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's type (an int fits a float; a bool is not an int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_type_name(args[0])}"
+    if origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _opt(default: Any, help: str, unset: str | None = None) -> Any:
+    """A config field with the help text its CLI flag shows (`unset`: what None means)."""
+    meta = {"help": help, **({"unset": unset} if unset else {})}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RunConfig:
-    """One experiment. Field names are the YAML keys and (with - for _) the CLI flags."""
+    """One experiment. Field names are the YAML keys and (with - for _) the CLI flags of
+    `privlearn fl run`, which are derived from these fields and their help."""
 
     # data
-    dataset: str = "digits"
-    partition: str = "label-dirichlet"
-    n_clients: int = 10
-    beta: float = 0.5
-    classes_per_client: int = 2
-    noise: float = 0.0
-    noise_mode: str = "fixed"  # fixed: drawn once, clean test set; per-round: NIID-Bench-like
-    local_test_fraction: float | None = None  # None: 0.2 for personalised algorithms, else 0
-    data_root: str | None = None
-    synthetic_alpha: float = 1.0
-    synthetic_beta: float = 1.0
-    synthetic_iid: bool = False
-    min_client_size: int = 10  # label-dirichlet redraws until every client has this many
-    partition_max_tries: int = 10_000  # Dirichlet partitions' redraws before giving up
+    dataset: str = _opt("digits", f"dataset: {', '.join(DATASETS)}")
+    partition: str = _opt(
+        "label-dirichlet",
+        f"client split: {', '.join(SCHEMES)}, noise (homo + feature noise) "
+        "or natural (the dataset's own users)",
+    )
+    n_clients: int = _opt(10, "number of clients N")
+    beta: float = _opt(0.5, "Dirichlet concentration (label-/quantity-dirichlet)")
+    classes_per_client: int = _opt(2, "classes per client for label-quantity (#C=k)")
+    noise: float = _opt(0.0, "feature-noise sigma (client i: sigma*i/(N-1))")
+    noise_mode: str = _opt(
+        "fixed",
+        "fixed: noise drawn once, clean test set; per-round: redrawn each round, tested on "
+        "noisy copies (NIID-Bench)",
+    )
+    local_test_fraction: float | None = _opt(
+        None,
+        "share of each client's rows held out for personalised evaluation",
+        unset="0.2 for personalised algorithms, else 0",
+    )
+    data_root: str | None = _opt(
+        None, "folder with MNIST/FMNIST/CIFAR-10 files (nothing is downloaded)", unset="none"
+    )
+    synthetic_alpha: float = _opt(1.0, "alpha of the FedProx/LEAF synthetic generators")
+    synthetic_beta: float = _opt(1.0, "beta of the FedProx/LEAF synthetic generators")
+    synthetic_iid: bool = _opt(False, "FedProx synthetic: IID users (Synthetic-IID)")
+    min_client_size: int = _opt(10, "label-dirichlet redraws until every client has this many")
+    partition_max_tries: int = _opt(10_000, "Dirichlet partitions' redraws before giving up")
     # model
-    model: str = "auto"
-    hidden: list[int] = field(default_factory=lambda: [200, 200])
+    model: str = _opt("auto", "auto (CNN for images, else mclr), mclr, mlp, mlp-bn, cnn, cnn-bn")
+    hidden: list[int] = _opt([200, 200], "hidden layer widths of mlp / mlp-bn")
     # rounds and sampling
-    rounds: int = 20
-    sampling: str = "uniform"
-    clients_per_round: int = 10
-    sample_rate: float = 0.1
+    rounds: int = _opt(20, "communication rounds")
+    sampling: str = _opt("uniform", "client sampling: uniform, poisson or all")
+    clients_per_round: int = _opt(10, "clients per round (uniform sampling)")
+    sample_rate: float = _opt(0.1, "inclusion probability per client (poisson sampling)")
     # local work
-    epochs: int = 1
-    epochs_range: list[int] | None = None
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    stragglers: float = 0.0
-    straggler_policy: str = "drop"
+    epochs: int = _opt(10, "local epochs per round")
+    epochs_range: list[int] | None = _opt(
+        None, "a,b: local epochs drawn from U{a..b} per client", unset="--epochs for all"
+    )
+    batch_size: int = _opt(32, "local batch size")
+    lr: float = _opt(0.1, "client learning rate")
+    momentum: float = _opt(0.0, "client SGD momentum")
+    weight_decay: float = _opt(0.0, "client SGD weight decay")
+    stragglers: float = _opt(0.0, "fraction of each cohort that straggles")
+    straggler_policy: str = _opt("drop", "stragglers are dropped (drop) or send partial work")
     # algorithm and its hyper-parameters (e.g. {"mu": 0.01} for fedprox)
-    algorithm: str = "fedavg"
-    algo_params: dict[str, Any] = field(default_factory=dict)
+    algorithm: str = _opt("fedavg", f"algorithm: {', '.join(ALGORITHMS)}")
+    algo_params: dict[str, Any] = _opt({}, "the algorithm's hyper-parameters, e.g. mu=0.01")
     # execution
-    engine: str = "vectorised"
-    device: str = "cpu"
-    chunk_size: int | None = None
-    compile: bool = False
-    threads: int | None = None  # torch and BLAS threads; 1 is fastest on small, shared CPUs
-    seed: int = 0
-    eval_every: int = 1
-    out: str = "results/fl-run"
+    engine: str = _opt("vectorised", "vectorised (clients stacked) or sequential")
+    device: str = _opt("cpu", "cpu or cuda")
+    chunk_size: int | None = _opt(
+        None, "most clients stacked at once (vectorised)", unset="the whole cohort"
+    )
+    compile: bool = _opt(False, "torch.compile the local step (vectorised)")
+    threads: int | None = _opt(
+        None, "torch and BLAS threads; 1 is fastest on small, shared CPUs", unset="torch's"
+    )
+    seed: int = _opt(0, "seed of the partition, the model and every round's draws")
+    eval_every: int = _opt(1, "evaluate every this many rounds (and after the last)")
+    out: str = _opt("results/fl-run", "output folder (metrics.json, metrics.png, checkpoint)")
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -101,18 +173,34 @@ class RunConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        for key, value in d.items():
+            if not _is_a(value, hints[key]):
+                raise ValueError(
+                    f"config key {key}: expected {_type_name(hints[key])}, got {value!r}"
+                )
         return cls(**d)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(
+                f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})"
+            ) from None
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path}: expected a mapping of config keys, got {type(data).__name__}"
             )
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def data_spec(self) -> DataSpec:
         frac = self.local_test_fraction

@@ -1,0 +1,343 @@
+"""`privlearn bench ...`: each benchmark prints a table and writes JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from privlearn.cli.errors import UsageError
+from privlearn.cli.options import check_out_dir, check_out_file, choice, choices, console
+from privlearn.he import PRESETS
+from privlearn.he.backend import BACKENDS
+from privlearn.linalg.cost import HETAL_SHAPES
+
+REFRESH = ("client", "bootstrap")
+
+app = typer.Typer(help="Benchmarks: each prints a table and writes JSON.", no_args_is_help=True)
+
+
+def _ints(option: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--{option} {text!r}: expected comma-separated integers") from None
+
+
+def _pairs(option: str, text: str) -> dict[str, str]:
+    """`a=1,b=2` as {'a': '1', 'b': '2'}."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--{option} {text!r}: expected name=value pairs, e.g. digits=50")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command("he-ops")
+def he_ops(
+    presets: list[str] = typer.Option(
+        ["n15-d11", "n16-d24", "n16-d28", "n16-boot"], "--preset", help="CKKS presets, repeatable"
+    ),
+    backends: list[str] = typer.Option(
+        ["openfhe", "simulator"], "--backend", help="CKKS backends, repeatable"
+    ),
+    reps: int = typer.Option(5, min=1, help="repetitions per timing (median reported)"),
+    out: Path = typer.Option(
+        Path("results/bench-he-ops.json"), help="JSON output", callback=check_out_file
+    ),
+) -> None:
+    """Time every CKKS primitive per preset and backend; key and ciphertext sizes."""
+    from privlearn.bench.he_ops import print_table, run
+
+    choices("preset", presets, PRESETS)
+    choices("backend", backends, BACKENDS)
+    results = run(presets, backends, reps=reps, console=console)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print_table(results, console)
+    console.print(f"wrote {out}")
+
+
+@app.command("transfer")
+def transfer(
+    tasks: list[str] = typer.Option(
+        [], "--task", help="cancer, wine, digits, mnist, tweets; repeatable", show_default="none"
+    ),
+    refresh: list[str] = typer.Option(["client"], "--refresh", help="client and/or bootstrap"),
+    backend: str = typer.Option("openfhe", help="openfhe, or simulator (NOT encryption)"),
+    epochs: int = typer.Option(
+        None, min=1, help="training epochs of every task", show_default="each task's default"
+    ),
+    max_train: int = typer.Option(
+        None, min=1, help="train on the first N samples of each task", show_default="all"
+    ),
+    hetal: list[str] = typer.Option(
+        [],
+        "--hetal-shape",
+        help="time HETAL's shape in these refresh modes (client, bootstrap)",
+        show_default="none",
+    ),
+    peer_task: str = typer.Option(
+        None, "--peer", help="run Concrete ML on this binary task", show_default="none"
+    ),
+    peer_iters: int = typer.Option(3, min=1, help="Concrete ML's max_iter"),
+    time_model: Path = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="`bench he-ops` JSON: with --backend simulator, predict HETAL's shape from it",
+        show_default="none",
+    ),
+    breakdown: bool = typer.Option(
+        False, help="predict one iteration per task shape from --time-model, split by op"
+    ),
+    out: Path = typer.Option(
+        Path("results/bench-transfer.json"),
+        help="JSON output (and the Markdown table beside it)",
+        callback=check_out_file,
+    ),
+) -> None:
+    """Encrypted fine-tuning per task vs plaintext; HETAL's shape; Concrete ML side by side.
+
+    Runs the parts asked for (none: only the table), keeps each in results/, and prints and
+    writes the table of every kept result (JSON and Markdown)."""
+    from privlearn.bench.transfer import collect, markdown, print_table, run
+    from privlearn.transfer.experiment import TASK_DEFAULTS
+
+    choices("task", tasks, TASK_DEFAULTS)
+    choices("refresh", refresh, REFRESH)
+    choices("hetal-shape", hetal, REFRESH)
+    choice("backend", backend, BACKENDS)
+    run(
+        tasks,
+        refresh,
+        backend=backend,
+        epochs=epochs,
+        max_train=max_train,
+        hetal=hetal,
+        peer_task=peer_task,
+        peer_iters=peer_iters,
+        console=console,
+        time_model=time_model,
+        breakdown=breakdown,
+    )
+    results = collect()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
+    print_table(results, console)
+    console.print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@app.command("softmax")
+def softmax(
+    ranges: list[float] = typer.Option(
+        [4, 8, 32, 128], "--range", help="R: logits in [-R, R]; repeatable"
+    ),
+    classes: list[int] = typer.Option([3, 7, 10, 16], "--classes", help="class counts; repeatable"),
+    methods: list[str] = typer.Option(
+        ["hetal", "hetal-precise", "lee", "hong", "jin", "ours"],
+        "--method",
+        help="softmax approximations; repeatable",
+    ),
+    rows: int = typer.Option(100_000, min=1, help="rows per configuration (simulator, plaintext)"),
+    openfhe: bool = typer.Option(True, help="real OpenFHE runs of one block for the subset"),
+    openfhe_preset: str = typer.Option("toy-n12-boot", help="preset of those runs"),
+    seed: int = typer.Option(0, help="seed of the logits"),
+    out: Path = typer.Option(
+        Path("results/bench-softmax.json"),
+        help="JSON (resumable), .md and .png",
+        callback=check_out_file,
+    ),
+) -> None:
+    """Softmax approximations: error (simulator + OpenFHE), depth, mults, bootstraps, time."""
+    from privlearn.bench import softmax as bench
+
+    choices("method", methods, bench.METHODS)
+    choice("openfhe-preset", openfhe_preset, PRESETS)
+    results = bench.run(
+        ranges,
+        classes,
+        methods,
+        rows=rows,
+        seed=seed,
+        out=out,
+        openfhe=bench.OPENFHE_SUBSET if openfhe else (),
+        openfhe_preset=openfhe_preset,
+        progress=console.print,
+    )
+    table = bench.summary(results) + "\n\n" + bench.markdown(results)
+    out.with_suffix(".md").write_text(table + "\n")
+    bench.plot(results, out.with_suffix(".png"))
+    console.print(table)
+    console.print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+@app.command("matmul")
+def matmul(
+    shapes: list[str] = typer.Option(
+        [f"{d.a},{d.b},{d.c}" for d in HETAL_SHAPES],
+        "--shape",
+        help="a,b,c as in HETAL; repeatable (default: its five shapes)",
+    ),
+    algorithms: list[str] = typer.Option(
+        [], "--algorithm", help="matrix-product algorithms; repeatable", show_default="all"
+    ),
+    preset: str = typer.Option("n16-d24", help="CKKS preset for OpenFHE timings and key sizes"),
+    level: int = typer.Option(None, help="operand level", show_default="the deepest algorithm's"),
+    max_seconds: float = typer.Option(150.0, help="time on OpenFHE only rows predicted faster"),
+    max_gb: float = typer.Option(5.0, help="... and needing fewer GB of keys and ciphertexts"),
+    reps: int = typer.Option(3, min=1, help="repetitions per op timing (median)"),
+    seed: int = typer.Option(0, help="seed of the operands"),
+    out: Path = typer.Option(
+        Path("results/bench-matmul.json"), help="JSON output", callback=check_out_file
+    ),
+    markdown: Path = typer.Option(
+        None,
+        help="also write the table as Markdown here",
+        callback=check_out_file,
+        show_default="no",
+    ),
+) -> None:
+    """HETAL's matrix products and their baselines at HETAL's shapes: counts, keys, time."""
+    from privlearn.bench.matmul import markdown as to_markdown
+    from privlearn.bench.matmul import print_table, run
+    from privlearn.linalg import ALGORITHMS
+
+    parsed = [tuple(_ints("shape", s)) for s in shapes]
+    if any(len(s) != 3 for s in parsed):
+        raise UsageError(f"--shape takes a,b,c (three integers); got {shapes}")
+    choices("algorithm", algorithms, ALGORITHMS)
+    choice("preset", preset, PRESETS)
+    results = run(
+        parsed,
+        algorithms or list(ALGORITHMS),
+        preset=preset,
+        level=level,
+        max_seconds=max_seconds,
+        max_gb=max_gb,
+        reps=reps,
+        seed=seed,
+        console=console,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print_table(results, console)
+    if markdown:
+        markdown.write_text(to_markdown(results))
+    console.print(f"wrote {out}" + (f" and {markdown}" if markdown else ""))
+
+
+NIID_PARTS = ("grid", "stragglers", "scaffold-sampling", "all")
+
+
+@app.command("niid")
+def niid(
+    part: str = typer.Option("all", help="grid, stragglers, scaffold-sampling or all"),
+    datasets: str = typer.Option("digits,mnist5k", help="comma-separated"),
+    partitions: str = typer.Option(
+        ",".join(["homo", "#C=2", "Dir(0.5)", "noise(0.1)", "quantity Dir(0.5)", "mixed"]),
+        help="comma-separated names (also #C=1, #C=3)",
+    ),
+    algorithms: str = typer.Option("fedavg,fedprox,scaffold,fednova", help="comma-separated"),
+    seeds: str = typer.Option("0,1,2", help="grid seeds, comma-separated"),
+    rounds: str = typer.Option("digits=50,mnist5k=20", help="rounds per dataset"),
+    straggler_rounds: int = typer.Option(200, min=1, help="rounds of the straggler runs"),
+    straggler_seeds: str = typer.Option(
+        "0", help="seeds of the straggler and sampling runs, comma-separated"
+    ),
+    sampling_rounds: int = typer.Option(
+        200, min=1, help="rounds of the 100-client, 10-percent run"
+    ),
+    engines: str = typer.Option(
+        "digits=vectorised,mnist5k=sequential",
+        help="engine per dataset (results agree; the CPU time differs: "
+        "eager vmap of 28x28 convolutions is slower than a loop)",
+    ),
+    threads: int = typer.Option(1, min=1, help="torch/BLAS threads"),
+    out: Path = typer.Option(
+        Path("results/bench-niid"), help="folder for JSON + PNG", callback=check_out_dir
+    ),
+) -> None:
+    """NIID-Bench grid (4 algorithms x partitions x seeds), FedProx stragglers, SCAFFOLD at 10 %."""
+    from privlearn.bench import niid as bench
+
+    choice("part", part, NIID_PARTS)
+    names = datasets.split(",")
+    per = {k: int(v) for k, v in _pairs("rounds", rounds).items() if v.isdigit()}
+    missing = [d for d in names if d not in per]
+    if missing:
+        raise UsageError(f"--rounds gives no positive count for {missing} (e.g. {names[0]}=20)")
+    engine_of = _pairs("engines", engines)
+    for name in names:
+        choice("engines", engine_of.get(name), ("vectorised", "sequential"))
+    choices("partitions", partitions.split(","), bench.PARTITIONS)
+    choices("algorithms", algorithms.split(","), bench.ALGORITHMS)
+    grid_seeds, other_seeds = _ints("seeds", seeds), _ints("straggler-seeds", straggler_seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    if part in ("grid", "all"):
+        doc = bench.run_grid(
+            names,
+            partitions.split(","),
+            algorithms.split(","),
+            grid_seeds,
+            per,
+            out / "grid.json",
+            engine_of,
+            threads,
+            console,
+        )
+        bench.print_grid(doc, console)
+        bench.plot_grid(doc, out / "grid.png")
+    if part in ("stragglers", "all"):
+        doc = bench.run_stragglers(
+            straggler_rounds, other_seeds, out / "stragglers.json", threads=threads, console=console
+        )
+        bench.print_stragglers(doc, console)
+        bench.plot_stragglers(doc, out / "stragglers.png")
+    if part in ("scaffold-sampling", "all"):
+        bench.run_scaffold_sampling(
+            sampling_rounds, other_seeds, out / "scaffold_sampling.json", threads, console
+        )
+    console.print(f"wrote {out}/")
+
+
+@app.command("fl-speed")
+def fl_speed(
+    workloads: list[str] = typer.Option(
+        None, "--workload", help="repeatable (see `--list`)", show_default="all"
+    ),
+    engines: str = typer.Option(
+        "sequential,vectorised,vectorised+compile,flower", help="comma-separated"
+    ),
+    rounds: int = typer.Option(
+        None, min=1, help="rounds of every workload", show_default="each workload's"
+    ),
+    flower_workers: int = typer.Option(2, min=1, help="Ray workers (1 CPU each) for Flower"),
+    seed: int = typer.Option(0, help="seed shared by every engine"),
+    list_: bool = typer.Option(False, "--list", help="list the workloads and exit"),
+    out: Path = typer.Option(
+        Path("results/bench-fl-speed.json"),
+        help="JSON output (and a PNG beside it)",
+        callback=check_out_file,
+    ),
+) -> None:
+    """Vectorised vs sequential engines vs Flower's Ray simulation on the same FedAvg work."""
+    from privlearn.bench import fl_speed as bench
+
+    if list_:
+        for name, w in bench.WORKLOADS.items():
+            console.print(f"{name}: {w['rounds']} rounds, {w['cfg']}")
+        return
+    names = workloads or list(bench.WORKLOADS)
+    choices("workload", names, bench.WORKLOADS)
+    choices("engines", engines.split(","), bench.ENGINES)
+    doc = bench.run(
+        names, engines.split(","), out, seed, flower_workers, rounds=rounds, console=console
+    )
+    bench.print_table(doc, console)
+    bench.plot(doc, out.with_suffix(".png"))
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -1,0 +1,164 @@
+"""Every option says what it does and what its default is; `fl` flags are RunConfig's fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import click
+import yaml
+from typer.main import get_command
+from typer.testing import CliRunner
+
+import privlearn
+from privlearn.cli import app, fields
+from privlearn.fl.data import DataSpec
+from privlearn.fl.run import RunConfig
+
+from .test_errors import _commands
+
+
+def test_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"privlearn {privlearn.__version__}\n"
+
+
+def test_every_option_has_help_and_shows_its_default():
+    root = get_command(app)
+    checked = 0
+    for path, cmd in [((), root), *_commands(root)]:
+        assert cmd.help, path
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or p.name == "help":
+                continue
+            assert p.help, (path, p.name)
+            assert p.show_default is not False, (path, p.name)
+            if p.default is None or p.default == [] or p.default == ():
+                # nothing to show by itself: the option says in words what unset means
+                assert isinstance(p.show_default, str), (path, p.name)
+            checked += 1
+        if path:
+            text = CliRunner().invoke(app, [*path, "--help"], terminal_width=300).output
+            shown = [p for p in cmd.params if isinstance(p, click.Option) and p.name != "help"]
+            assert text.count("[default: ") >= len(shown) - 1, path  # --debug/--version aside
+    assert checked > 100
+
+
+def _option(cmd: click.Command, flag: str) -> click.Option:
+    return next(p for p in cmd.params if flag in p.opts)
+
+
+def test_fl_run_has_a_flag_per_runconfig_field_with_its_help_and_default():
+    cmd = get_command(app).commands["fl"].commands["run"]
+    names = {p.name for p in cmd.params} - {"config", "resume", "help"}
+    assert names == {f.name for f in dataclasses.fields(RunConfig)}
+    for f in dataclasses.fields(RunConfig):
+        opt = _option(cmd, "--" + f.name.replace("_", "-"))
+        assert f.metadata["help"] in opt.help
+    assert _option(cmd, "--n-clients").default == RunConfig().n_clients
+    assert _option(cmd, "--hidden").default == "200,200"
+
+
+def test_fl_partition_flags_are_the_data_fields_of_runconfig():
+    cmd = get_command(app).commands["fl"].commands["partition"]
+    names = {p.name for p in cmd.params} - {"out", "export", "help"}
+    assert names == {f.name for f in dataclasses.fields(DataSpec)} | {"seed"}
+
+
+def test_a_field_added_later_gets_a_flag():
+    @dataclasses.dataclass
+    class Later(RunConfig):
+        partition_max_tries: int = dataclasses.field(default=7, metadata={"help": "draws"})
+
+    params = {p.name: p.default for p in fields.options(Later)}
+    assert params["partition_max_tries"].param_decls == ("--partition-max-tries",)
+    assert params["partition_max_tries"].default == 7
+
+
+# a config unlike the defaults in every field, with each kind of value
+NON_DEFAULT = {
+    "dataset": "wine",
+    "partition": "homo",
+    "n_clients": 4,
+    "beta": 0.25,
+    "classes_per_client": 3,
+    "noise": 0.2,
+    "local_test_fraction": 0.3,
+    "data_root": "/data",
+    "synthetic_alpha": 0.5,
+    "synthetic_beta": 0.5,
+    "synthetic_iid": True,
+    "min_client_size": 2,
+    "model": "mlp",
+    "hidden": [8, 4],
+    "rounds": 2,
+    "noise_mode": "per-round",
+    "partition_max_tries": 500,
+    "sampling": "poisson",
+    "clients_per_round": 3,
+    "sample_rate": 0.5,
+    "epochs": 2,
+    "epochs_range": [1, 3],
+    "batch_size": 8,
+    "lr": 0.2,
+    "momentum": 0.5,
+    "weight_decay": 0.001,
+    "stragglers": 0.1,
+    "straggler_policy": "partial",
+    "algorithm": "fedprox",
+    "algo_params": {"mu": 0.1},
+    "engine": "sequential",
+    "device": "cuda",
+    "chunk_size": 2,
+    "compile": True,
+    "threads": 1,
+    "seed": 3,
+    "eval_every": 2,
+}
+
+
+def _flags(cfg: dict) -> list[str]:
+    args = []
+    for key, value in cfg.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            args += [flag, ",".join(map(str, value))]
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                args += [flag, f"{k}={v}"]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def test_yaml_keys_and_flags_give_the_same_config(tmp_path, monkeypatch):
+    """The same settings as YAML keys and as flags reach `run_experiment` as one config."""
+    assert set(NON_DEFAULT) | {"out"} == {f.name for f in dataclasses.fields(RunConfig)}
+    seen = []
+
+    def fake_run(cfg, resume=False, console=None):
+        seen.append(cfg)
+        return {"rounds": []}
+
+    monkeypatch.setattr("privlearn.fl.run.run_experiment", fake_run)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(NON_DEFAULT))
+    out = ["--out", str(tmp_path / "o")]
+    for args in (["--config", str(tmp_path / "c.yaml"), *out], [*_flags(NON_DEFAULT), *out]):
+        result = CliRunner().invoke(app, ["fl", "run", *args])
+        assert result.exit_code == 0, result.output
+    from_yaml, from_flags = seen
+    assert from_yaml == from_flags == RunConfig(**NON_DEFAULT, out=str(tmp_path / "o"))
+
+
+def test_flags_override_the_yaml_and_merge_algo_params(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        "privlearn.fl.run.run_experiment", lambda cfg, **kw: seen.append(cfg) or {"rounds": []}
+    )
+    (tmp_path / "c.yaml").write_text(json.dumps({"rounds": 7, "algo_params": {"a": 1, "b": 2}}))
+    args = ["fl", "run", "--config", str(tmp_path / "c.yaml"), "--algo-params", "b=3"]
+    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")]).exit_code == 0
+    assert seen[0].rounds == 7 and seen[0].algo_params == {"a": 1, "b": 3}
+    assert seen[0].lr == RunConfig().lr  # a flag left at its default does not override
