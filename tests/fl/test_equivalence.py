@@ -1,20 +1,41 @@
 """The vectorised engine computes what the sequential reference computes, for every
-algorithm: same seed, same plan, results equal to float tolerance."""
+algorithm, in float32 on the models users run: same seed, same plan, results equal to a
+rounding tolerance.
+
+Tolerance. The engines run the same arithmetic in a different order (padding adds zero rows
+to sums; vmapped convolutions and matrix products block differently), so after one local
+step their parameters, of order one, differ by a few float32 ulps: at most 4 eps. Along a
+client's chain of steps these differences add up (at most linearly on these runs), so after
+S steps (the longest client's local steps, summed over the rounds) they stay under 4 S eps.
+Adaptive server optimisers divide the mean delta by sqrt(v) + tau, which can scale a
+difference in deltas by server_lr / tau; that factor multiplies the bound. Measured
+differences sit 2-60x under it.
+
+What the bound cannot cover: a step where one sample's pre-activation lies within rounding
+of a ReLU kink takes a different branch in each engine, and the trajectories part by ~1e-4
+at once and then grow (FedProx and FedDyn on the CNN, two epochs a round, differ by 2e-3
+after one round). So the CNN is compared over one round of one epoch, and longer runs
+compare what users read: losses and accuracies.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from privlearn.fl.algorithms import ALGORITHMS
+from privlearn.fl.algorithms import ALGORITHMS, hyper_parameters
 from privlearn.fl.engine import make_engine
+from privlearn.fl.plan import plan_round
 
 from .helpers import LocalWork, Sampling, make, max_abs_diff, run
 
+EPS = torch.finfo(torch.float32).eps
 # unequal work on purpose: heterogeneous epochs, partial-work stragglers, a partial cohort
 WORK = LocalWork(
     epochs=2, batch_size=16, epochs_range=(1, 3), stragglers=0.34, straggler_policy="partial"
 )
+# the CNN: batch 24 leaves every batch of digits_dir >= 11 samples (see _smallest_batch)
+CNN_WORK = LocalWork(epochs=1, batch_size=24, stragglers=0.34, straggler_policy="partial")
 SAMPLING = Sampling("uniform", 4)
 HP = {
     "fedfomo": {"n_candidates": 2},
@@ -24,31 +45,89 @@ HP = {
 }
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_vectorised_matches_sequential(name, digits_dir):
-    model, algo = make(name, digits_dir, momentum=0.5, weight_decay=1e-3, **HP.get(name, {}))
-    # batch norm on the 1-3 sample tails of some batches is ill-conditioned in float32 (both
-    # engines agree to 1e-12 in float64, to ~1e-3 in float32), so BN models compare in float64
-    dtype = torch.float64 if model.local_keys else torch.float32
-    tol = 1e-9 if dtype == torch.float64 else 2e-5
-    out = {}
-    for engine in ("sequential", "vectorised"):
-        out[engine] = run(
-            algo, model, digits_dir, make_engine(engine), 2, SAMPLING, WORK, dtype=dtype
-        )
-    seq, vec = out["sequential"], out["vectorised"]
+def _chain_steps(algo, ds, work, rounds, seed=0) -> int:
+    """S: the most local steps any client takes in a round, summed over the rounds."""
+    return sum(
+        int(plan_round(ds.clients, SAMPLING, work, seed, r, algo.batches_per_step).steps.max())
+        for r in range(rounds)
+    )
+
+
+def _tolerance(name, algo, ds, work, rounds) -> float:
+    hp = hyper_parameters(name)
+    gain = max(1.0, hp["server_lr"] / hp["tau"]) if "tau" in hp else 1.0
+    return 4 * _chain_steps(algo, ds, work, rounds) * EPS * gain
+
+
+def _smallest_batch(ds, batch_size) -> int:
+    """Batch norm on 2-3 samples is ill-conditioned: at batch 16 digits_dir has tails of 2
+    and 3 samples, and there a 6e-8 relative perturbation of the inputs (half a float32 ulp)
+    moves a float64 FedBN run by 0.80 in its BN statistics after 3 rounds, as far as the two
+    float32 engines then differ (0.86); this is rounding amplified, in either engine."""
+    return min(n % batch_size or batch_size for n in ds.sizes())
+
+
+def _compare(name, model_name, ds, work, rounds, dtype=torch.float32, tol=None, **hp):
+    model, algo = make(
+        name,
+        ds,
+        model=model_name,
+        momentum=0.5,
+        weight_decay=1e-3,
+        batch_size=work.batch_size,
+        **{**HP.get(name, {}), **hp},
+    )
+    tol = tol or _tolerance(name, algo, ds, work, rounds)
+    seq, vec = (
+        run(algo, model, ds, make_engine(e), rounds, SAMPLING, work, dtype=dtype)
+        for e in ("sequential", "vectorised")
+    )
     assert max_abs_diff(seq[0], vec[0]) < tol  # server state
     assert max_abs_diff(seq[1], vec[1]) < tol  # every client's persistent state
     for a, b in zip(seq[2], vec[2], strict=True):
-        assert a.clients == b.clients and a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+        assert a.clients == b.clients and a.train_loss == pytest.approx(b.train_loss, abs=tol)
+    return seq, vec, tol
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_vectorised_matches_sequential_in_float32(name, digits_dir):
+    """Three rounds; logistic regression (FedBN, which needs batch norm: the BN MLP)."""
+    _compare(name, "mlp-bn" if name == "fedbn" else "mclr", digits_dir, WORK, 3)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_vectorised_matches_sequential_on_the_bn_cnn_in_float32(name, digits_dir):
+    assert _smallest_batch(digits_dir, CNN_WORK.batch_size) >= 8
+    # Per-FedAvg's Hessian-free variant differs by 4.9e-4 here in float32 (by 3e-17 in
+    # float64): its Hessian-vector product is compared on logistic regression only
+    hp = {"variant": "fo"} if name == "perfedavg" else {}
+    _compare(name, "cnn-bn", digits_dir, CNN_WORK, 1, **hp)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedbn"])
+def test_bn_statistics_agree_after_three_rounds_in_float32(name, digits_dir):
+    """FedAvg averages the BN statistics on the server; FedBN keeps them per client."""
+    seq, vec, tol = _compare(name, "cnn-bn", digits_dir, CNN_WORK, 3)
+    where = (seq[0], vec[0]) if name == "fedavg" else (seq[1], vec[1])
+    stats = [{k: v for k, v in s["buffers"].items() if "running" in k} for s in where]
+    assert len(stats[0]) == 8  # mean and variance of the 4 BN layers
+    assert max_abs_diff(*stats) < tol
+
+
+@pytest.mark.parametrize("name", ["fedavg", "scaffold", "fednova", "ifca"])
+def test_vectorised_matches_sequential_in_float64(name, digits_dir):
+    """float64 runs stay exact: sample counts, masks and update weights follow the data's
+    precision (IFCA's cluster shares met float64 deltas in float32 and crashed)."""
+    _compare(name, "mclr", digits_dir, WORK, 2, dtype=torch.float64, tol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["fedavg", "scaffold", "ifca"])
 def test_chunked_vectorised_matches_sequential(name, digits_dir):
     model, algo = make(name, digits_dir, momentum=0.9)
+    tol = _tolerance(name, algo, digits_dir, WORK, 2)
     seq = run(algo, model, digits_dir, make_engine("sequential"), 2, SAMPLING, WORK)
     vec = run(algo, model, digits_dir, make_engine("vectorised", chunk_size=3), 2, SAMPLING, WORK)
-    assert max_abs_diff(seq[0], vec[0]) < 2e-5 and max_abs_diff(seq[1], vec[1]) < 2e-5
+    assert max_abs_diff(seq[0], vec[0]) < tol and max_abs_diff(seq[1], vec[1]) < tol
 
 
 def test_same_seed_repeats_exactly_and_another_seed_differs(digits_dir):
@@ -64,6 +143,7 @@ def test_same_seed_repeats_exactly_and_another_seed_differs(digits_dir):
 @pytest.mark.parametrize("name", ["fedprox", "scaffold"])
 def test_compiled_vectorised_matches_sequential(name, digits_dir):
     model, algo = make(name, digits_dir, momentum=0.5)
+    tol = _tolerance(name, algo, digits_dir, WORK, 2)
     seq = run(algo, model, digits_dir, make_engine("sequential"), 2, SAMPLING, WORK)
     vec = run(algo, model, digits_dir, make_engine("vectorised", compile=True), 2, SAMPLING, WORK)
-    assert max_abs_diff(seq[0], vec[0]) < 2e-5 and max_abs_diff(seq[1], vec[1]) < 2e-5
+    assert max_abs_diff(seq[0], vec[0]) < tol and max_abs_diff(seq[1], vec[1]) < tol
