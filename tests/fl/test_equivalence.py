@@ -26,6 +26,7 @@ import torch
 from privlearn.fl.algorithms import ALGORITHMS, hyper_parameters
 from privlearn.fl.engine import make_engine
 from privlearn.fl.evaluate import accuracy
+from privlearn.fl.models import batch_norm
 from privlearn.fl.plan import plan_round
 
 from .helpers import LocalWork, Sampling, make, max_abs_diff, run
@@ -181,3 +182,26 @@ def test_compiled_vectorised_matches_sequential(name, digits_dir):
     seq = run(algo, model, digits_dir, make_engine("sequential"), 2, SAMPLING, WORK)
     vec = run(algo, model, digits_dir, make_engine("vectorised", compile=True), 2, SAMPLING, WORK)
     assert max_abs_diff(seq[0], vec[0]) < tol and max_abs_diff(seq[1], vec[1]) < tol
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 3, 4, 4)])
+def test_padded_rows_never_reach_batch_norm_statistics(shape):
+    """A padded batch gives the real rows the outputs, running statistics and gradients of
+    the unpadded batch, whatever the padded rows hold (here inf and nan)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    w, b = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g)
+    mean, var = torch.zeros(3), torch.ones(3)
+    padded = torch.cat([x, torch.full((2, *shape[1:]), float("inf"))])
+    padded[-1] = float("nan")
+    mask = torch.tensor([1.0] * 5 + [0.0] * 2)
+
+    def f(rows, m):
+        out, rm, rv = batch_norm(rows, w, b, mean, var, m, train=True)
+        return (out[:5] ** 2).sum(), (out[:5], rm, rv)
+
+    ref_grad, (_, ref) = torch.func.grad_and_value(f, has_aux=True)(x, None)
+    pad_grad, (_, got) = torch.func.grad_and_value(f, has_aux=True)(padded, mask)
+    for r, p in zip(ref, got, strict=True):
+        assert torch.allclose(r, p, atol=1e-6)
+    assert torch.allclose(ref_grad, pad_grad[:5], atol=1e-5)
