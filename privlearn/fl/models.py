@@ -51,11 +51,15 @@ def batch_norm(
         )
     m = torch.ones(x.shape[0], dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
     m = m.view((-1,) + (1,) * (x.dim() - 1)).expand_as(x)
+    real = m > 0
     dims = [0] + list(range(2, x.dim()))
     count = m.sum(dims)
-    bmean = (x * m).sum(dims) / count.clamp_min(1)
-    bvar = (((x - bmean.view(shape)) ** 2) * m).sum(dims) / count.clamp_min(1)
-    out = (x - bmean.view(shape)) / torch.sqrt(bvar.view(shape) + BN_EPS)
+    # padded rows are selected out, not multiplied by 0 (an overflowing padded row would give
+    # inf * 0 = nan), and leave as the bias: nothing of them reaches statistics or gradients
+    bmean = torch.where(real, x, 0).sum(dims) / count.clamp_min(1)
+    centred = torch.where(real, x - bmean.view(shape), 0)
+    bvar = (centred**2).sum(dims) / count.clamp_min(1)
+    out = centred / torch.sqrt(bvar.view(shape) + BN_EPS)
     out = out * weight.view(shape) + bias.view(shape)
     seen = count > 0
     unbiased = bvar * count / (count - 1).clamp_min(1)

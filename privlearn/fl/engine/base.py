@@ -23,11 +23,15 @@ class TrainData:
     x: torch.Tensor
     y: torch.Tensor
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of weights computed from the data (masks, sample counts)."""
+        return self.x.dtype if self.x.is_floating_point() else torch.get_default_dtype()
+
     def batch(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
         # the mask weighs losses and counts: in the features' precision, so float64 runs stay exact
-        dtype = self.x.dtype if self.x.is_floating_point() else torch.get_default_dtype()
         m = torch.ones(idx.shape, device=self.x.device) if mask is None else mask
-        return {"x": self.x[idx], "y": self.y[idx], "mask": m.to(dtype)}
+        return {"x": self.x[idx], "y": self.y[idx], "mask": m.to(self.dtype)}
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Engine(Protocol):
     ) -> CohortResult: ...
 
 
-def client_info(plan: RoundPlan) -> dict:
-    """What client_init learns about each cohort member: its id and sample count."""
-    return {"id": plan.clients, "n": plan.n.to(torch.float32)}
+def client_info(plan: RoundPlan, dtype: torch.dtype) -> dict:
+    """What client_init learns about each cohort member: its id and sample count (in the
+    data's precision: update weights built from it meet float64 deltas in float64 runs)."""
+    return {"id": plan.clients, "n": plan.n.to(dtype)}

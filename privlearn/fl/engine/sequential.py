@@ -24,7 +24,7 @@ class SequentialEngine:
     def run_clients(
         self, algo: Algorithm, server: dict, client_states: Any, plan: RoundPlan, data: TrainData
     ) -> CohortResult:
-        info_all = client_info(plan)
+        info_all = client_info(plan, data.dtype)
         updates, states, rejected = [], [], {}
         template = None
         for row in range(len(plan)):

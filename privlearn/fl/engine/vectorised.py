@@ -104,7 +104,7 @@ class VectorisedEngine:
     ) -> CohortResult:
         init, step, final, score, _ = self._fns(algo)
         k = len(plan)
-        info = client_info(plan)
+        info = client_info(plan, data.dtype)
         # most steps first; stable so equal counts keep plan order
         order = torch.argsort(-plan.steps, stable=True)
         chunk = self.chunk_size or self._chunk(
