@@ -143,7 +143,7 @@ def _faulty(algo, nan_client: int, shape_client: int | None = None):
         }
         if shape_client is not None and int(lo["who"]) == shape_client:  # sequential only
             delta["fc.bias"] = torch.zeros(3)
-        return up._replace(delta=delta), cs
+        return replace(up, delta=delta), cs
 
     return replace(algo, client_init=client_init, client_final=client_final)
 

@@ -9,6 +9,7 @@ gradient is needed it is at logits (+-0.1 ...) and written with sigma(.), the lo
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -129,8 +130,11 @@ def test_fednova_normalises_by_effective_steps():
         buffers={},
         extras={"a": torch.tensor(2.0)},
     )
-    u2 = u1._replace(
-        delta=params(-1.0, -1.0, 0, 0), weight=torch.tensor(3.0), extras={"a": torch.tensor(6.0)}
+    u2 = replace(
+        u1,
+        delta=params(-1.0, -1.0, 0, 0),
+        weight=torch.tensor(3.0),
+        extras={"a": torch.tensor(6.0)},
     )
     s2 = a.server_update(s, stack(u1, u2), torch.Generator())
     close(s2["params"], {"fc.weight": [-2.5, -2.5], "fc.bias": [0.0, 0.0]})

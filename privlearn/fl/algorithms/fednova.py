@@ -8,6 +8,8 @@ robust reducer or server optimiser composes as for FedAvg."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from privlearn.fl.aggregate import Transform
@@ -44,7 +46,7 @@ def fednova(
     def client_final(s, lo):
         a = normaliser(lo["steps"], local.momentum)
         up = model_update(s["params"], lo, a=a)
-        return up._replace(delta={k: v / a.clamp_min(1e-12) for k, v in up.delta.items()}), {}
+        return replace(up, delta={k: v / a.clamp_min(1e-12) for k, v in up.delta.items()}), {}
 
     def server_update(s, u, rng):
         p = u.weight / u.weight.sum()

@@ -6,7 +6,8 @@ Server: x <- x + eta_g * weighted_mean(y - x); c <- c + (1/N) sum_{i in S} (c_i+
 Control variates start at zero, as in the paper. control_init="model" reproduces
 NIID-Bench instead: there c and every c_i start as the weights of a freshly initialised
 network, an offset that cancels under full participation but not under partial
-participation (see the README's NIID-Bench section).
+participation (`privlearn bench niid --part scaffold-sampling`; docs/fl.md, "SCAFFOLD at
+10 % sampling").
 """
 
 from __future__ import annotations
