@@ -228,16 +228,24 @@ def _loss_sum(model: Model, params, buffers, batch) -> torch.Tensor:
     return (F.cross_entropy(logits, batch["y"], reduction="none") * batch["mask"]).sum()
 
 
-def ifca(model: Model, local: LocalSGD, n_clusters: int = 2) -> Algorithm:
+def ifca(
+    model: Model, local: LocalSGD, n_clusters: int = 2, server: Transform | None = None
+) -> Algorithm:
     """IFCA (model-averaging variant). Each client scores all cluster models on its data,
-    trains the best one, and the server averages each cluster over the clients that chose it.
+    trains the best one, and the server averages each cluster over the clients that chose it
+    (`server`, default FedAvg's chain, runs once per cluster, with a state per cluster).
     Cluster models start from independent initialisations."""
     if n_clusters < 1:
         raise ValueError(f"IFCA needs n_clusters >= 1, got {n_clusters}")
+    server = server or default_server()
 
     def server_init(params, buffers, rng):
         inits = [(params, buffers)] + [model.init(rng) for _ in range(n_clusters - 1)]
-        return {"params": T.stack([p for p, _ in inits]), "buffers": T.stack([b for _, b in inits])}
+        return {
+            "params": T.stack([p for p, _ in inits]),
+            "buffers": T.stack([b for _, b in inits]),
+            "opt": tuple(server.init(p) for p, _ in inits),
+        }
 
     def pick(s, onehot):
         return T.weighted_sum(s["params"], onehot), T.weighted_sum(s["buffers"], onehot)
@@ -260,21 +268,18 @@ def ifca(model: Model, local: LocalSGD, n_clusters: int = 2) -> Algorithm:
         return model_update(params, lo, onehot=lo["onehot"]), {}
 
     def server_update(s, u, rng):
-        w = u.weight[:, None] * u.extras["onehot"]  # [K, M]
-        total = w.sum(0)
-        share = w / total.clamp_min(1e-12)
-        step = T.tree_map(lambda d: torch.tensordot(share.T, d, dims=1), u.delta)
-        params = T.add(s["params"], step)
-        buffers = T.tree_map(
-            lambda old, new: torch.where(
-                (total > 0).view((-1,) + (1,) * (old.dim() - 1)),
-                torch.tensordot(share.T, new, dims=1),
-                old,
-            ),
-            s["buffers"],
-            u.buffers,
-        )
-        return {"params": params, "buffers": buffers}
+        chose = u.extras["onehot"].argmax(1)
+        clusters = []
+        for m in range(n_clusters):  # FedAvg's server step over the clients that chose m
+            mine = torch.nonzero(chose == m).flatten()
+            c = {"params": T.rows(s["params"], m), "buffers": T.rows(s["buffers"], m)}
+            c["opt"] = s["opt"][m]
+            clusters.append(server_step(c, T.rows(u, mine), server) if len(mine) else c)
+        return {
+            "params": T.stack([c["params"] for c in clusters]),
+            "buffers": T.stack([c["buffers"] for c in clusters]),
+            "opt": tuple(c["opt"] for c in clusters),
+        }
 
     def personal_model(s, cs, info, b):
         return pick(s, F.one_hot(torch.argmin(score(s, cs, info, b)), n_clusters).float())
