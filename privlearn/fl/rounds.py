@@ -11,7 +11,7 @@ import torch
 
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import Rejection, screen
-from privlearn.fl.algorithms.base import Algorithm
+from privlearn.fl.algorithms.base import Algorithm, ClientUpdate
 from privlearn.fl.engine.base import Engine, TrainData
 from privlearn.fl.models import Model
 from privlearn.fl.plan import RoundPlan
@@ -68,10 +68,10 @@ def run_round(
     stats.rejected = [named[c] for c in sorted(named)]
     if keep.any():
         kept = torch.nonzero(keep).flatten()
-        updates = T.rows(result.updates, kept)
+        updates: ClientUpdate = T.rows(result.updates, kept)
         server = algo.server_update(server, updates, rng)
         T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
-        w = updates["weight"].to(torch.float64)
-        stats.train_loss = float((updates["loss"].to(torch.float64) * w).sum() / w.sum())
+        w = updates.weight.to(torch.float64)
+        stats.train_loss = float((updates.loss.to(torch.float64) * w).sum() / w.sum())
     stats.seconds = time.perf_counter() - t0
     return server, stats

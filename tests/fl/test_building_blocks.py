@@ -1,4 +1,4 @@
-"""Models, aggregation transforms and round plans."""
+"""Models, aggregation transforms, round plans, and the client update every algorithm uploads."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from privlearn.fl import aggregate as A
+from privlearn.fl import tree as T
+from privlearn.fl.algorithms import ALGORITHMS, ClientUpdate
+from privlearn.fl.engine import TrainData, make_engine
 from privlearn.fl.models import build_model, simple_cnn
 from privlearn.fl.plan import LocalWork, Sampling, plan_round, sample_cohort
+from privlearn.fl.rounds import init_federation, run_round, server_rng
+
+from .helpers import make
 
 
 @pytest.mark.parametrize(
@@ -148,3 +154,25 @@ def test_batch_mask_takes_the_features_precision():
         data = TrainData(torch.zeros(3, 2, dtype=dtype), torch.zeros(3, dtype=torch.long))
         assert data.batch(idx)["mask"].dtype == dtype
         assert data.batch(idx, torch.ones(2))["mask"].dtype == dtype
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vectorised"])
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_client_updates_are_typed_and_the_round_loss_is_sample_weighted(name, engine, digits_dir):
+    """Every algorithm uploads a ClientUpdate whose weight is the client's sample count and
+    whose loss is its mean step loss; the round's train loss weighs clients by samples."""
+    model, algo = make(name, digits_dir, **({"n_candidates": 2} if name == "fedfomo" else {}))
+    eng = make_engine(engine)
+    work = LocalWork(1, 16, stragglers=0.5, straggler_policy="partial")
+    plan = plan_round(digits_dir.clients, Sampling("uniform", 4), work, 0, 0, algo.batches_per_step)
+    data = TrainData(digits_dir.x_train, digits_dir.y_train)
+    server, bank = init_federation(algo, model, digits_dir.n_clients, 0)
+    result = eng.run_clients(algo, server, T.rows(bank, plan.clients), plan, data)
+    up = result.updates
+    assert isinstance(up, ClientUpdate)
+    assert torch.equal(up.weight, plan.n.to(up.weight.dtype))  # one row per client, plan order
+    assert torch.equal(up.steps, plan.steps.to(up.steps.dtype))
+    assert up.loss.shape == (len(plan),) and (up.loss > 0).all()
+    _, stats = run_round(algo, eng, server, bank, plan, data, server_rng(0, 0))
+    n = plan.n.double()
+    assert stats.train_loss == pytest.approx(float((up.loss.double() * n).sum() / n.sum()))

@@ -9,12 +9,15 @@ gradient is needed it is at logits (+-0.1 ...) and written with sigma(.), the lo
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from privlearn.fl import aggregate as A
+from privlearn.fl import tree as T
 from privlearn.fl.algorithms import LocalSGD, build_algorithm
+from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.algorithms.fednova import normaliser
 from privlearn.fl.models import logistic_regression, mlp
 
@@ -76,7 +79,7 @@ def test_fedavg_one_step_each_and_sample_weighted_average():
     s = a.server_init(zeros(), {}, torch.Generator())
     _, ua, _ = train(a, s, {}, 1, [batch(0)])  # W = 0 - 0.1 * (-0.5) = +0.05 on class 0
     _, ub, _ = train(a, s, {}, 3, [batch(1)])  # W = -0.05 on class 0
-    close(ua["delta"], {"fc.weight": [0.05, -0.05], "fc.bias": [0.05, -0.05]})
+    close(ua.delta, {"fc.weight": [0.05, -0.05], "fc.bias": [0.05, -0.05]})
     s = a.server_update(s, stack(ua, ub), torch.Generator())
     # (1 * 0.05 + 3 * (-0.05)) / 4 = -0.025
     close(s["params"], {"fc.weight": [-0.025, 0.025], "fc.bias": [-0.025, 0.025]})
@@ -104,7 +107,7 @@ def test_scaffold_correction_and_option_ii_control_variates():
     close(lo["params"], {"fc.weight": [0.03, -0.03]})
     # c_i+ = c_i - c + (x - y) / (K lr) = 0 - 0.2 + (0 - 0.03) / 0.1 = -0.5 (= the gradient)
     close(new_cs["c"], {"fc.weight": [-0.5, 0.5], "fc.bias": [-0.5, 0.5]})
-    close(up["dc"], {"fc.weight": [-0.5, 0.5]})
+    close(up.extras["dc"], {"fc.weight": [-0.5, 0.5]})
     s2 = a.server_update(s, stack(up), torch.Generator())
     # x <- x + 0.5 * 0.03 ; c <- c + (1/N) sum dc = 0.2 - 0.5 / 4 = 0.075
     close(s2["params"], {"fc.weight": [0.015, -0.015]})
@@ -117,23 +120,23 @@ def test_fednova_normalises_by_effective_steps():
     a = algo("fednova", momentum=0.5)
     s = a.server_init(zeros(), {}, torch.Generator())
     lo, up, _ = train(a, s, {}, 1, [batch(0), batch(0)])
-    close(up["delta"], {k: lo["params"][k] / 2.5 for k in lo["params"]})  # -d_i = (y - x)/a_i
-    assert float(up["a"]) == pytest.approx(2.5)
+    close(up.delta, {k: lo["params"][k] / 2.5 for k in lo["params"]})  # -d_i = (y - x)/a_i
+    assert float(up.extras["a"]) == pytest.approx(2.5)
     # server: p = (1/4, 3/4), a = (2, 6): tau_eff = 5; step = 5 * (0.25 * 1 - 0.75 * 1) = -2.5
-    u1 = {
-        "delta": params(1.0, 1.0, 0, 0),
-        "weight": torch.tensor(1.0),
-        "a": torch.tensor(2.0),
-        "buffers": {},
-        "loss": torch.tensor(0.0),
-        "steps": torch.tensor(2.0),
-    }
-    u2 = {
-        **u1,
-        "delta": params(-1.0, -1.0, 0, 0),
-        "weight": torch.tensor(3.0),
-        "a": torch.tensor(6.0),
-    }
+    u1 = ClientUpdate(
+        delta=params(1.0, 1.0, 0, 0),
+        weight=torch.tensor(1.0),
+        loss=torch.tensor(0.0),
+        steps=torch.tensor(2.0),
+        buffers={},
+        extras={"a": torch.tensor(2.0)},
+    )
+    u2 = replace(
+        u1,
+        delta=params(-1.0, -1.0, 0, 0),
+        weight=torch.tensor(3.0),
+        extras={"a": torch.tensor(6.0)},
+    )
     s2 = a.server_update(s, stack(u1, u2), torch.Generator())
     close(s2["params"], {"fc.weight": [-2.5, -2.5], "fc.bias": [0.0, 0.0]})
 
@@ -195,7 +198,7 @@ def test_fedbn_keeps_batch_norm_local_and_averages_the_rest():
     cs = a.client_state_init(s)
     two = {"x": torch.tensor([[1.0], [-1.0]]), "y": torch.tensor([0, 1]), "mask": torch.ones(2)}
     lo, up, new_cs = train(a, s, cs, 2, [two])
-    assert set(up["delta"]) == {k for k in p if k not in model.local_keys}
+    assert set(up.delta) == {k for k in p if k not in model.local_keys}
     assert set(new_cs["params"]) == {"bn1.weight", "bn1.bias"}
     assert not torch.equal(new_cs["buffers"]["bn1.running_mean"], b["bn1.running_mean"])
     s2 = a.server_update(s, stack(up), torch.Generator())
@@ -203,7 +206,7 @@ def test_fedbn_keeps_batch_norm_local_and_averages_the_rest():
         if k in model.local_keys:  # the server's BN entries never move
             assert torch.equal(s2["params"][k], p[k])
         else:
-            torch.testing.assert_close(s2["params"][k], p[k] + up["delta"][k])
+            torch.testing.assert_close(s2["params"][k], p[k] + up.delta[k])
 
 
 def test_perfedavg_first_order_step():
@@ -303,3 +306,60 @@ def test_fedfomo_weights_mix_and_affinity():
     assert s2["affinity"][0, 1:].tolist() == pytest.approx(w, rel=1e-5)
     torch.testing.assert_close(s2["bank"]["params"]["fc.weight"][0], lo["params"]["fc.weight"])
     assert s2["candidates"][0, 0] == 1  # greedy (epsilon 0): the higher-affinity client first
+
+
+CHAINED = (
+    "fedavg",
+    "fedprox",
+    "scaffold",
+    "fednova",
+    "feddyn",
+    "fedbn",
+    "perfedavg",
+    "pfedme",
+    "ditto",
+    "ifca",
+)
+
+
+def _one_round(name, ds, server=None):
+    """One round on digits: the server state and the norm of the chain's server step (per
+    cluster for IFCA, whose chain runs once per cluster)."""
+    from privlearn.fl.engine import make_engine
+    from privlearn.fl.rounds import init_federation
+
+    from .helpers import LocalWork, Sampling, make, run
+
+    model, a = make(name, ds, server=server)
+    out, _, _ = run(a, model, ds, make_engine("vectorised"), 1, Sampling("all"), LocalWork(1, 16))
+    start, _ = init_federation(a, model, ds.n_clients, 0)  # as run() starts
+    step = {k: out["params"][k] - start["params"][k] for k in out["params"]}
+    if name == "feddyn":  # params = params + chain step - h / alpha
+        step = {k: step[k] + out["h"][k] / 0.01 for k in step}
+    if name == "ifca":
+        return out, max(float(T.flat_rows(step)[m].norm()) for m in range(2))
+    return out, float(torch.cat([v.flatten() for v in step.values()]).norm())
+
+
+@pytest.mark.parametrize("name", CHAINED)
+def test_server_chain_replaces_the_default_and_the_default_is_fedavgs(name, digits_dir):
+    from .helpers import max_abs_diff
+
+    default, default_norm = _one_round(name, digits_dir)
+    # the default is FedAvg's chain (FedDyn: the paper's unweighted mean), bit for bit
+    reducer = A.mean() if name == "feddyn" else A.weighted_mean()
+    explicit, _ = _one_round(name, digits_dir, A.chain(reducer, A.sgd(1.0)))
+    assert max_abs_diff(default, explicit) == 0.0
+    # clipping every client's delta to norm 0.01 bounds the server step by 0.01
+    clipped, clipped_norm = _one_round(
+        name, digits_dir, A.chain(A.clip_by_norm(0.01), reducer, A.sgd(1.0))
+    )
+    assert default_norm > 0.05 and clipped_norm <= 0.01 + 1e-6
+    assert max_abs_diff(default["params"], clipped["params"]) > 1e-3
+
+
+def test_server_chain_errors_name_what_is_accepted():
+    with pytest.raises(ValueError, match="give either server_lr or a server chain, not both"):
+        algo("scaffold", server_lr=0.5, server=A.chain(A.weighted_mean(), A.sgd(1.0)))
+    with pytest.raises(ValueError, match="fedfomo takes no server= chain; these do: fedavg, "):
+        algo("fedfomo", server=A.chain(A.weighted_mean(), A.sgd(1.0)))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from privlearn.fl.algorithms.base import Algorithm, LocalSGD
+from privlearn.fl.aggregate import Transform
+from privlearn.fl.algorithms.base import Algorithm, ClientUpdate, LocalSGD
 from privlearn.fl.algorithms.fedavg import fedavg
 from privlearn.fl.algorithms.fedbn import fedbn
 from privlearn.fl.algorithms.feddyn import feddyn
@@ -45,10 +46,24 @@ def hyper_parameters(name: str) -> dict[str, object]:
     return {k: p.default for k, p in sig.parameters.items() if k not in _CONTEXT}
 
 
+def takes_server(name: str) -> bool:
+    """Whether algorithm `name` reduces client deltas through a `server=` chain of Transforms."""
+    return "server" in inspect.signature(BUILDERS[name]).parameters
+
+
 def build_algorithm(
-    name: str, model: Model, local: LocalSGD, *, n_clients: int, batch_size: int, **hp: object
+    name: str,
+    model: Model,
+    local: LocalSGD,
+    *,
+    n_clients: int,
+    batch_size: int,
+    server: Transform | None = None,
+    **hp: object,
 ) -> Algorithm:
-    """Build algorithm `name`; unknown hyper-parameters are an error that lists the known ones."""
+    """Build algorithm `name`; unknown hyper-parameters are an error that lists the known ones.
+    `server` replaces the algorithm's server chain (e.g. chain(clip_by_norm(1.0),
+    weighted_mean(), sgd(1.0))) where it has one."""
     if name not in BUILDERS:
         raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
     known = hyper_parameters(name)
@@ -56,6 +71,11 @@ def build_algorithm(
     if unknown:
         listed = ", ".join(f"{k}={v}" for k, v in known.items()) or "none"
         raise ValueError(f"{name} has no hyper-parameter {', '.join(unknown)}; it takes: {listed}")
+    if server is not None:
+        if not takes_server(name):
+            chains = ", ".join(n for n in ALGORITHMS if takes_server(n))
+            raise ValueError(f"{name} takes no server= chain; these do: {chains}")
+        hp = {**hp, "server": server}
     params = inspect.signature(BUILDERS[name]).parameters
     ctx = {"n_clients": n_clients, "batch_size": batch_size}
     kwargs = {k: v for k, v in ctx.items() if k in params}
@@ -67,7 +87,9 @@ __all__ = [
     "BUILDERS",
     "PERSONALISED",
     "Algorithm",
+    "ClientUpdate",
     "LocalSGD",
     "build_algorithm",
     "hyper_parameters",
+    "takes_server",
 ]

@@ -7,8 +7,8 @@ An `Algorithm` is data: pure functions of explicit state. Engines decide how cli
     client_state_init(server)                    -> one client's persistent state
     client_init(server, client_state, info)      -> local state     (info: id, n, score)
     client_step(local, batch)                    -> local state     (vmappable, no .item())
-    client_final(server, local)                  -> (update, new client state)
-    server_update(server, stacked updates, rng)  -> server state
+    client_final(server, local)                  -> (ClientUpdate, new client state)
+    server_update(server, stacked ClientUpdate, rng) -> server state
 
 A batch is {"x", "y", "mask"}; mask is 1.0 for real samples and 0.0 for padding, and the
 loss averages over real samples only, so a padded step equals the unpadded one.
@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch.func import grad_and_value
+from torch.utils import _pytree as pytree
 
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import Transform, Updates, apply_updates, chain, sgd, weighted_mean
@@ -50,14 +51,38 @@ class LocalSGD:
 
 
 @dataclass(frozen=True)
+class ClientUpdate:
+    """What one client uploads. Per client each field is a scalar or a tree of tensors; the
+    engines stack clients along a leading axis (weight: [K], delta leaves: [K, ...]), and
+    screening drops a client's row from every field at once.
+
+    delta: the model change the server reduces (empty when the algorithm uploads models, as
+    FedFomo does in extras); weight: the client's sample count; loss: its mean training loss
+    over the steps it took; steps: how many; buffers: its batch-norm running statistics
+    (empty when they stay local); extras: what the algorithm needs besides (SCAFFOLD's "dc",
+    FedNova's "a", IFCA's "onehot", ...)."""
+
+    delta: Params
+    weight: torch.Tensor
+    loss: torch.Tensor
+    steps: torch.Tensor
+    buffers: Params
+    extras: dict[str, Any]
+
+
+# a pytree node, so engines can vmap, stack, slice and screen it like any tree of tensors
+pytree.register_dataclass(ClientUpdate)
+
+
+@dataclass(frozen=True)
 class Algorithm:
     name: str
     server_init: Callable[[Params, Params, torch.Generator], State]
     client_state_init: Callable[[State], State]
     client_init: Callable[[State, State, State], State]
     client_step: Callable[[State, Batch], State]
-    client_final: Callable[[State, State], tuple[State, State]]
-    server_update: Callable[[State, State, torch.Generator], State]
+    client_final: Callable[[State, State], tuple[ClientUpdate, State]]
+    server_update: Callable[[State, ClientUpdate, torch.Generator], State]
     global_model: Callable[[State], tuple[Params, Params] | None]
     # personalised algorithms: the model client k uses, given one batch of its training data
     personal_model: Callable[[State, State, State, Batch], tuple[Params, Params]] | None = None
@@ -76,7 +101,7 @@ def masked_loss(
     """Mean cross-entropy over the real samples of a (possibly padded) batch."""
     logits, new_buffers = model.apply(params, buffers, batch["x"], batch["mask"], train=True)
     # log_softmax + gather is F.cross_entropy's arithmetic; under vmap it avoids nll_loss's
-    # Python-level decomposition (a quarter of an eager vmapped step on small models)
+    # Python-level decomposition
     ce = -logits.log_softmax(-1).gather(1, batch["y"][:, None]).squeeze(1)
     m = batch["mask"]
     return (ce * m).sum() / m.sum().clamp_min(1.0), new_buffers
@@ -154,16 +179,23 @@ def local_sgd_step(
     return out
 
 
-def model_update(server_params: Params, local: State, n_samples: torch.Tensor) -> State:
-    """FedAvg's upload: the model delta, the sample weight, new BN statistics, and the mean
-    training loss of the steps taken."""
-    return {
-        "delta": T.sub(local["params"], server_params),
-        "weight": n_samples,
-        "buffers": local["buffers"],
-        "loss": local["loss"] / local["steps"].clamp_min(1),
-        "steps": local["steps"],
-    }
+def client_update(local: State, delta: Params, buffers: Params, **extras: Any) -> ClientUpdate:
+    """The upload of a client whose local state holds its sample count `n` and the summed
+    loss of the `steps` it took."""
+    return ClientUpdate(
+        delta=delta,
+        weight=local["n"],
+        loss=local["loss"] / local["steps"].clamp_min(1),
+        steps=local["steps"],
+        buffers=buffers,
+        extras=extras,
+    )
+
+
+def model_update(server_params: Params, local: State, **extras: Any) -> ClientUpdate:
+    """FedAvg's upload: the model delta, the sample weight, the new BN statistics, and the
+    mean training loss of the steps taken."""
+    return client_update(local, T.sub(local["params"], server_params), local["buffers"], **extras)
 
 
 # --- shared server side ----------------------------------------------------------------------
@@ -173,19 +205,19 @@ def server_start(params: Params, buffers: Params, server: Transform) -> State:
     return {"params": dict(params), "buffers": dict(buffers), "opt": server.init(params)}
 
 
-def averaged_buffers(buffers: Params, updates: State) -> Params:
-    """Sample-weighted mean of the clients' BN running statistics (FedAvg on the state dict)."""
-    if not buffers:
-        return buffers
-    w = updates["weight"] / updates["weight"].sum()
-    return T.weighted_sum(updates["buffers"], w)
-
-
-def apply_server(
-    state: State, delta_stack: Params, weights: torch.Tensor, server: Transform, buffers: Params
+def server_step(
+    state: State, u: ClientUpdate, server: Transform, rows: Params | None = None
 ) -> State:
-    """Reduce stacked deltas through `server` (e.g. chain(weighted_mean(), sgd(1.0))) and apply."""
-    step, opt_state = server.update(Updates(delta_stack, weights), state["opt"], state["params"])
+    """FedAvg's server side, shared by every algorithm that reduces client deltas: the
+    stacked `rows` (default: the deltas) go through `server` (e.g. chain(clip_by_norm(1.0),
+    weighted_mean(), sgd(1.0))), the step is applied to the parameters it names, and the
+    uploaded BN statistics are averaged by sample weight."""
+    rows = u.delta if rows is None else rows
+    params = {k: state["params"][k] for k in rows}
+    step, opt_state = server.update(Updates(rows, u.weight), state["opt"], params)
+    buffers = state["buffers"]
+    if u.buffers:
+        buffers = {**buffers, **T.weighted_sum(u.buffers, u.weight / u.weight.sum())}
     return {
         **state,
         "params": apply_updates(state["params"], step),
@@ -197,3 +229,16 @@ def apply_server(
 def default_server(lr: float = 1.0) -> Transform:
     """FedAvg's server: the sample-weighted mean of client deltas, applied with step `lr`."""
     return chain(weighted_mean(), sgd(lr))
+
+
+def server_or_default(server: Transform | None, lr: float, lr_name: str = "server_lr") -> Transform:
+    """The server chain an algorithm runs: `server` when given, else FedAvg's with step `lr`.
+    Both at once would be two answers to one question, so that is an error."""
+    if server is None:
+        return default_server(lr)
+    if lr != 1.0:
+        raise ValueError(
+            f"give either {lr_name} or a server chain, not both: put the step size in the "
+            f"chain's optimiser, e.g. chain(weighted_mean(), sgd({lr}))"
+        )
+    return server

@@ -9,13 +9,12 @@ from privlearn.fl.aggregate import Transform
 from privlearn.fl.algorithms.base import (
     Algorithm,
     LocalSGD,
-    apply_server,
-    averaged_buffers,
     default_server,
     local_sgd_step,
     local_start,
     model_update,
     server_start,
+    server_step,
 )
 from privlearn.fl.models import Model
 
@@ -29,16 +28,13 @@ def fedavg(
     def client_init(s, cs, info):
         return {**local_start(s["params"], s["buffers"], local), "n": info["n"]}
 
-    def server_update(s, u, rng):
-        return apply_server(s, u["delta"], u["weight"], server, averaged_buffers(s["buffers"], u))
-
     return Algorithm(
         name=name,
         server_init=lambda params, buffers, rng: server_start(params, buffers, server),
         client_state_init=lambda s: {},
         client_init=client_init,
         client_step=lambda lo, b: local_sgd_step(model, local, lo, b),
-        client_final=lambda s, lo: (model_update(s["params"], lo, lo["n"]), {}),
-        server_update=server_update,
+        client_final=lambda s, lo: (model_update(s["params"], lo), {}),
+        server_update=lambda s, u, rng: server_step(s, u, server),
         global_model=lambda s: (s["params"], s["buffers"]),
     )

@@ -6,13 +6,15 @@ model client k uses is the shared layers plus its own BN (`personal_model`)."""
 
 from __future__ import annotations
 
-from privlearn.fl.aggregate import Transform, Updates, apply_updates
+from privlearn.fl.aggregate import Transform
 from privlearn.fl.algorithms.base import (
     Algorithm,
     LocalSGD,
-    default_server,
+    client_update,
     local_sgd_step,
     local_start,
+    server_or_default,
+    server_step,
 )
 from privlearn.fl.models import Model
 
@@ -24,7 +26,7 @@ def fedbn(
         raise ValueError(
             f"FedBN needs a model with batch norm (cnn-bn or mlp-bn); {model.name!r} has none"
         )
-    server = server or default_server(server_lr)
+    server = server_or_default(server, server_lr)
     local_keys = model.local_keys
 
     def shared(params):
@@ -46,21 +48,9 @@ def fedbn(
 
     def client_final(s, lo):
         delta = {k: lo["params"][k] - s["params"][k] for k in shared(lo["params"])}
-        update = {
-            "delta": delta,
-            "weight": lo["n"],
-            "loss": lo["loss"] / lo["steps"].clamp_min(1),
-            "steps": lo["steps"],
-        }
+        # the BN statistics stay with the client: none are uploaded
+        update = client_update(lo, delta, buffers={})
         return update, {"params": own(lo["params"]), "buffers": own(lo["buffers"])}
-
-    def server_update(s, u, rng):
-        step, opt = server.update(Updates(u["delta"], u["weight"]), s["opt"], shared(s["params"]))
-        return {
-            **s,
-            "params": {**s["params"], **apply_updates(shared(s["params"]), step)},
-            "opt": opt,
-        }
 
     return Algorithm(
         name="fedbn",
@@ -69,7 +59,7 @@ def fedbn(
         client_init=client_init,
         client_step=lambda lo, b: local_sgd_step(model, local, lo, b),
         client_final=client_final,
-        server_update=server_update,
+        server_update=lambda s, u, rng: server_step(s, u, server),
         global_model=lambda s: None,
         personal_model=lambda s, cs, info, b: (
             {**s["params"], **cs["params"]},

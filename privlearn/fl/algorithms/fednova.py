@@ -8,18 +8,20 @@ robust reducer or server optimiser composes as for FedAvg."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from privlearn.fl.aggregate import Transform
 from privlearn.fl.algorithms.base import (
     Algorithm,
     LocalSGD,
-    apply_server,
-    averaged_buffers,
-    default_server,
     local_sgd_step,
     local_start,
     model_update,
+    server_or_default,
     server_start,
+    server_step,
 )
 from privlearn.fl.models import Model
 
@@ -31,24 +33,25 @@ def normaliser(tau: torch.Tensor, rho: float) -> torch.Tensor:
     return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
 
 
-def fednova(model: Model, local: LocalSGD, server_lr: float = 1.0) -> Algorithm:
-    server = default_server(server_lr)
+def fednova(
+    model: Model, local: LocalSGD, server_lr: float = 1.0, server: Transform | None = None
+) -> Algorithm:
+    """FedNova; `server` reduces and applies the rows tau_eff * (-d_i) (default: weighted
+    mean, step `server_lr`)."""
+    server = server_or_default(server, server_lr)
 
     def client_init(s, cs, info):
         return {**local_start(s["params"], s["buffers"], local), "n": info["n"]}
 
     def client_final(s, lo):
         a = normaliser(lo["steps"], local.momentum)
-        up = model_update(s["params"], lo, lo["n"])
-        up["delta"] = {k: v / a.clamp_min(1e-12) for k, v in up["delta"].items()}  # -d_i
-        up["a"] = a
-        return up, {}
+        up = model_update(s["params"], lo, a=a)
+        return replace(up, delta={k: v / a.clamp_min(1e-12) for k, v in up.delta.items()}), {}
 
     def server_update(s, u, rng):
-        p = u["weight"] / u["weight"].sum()
-        tau_eff = (p * u["a"]).sum()
-        rows = {k: tau_eff * v for k, v in u["delta"].items()}
-        return apply_server(s, rows, u["weight"], server, averaged_buffers(s["buffers"], u))
+        p = u.weight / u.weight.sum()
+        tau_eff = (p * u.extras["a"]).sum()
+        return server_step(s, u, server, rows={k: tau_eff * v for k, v in u.delta.items()})
 
     return Algorithm(
         name="fednova",

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch.func import grad
 
 from privlearn.fl import tree as T
+from privlearn.fl.aggregate import Transform
 from privlearn.fl.algorithms.base import (
     Algorithm,
     LocalSGD,
-    apply_server,
-    averaged_buffers,
+    client_update,
     default_server,
     is_real,
     local_sgd_step,
@@ -30,17 +30,12 @@ from privlearn.fl.algorithms.base import (
     loss_grad,
     masked_loss,
     model_update,
+    server_or_default,
     server_start,
+    server_step,
     sgd_apply,
 )
 from privlearn.fl.models import Model
-
-
-def _fedavg_server_side(server):
-    def server_update(s, u, rng):
-        return apply_server(s, u["delta"], u["weight"], server, averaged_buffers(s["buffers"], u))
-
-    return server_update
 
 
 def _split(batch: dict, size: int, parts: int) -> list[dict]:
@@ -52,15 +47,21 @@ def _split(batch: dict, size: int, parts: int) -> list[dict]:
 
 
 def perfedavg(
-    model: Model, local: LocalSGD, batch_size: int, alpha: float = 0.01, variant: str = "fo"
+    model: Model,
+    local: LocalSGD,
+    batch_size: int,
+    alpha: float = 0.01,
+    variant: str = "fo",
+    server: Transform | None = None,
 ) -> Algorithm:
     """Per-FedAvg. A local step takes batches D, D' (and D'' for HF):
     w' = w - alpha grad f(w; D);  g = grad f(w'; D')  [HF: g -= alpha H(w; D'') g];
-    w <- w - lr g (the client optimiser, lr = beta in the paper)."""
+    w <- w - lr g (the client optimiser, lr = beta in the paper). `server` reduces and
+    applies the stacked deltas (default: FedAvg's weighted mean, step 1)."""
     if variant not in ("fo", "hf"):
         raise ValueError(f"Per-FedAvg variant must be 'fo' or 'hf', got {variant!r}")
     parts = 2 if variant == "fo" else 3
-    server = default_server()
+    server = server or default_server()
 
     def client_init(s, cs, info):
         return {**local_start(s["params"], s["buffers"], local), "n": info["n"]}
@@ -99,8 +100,8 @@ def perfedavg(
         client_state_init=lambda s: {},
         client_init=client_init,
         client_step=client_step,
-        client_final=lambda s, lo: (model_update(s["params"], lo, lo["n"]), {}),
-        server_update=_fedavg_server_side(server),
+        client_final=lambda s, lo: (model_update(s["params"], lo), {}),
+        server_update=lambda s, u, rng: server_step(s, u, server),
         global_model=lambda s: (s["params"], s["buffers"]),
         personal_model=personal_model,
         batches_per_step=parts,
@@ -117,13 +118,15 @@ def pfedme(
     inner_steps: int = 5,
     personal_lr: float = 0.01,
     beta: float = 1.0,
+    server: Transform | None = None,
 ) -> Algorithm:
     """pFedMe. Per local step on batch D: theta <- theta - personal_lr (grad f(theta; D) +
     lam (theta - w)), `inner_steps` times; then w <- w - lr lam (w - theta).
-    Server: w <- w + beta * weighted_mean(w_i - w). theta_i is client i's personal model."""
+    Server: w <- w + beta * weighted_mean(w_i - w), or `server` on the stacked w_i - w.
+    theta_i is client i's personal model."""
     if lam <= 0 or inner_steps < 1:
         raise ValueError(f"pFedMe needs lam > 0 and inner_steps >= 1 (got {lam}, {inner_steps})")
-    server = default_server(beta)
+    server = server_or_default(server, beta, "beta")
 
     def client_init(s, cs, info):
         return {
@@ -152,10 +155,7 @@ def pfedme(
         }
 
     def client_final(s, lo):
-        return (
-            model_update(s["params"], lo, lo["n"]),
-            {"theta": lo["theta"], "buffers": lo["buffers"]},
-        )
+        return model_update(s["params"], lo), {"theta": lo["theta"], "buffers": lo["buffers"]}
 
     return Algorithm(
         name="pfedme",
@@ -164,7 +164,7 @@ def pfedme(
         client_init=client_init,
         client_step=client_step,
         client_final=client_final,
-        server_update=_fedavg_server_side(server),
+        server_update=lambda s, u, rng: server_step(s, u, server),
         global_model=lambda s: (s["params"], s["buffers"]),
         personal_model=lambda s, cs, info, b: (cs["theta"], cs["buffers"]),
     )
@@ -174,14 +174,19 @@ def pfedme(
 
 
 def ditto(
-    model: Model, local: LocalSGD, lam: float = 0.1, personal_lr: float | None = None
+    model: Model,
+    local: LocalSGD,
+    lam: float = 0.1,
+    personal_lr: float | None = None,
+    server: Transform | None = None,
 ) -> Algorithm:
     """Ditto. Each local step updates the global copy w by the client optimiser and the
-    personal model v <- v - personal_lr (grad f(v; D) + lam (v - w_global)) on the same batch."""
+    personal model v <- v - personal_lr (grad f(v; D) + lam (v - w_global)) on the same batch.
+    `server` reduces and applies the global copies' deltas (default: FedAvg's)."""
     if lam < 0:
         raise ValueError(f"Ditto lambda must be >= 0, got {lam}")
     plr = local.lr if personal_lr is None else personal_lr
-    server = default_server()
+    server = server or default_server()
 
     def client_init(s, cs, info):
         return {
@@ -200,7 +205,7 @@ def ditto(
         return out
 
     def client_final(s, lo):
-        return model_update(s["params"], lo, lo["n"]), {"v": lo["v"], "v_buffers": lo["v_buffers"]}
+        return model_update(s["params"], lo), {"v": lo["v"], "v_buffers": lo["v_buffers"]}
 
     return Algorithm(
         name="ditto",
@@ -209,7 +214,7 @@ def ditto(
         client_init=client_init,
         client_step=client_step,
         client_final=client_final,
-        server_update=_fedavg_server_side(server),
+        server_update=lambda s, u, rng: server_step(s, u, server),
         global_model=lambda s: (s["params"], s["buffers"]),
         personal_model=lambda s, cs, info, b: (cs["v"], cs["v_buffers"]),
     )
@@ -223,16 +228,24 @@ def _loss_sum(model: Model, params, buffers, batch) -> torch.Tensor:
     return (F.cross_entropy(logits, batch["y"], reduction="none") * batch["mask"]).sum()
 
 
-def ifca(model: Model, local: LocalSGD, n_clusters: int = 2) -> Algorithm:
+def ifca(
+    model: Model, local: LocalSGD, n_clusters: int = 2, server: Transform | None = None
+) -> Algorithm:
     """IFCA (model-averaging variant). Each client scores all cluster models on its data,
-    trains the best one, and the server averages each cluster over the clients that chose it.
+    trains the best one, and the server averages each cluster over the clients that chose it
+    (`server`, default FedAvg's chain, runs once per cluster, with a state per cluster).
     Cluster models start from independent initialisations."""
     if n_clusters < 1:
         raise ValueError(f"IFCA needs n_clusters >= 1, got {n_clusters}")
+    server = server or default_server()
 
     def server_init(params, buffers, rng):
         inits = [(params, buffers)] + [model.init(rng) for _ in range(n_clusters - 1)]
-        return {"params": T.stack([p for p, _ in inits]), "buffers": T.stack([b for _, b in inits])}
+        return {
+            "params": T.stack([p for p, _ in inits]),
+            "buffers": T.stack([b for _, b in inits]),
+            "opt": tuple(server.init(p) for p, _ in inits),
+        }
 
     def pick(s, onehot):
         return T.weighted_sum(s["params"], onehot), T.weighted_sum(s["buffers"], onehot)
@@ -252,24 +265,21 @@ def ifca(model: Model, local: LocalSGD, n_clusters: int = 2) -> Algorithm:
 
     def client_final(s, lo):
         params, _ = pick(s, lo["onehot"])
-        return {**model_update(params, lo, lo["n"]), "onehot": lo["onehot"]}, {}
+        return model_update(params, lo, onehot=lo["onehot"]), {}
 
     def server_update(s, u, rng):
-        w = u["weight"][:, None] * u["onehot"]  # [K, M]
-        total = w.sum(0)
-        share = w / total.clamp_min(1e-12)
-        step = T.tree_map(lambda d: torch.tensordot(share.T, d, dims=1), u["delta"])
-        params = T.add(s["params"], step)
-        buffers = T.tree_map(
-            lambda old, new: torch.where(
-                (total > 0).view((-1,) + (1,) * (old.dim() - 1)),
-                torch.tensordot(share.T, new, dims=1),
-                old,
-            ),
-            s["buffers"],
-            u["buffers"],
-        )
-        return {"params": params, "buffers": buffers}
+        chose = u.extras["onehot"].argmax(1)
+        clusters = []
+        for m in range(n_clusters):  # FedAvg's server step over the clients that chose m
+            mine = torch.nonzero(chose == m).flatten()
+            c = {"params": T.rows(s["params"], m), "buffers": T.rows(s["buffers"], m)}
+            c["opt"] = s["opt"][m]
+            clusters.append(server_step(c, T.rows(u, mine), server) if len(mine) else c)
+        return {
+            "params": T.stack([c["params"] for c in clusters]),
+            "buffers": T.stack([c["buffers"] for c in clusters]),
+            "opt": tuple(c["opt"] for c in clusters),
+        }
 
     def personal_model(s, cs, info, b):
         return pick(s, F.one_hot(torch.argmin(score(s, cs, info, b)), n_clusters).float())
@@ -352,23 +362,18 @@ def fedfomo(
         return {**local_start(mixed, own_b, local), "w": w, "id": info["id"], "n": info["n"]}
 
     def client_final(s, lo):
-        return {
-            "params": lo["params"],
-            "buffers": lo["buffers"],
-            "w": lo["w"],
-            "id": lo["id"],
-            "weight": lo["n"],
-            "loss": lo["loss"] / lo["steps"].clamp_min(1),
-            "steps": lo["steps"],
-        }, {}
+        # the server keeps models, not deltas: the trained model travels in extras
+        update = client_update(lo, {}, lo["buffers"], params=lo["params"], w=lo["w"], id=lo["id"])
+        return update, {}
 
     def server_update(s, u, rng):
+        ids = u.extras["id"]
         bank = {"params": dict(s["bank"]["params"]), "buffers": dict(s["bank"]["buffers"])}
         bank = T.tree_map(torch.clone, bank)
-        T.put_rows_(bank["params"], u["id"], u["params"])
-        T.put_rows_(bank["buffers"], u["id"], u["buffers"])
+        T.put_rows_(bank["params"], ids, u.extras["params"])
+        T.put_rows_(bank["buffers"], ids, u.buffers)
         affinity = s["affinity"].clone()
-        affinity[u["id"][:, None], s["candidates"][u["id"]]] += u["w"]
+        affinity[ids[:, None], s["candidates"][ids]] += u.extras["w"]
         return {"bank": bank, "affinity": affinity, "candidates": choose(affinity, rng)}
 
     return Algorithm(

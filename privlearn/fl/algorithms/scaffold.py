@@ -6,7 +6,8 @@ Server: x <- x + eta_g * weighted_mean(y - x); c <- c + (1/N) sum_{i in S} (c_i+
 Control variates start at zero, as in the paper. control_init="model" reproduces
 NIID-Bench instead: there c and every c_i start as the weights of a freshly initialised
 network, an offset that cancels under full participation but not under partial
-participation (see the README's NIID-Bench section).
+participation (`privlearn bench niid --part scaffold-sampling`; docs/fl.md, "SCAFFOLD at
+10 % sampling").
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ from __future__ import annotations
 import torch
 
 from privlearn.fl import tree as T
+from privlearn.fl.aggregate import Transform
 from privlearn.fl.algorithms.base import (
     Algorithm,
     LocalSGD,
-    apply_server,
-    averaged_buffers,
-    default_server,
     is_real,
     local_sgd_step,
     local_start,
     model_update,
+    server_or_default,
     server_start,
+    server_step,
 )
 from privlearn.fl.models import Model
 
@@ -35,7 +36,10 @@ def scaffold(
     n_clients: int,
     server_lr: float = 1.0,
     control_init: str = "zeros",
+    server: Transform | None = None,
 ) -> Algorithm:
+    """SCAFFOLD; `server` reduces and applies the stacked model deltas (default: weighted
+    mean, step `server_lr`); the control variates are updated as above whatever it is."""
     if n_clients < 1:
         raise ValueError(f"SCAFFOLD needs the total number of clients N >= 1, got {n_clients}")
     if control_init not in ("zeros", "model"):
@@ -43,7 +47,7 @@ def scaffold(
             f"control_init must be 'zeros' (the paper) or 'model' (NIID-Bench), "
             f"got {control_init!r}"
         )
-    server = default_server(server_lr)
+    server = server_or_default(server, server_lr)
 
     def server_init(params, buffers, rng):
         c = T.zeros_like(params) if control_init == "zeros" else model.init(rng)[0]
@@ -78,12 +82,11 @@ def scaffold(
             )
             for k in lo["c_i"]
         }
-        update = {**model_update(s["params"], lo, lo["n"]), "dc": T.sub(c_new, lo["c_i"])}
-        return update, {"c": c_new}
+        return model_update(s["params"], lo, dc=T.sub(c_new, lo["c_i"])), {"c": c_new}
 
     def server_update(s, u, rng):
-        out = apply_server(s, u["delta"], u["weight"], server, averaged_buffers(s["buffers"], u))
-        out["c"] = {k: s["c"][k] + u["dc"][k].sum(0) / n_clients for k in s["c"]}
+        out = server_step(s, u, server)
+        out["c"] = {k: s["c"][k] + u.extras["dc"][k].sum(0) / n_clients for k in s["c"]}
         return out
 
     return Algorithm(

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from privlearn.fl.algorithms.base import Algorithm
+from privlearn.fl.algorithms.base import Algorithm, ClientUpdate
 from privlearn.fl.plan import RoundPlan
 
 
@@ -36,7 +36,7 @@ class TrainData:
 
 @dataclass
 class CohortResult:
-    updates: Any  # stacked client updates, rows in plan order
+    updates: ClientUpdate  # stacked: each field has a leading client axis, rows in plan order
     client_states: Any  # stacked new client states, rows in plan order
     rejected: dict[int, str] = field(default_factory=dict)  # plan row -> reason (engine-level)
 
