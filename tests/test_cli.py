@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -51,3 +53,20 @@ def test_help_texts_show_no_escaped_percent():
     for cmd in (["bench", "niid", "--help"], ["fl", "run", "--help"], ["he", "train", "--help"]):
         out = CliRunner().invoke(app, cmd, terminal_width=200).output
         assert "%%" not in out, cmd
+
+
+def test_he_train_names_tabular_features_and_numbers_epochs_from_1(tmp_path):
+    out = CliRunner().invoke(
+        app,
+        ["he", "train", "--task", "wine", "--backend", "simulator", "--epochs", "2"]
+        + ["--out", str(tmp_path)],
+        env={"COLUMNS": "200"},
+    )
+    assert out.exit_code == 0, out.output
+    assert "13 tabular features" in out.output and "none features" not in out.output
+    (path,) = tmp_path.glob("*.json")
+    r = json.loads(path.read_text())
+    for name in ("encrypted", "approx", "exact"):
+        assert [row["epoch"] for row in r["history"][name]] == list(range(1, r["epochs_run"] + 1))
+        assert 1 <= r["best_epoch"][name] <= r["epochs_run"]
+    assert f"(best {r['best_epoch']['encrypted']})" in out.output

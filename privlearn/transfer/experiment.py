@@ -114,9 +114,9 @@ def run_task(
         "identical_predictions_vs_approx": float(np.mean(pred["encrypted"] == pred["approx"])),
         "max_weight_diff_vs_approx": float(np.max(np.abs(run.weights - approx.weights))),
         "best_epoch": {
-            "encrypted": run.best_epoch,
-            "approx": approx.best_epoch,
-            "exact": exact.best_epoch,
+            "encrypted": run.best_epoch + 1,
+            "approx": approx.best_epoch + 1,
+            "exact": exact.best_epoch + 1,
         },
         "epochs_run": len(run.history),
         "steps": run.steps,
@@ -166,7 +166,7 @@ def plot_history(result: dict, path: Path) -> None:
     }
     for name, (label, ls) in styles.items():
         rows = h[name]
-        ep = [r["epoch"] + 1 for r in rows]
+        ep = [r["epoch"] for r in rows]
         loss = [r["val_brier"] for r in rows]
         acc = [r["val_accuracy"] for r in rows]
         marker = "o" if name == "encrypted" else None

@@ -90,7 +90,7 @@ def epoch_order(n_batches: int, epoch: int, seed: int) -> np.ndarray:
 class TrainResult:
     weights: np.ndarray  # c × (f+1), bias last; the best epoch's
     val_losses: list[float]
-    best_epoch: int
+    best_epoch: int  # index into history (0-based); results report it 1-based
     steps: int
     history: list[dict] = field(default_factory=list)
 
@@ -137,7 +137,7 @@ def train_reference(
         snapshots.append(w.copy())
         loss = brier(softmax(xvb @ w.T), y_val)
         acc = float(np.mean((xvb @ w.T).argmax(1) == y_val))
-        history.append({"epoch": epoch, "val_brier": loss, "val_accuracy": acc, "steps": step})
+        history.append({"epoch": epoch + 1, "val_brier": loss, "val_accuracy": acc, "steps": step})
         if not stopper.update(loss):
             break
     best = stopper.best_epoch if spec.early_stopping else len(snapshots) - 1

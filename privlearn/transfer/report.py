@@ -8,8 +8,9 @@ from rich.table import Table
 
 def print_result(r: dict, console: Console) -> None:
     enc = "real encryption" if r["real_encryption"] else "SIMULATOR - NOT ENCRYPTION"
+    source = "tabular" if r["encoder"] == "none" else r["encoder"]
     console.print(
-        f"[bold]{r['task']}[/] ({r['encoder']} features, {r['classes']} classes; "
+        f"[bold]{r['task']}[/] ({r['features']} {source} features, {r['classes']} classes; "
         f"train/val/test {r['sizes']['train']}/{r['sizes']['val']}/"
         f"{r['sizes']['test']}): {r['backend']} ({enc}), preset {r['preset']}, "
         f"{r['security']}, refresh mode '{r['refresh']}'"

@@ -29,7 +29,7 @@ from privlearn.transfer.train import TrainSpec
 @dataclass
 class EncryptedRun:
     weights: np.ndarray  # decrypted, c x (f+1), bias last
-    best_epoch: int
+    best_epoch: int  # index into history (0-based); results report it 1-based
     history: list[dict]
     backend: str
     real_encryption: bool
@@ -163,7 +163,7 @@ class EncryptedSession:
                 go_on = stopper.update(val["val_brier_flooded"])
                 history.append(
                     {
-                        "epoch": epoch,
+                        "epoch": epoch + 1,  # shown to users: 1-based, as everywhere
                         **val,
                         "train_s": epoch_s,
                         "validate_s": val_time,
@@ -172,7 +172,7 @@ class EncryptedSession:
                 )
                 bar.update(
                     task,
-                    description=f"epoch {epoch}: val Brier {val['val_brier']:.4f}"
+                    description=f"epoch {epoch + 1}: val Brier {val['val_brier']:.4f}"
                     f", accuracy {val['val_accuracy']:.3f}",
                 )
                 if not go_on:
