@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from privlearn.fl.plan import client_order, plan_round
+from privlearn.fl.plan import batches_per_epoch, client_order, plan_round
 from privlearn.fl.run import Experiment, RunConfig
 
 _CACHE: dict[str, Any] = {}  # per Ray worker process: the dataset and model, built once
@@ -44,7 +44,7 @@ def local_train(
     idx = exp.data.clients[client]
     order = torch.as_tensor(client_order(idx, cfg.seed, round_idx, client, epochs))
     n, b = len(idx), cfg.batch_size
-    nb = -(-n // b)
+    nb = batches_per_epoch(n, b, cfg.drop_last)
     for t in range(steps):
         e, k = divmod(t, nb)
         rows = order[e * n + k * b : e * n + min((k + 1) * b, n)]

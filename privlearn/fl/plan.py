@@ -7,7 +7,8 @@ is what makes their results comparable to float tolerance.
 
 Client i's step t reads its epoch e = t // nb_i, batch b = t % nb_i: samples
 order[base_i + e n_i + b B : ... + B], cut at the end of the epoch (the last batch of an
-epoch is short, as a PyTorch DataLoader without drop_last makes it).
+epoch is short, as a PyTorch DataLoader without drop_last makes it; with `drop_last` the
+epoch's rows past its last full batch are skipped, as DataLoader(drop_last=True) does).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class LocalWork:
     epochs_range: tuple[int, int] | None = None
     stragglers: float = 0.0
     straggler_policy: str = "drop"
+    drop_last: bool = False
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -139,6 +141,15 @@ class RoundPlan:
         return self.order[start : start + min(self.batch_size, n - b * self.batch_size)]
 
 
+def batches_per_epoch(n: np.ndarray | int, batch_size: int, drop_last: bool) -> np.ndarray | int:
+    """Steps in one epoch of n samples. With ``drop_last`` a short tail batch is skipped (a
+    client with fewer than ``batch_size`` samples keeps its one short batch): batch norm on
+    2-3 samples amplifies rounding a thousandfold a round (tests/fl/test_equivalence.py)."""
+    if drop_last:
+        return np.maximum(n // batch_size, 1)
+    return -(-n // batch_size)
+
+
 def client_order(
     indices: np.ndarray, seed: int, round_idx: int, client: int, epochs: int
 ) -> np.ndarray:
@@ -170,7 +181,7 @@ def plan_round(
     big_b = work.batch_size * batches_per_step
     k = len(cohort)
     sizes = np.array([len(clients[c]) for c in cohort], dtype=np.int64)
-    nb = -(-sizes // big_b)
+    nb = batches_per_epoch(sizes, big_b, work.drop_last)
     epochs = (
         rng.integers(work.epochs_range[0], work.epochs_range[1] + 1, size=k)
         if work.epochs_range

@@ -145,6 +145,11 @@ class RunConfig:
         None, "a,b: local epochs drawn from U{a..b} per client", unset="--epochs for all"
     )
     batch_size: int = _opt(32, "local batch size")
+    drop_last: bool = _opt(
+        False,
+        "skip each epoch's short last batch (advised with batch norm: tiny batches "
+        "make it amplify rounding)",
+    )
     lr: float = _opt(0.1, "client learning rate")
     momentum: float = _opt(0.0, "client SGD momentum")
     weight_decay: float = _opt(0.0, "client SGD weight decay")
@@ -230,7 +235,9 @@ class RunConfig:
 
     def work(self) -> LocalWork:
         er = tuple(self.epochs_range) if self.epochs_range else None
-        return LocalWork(self.epochs, self.batch_size, er, self.stragglers, self.straggler_policy)
+        return LocalWork(
+            self.epochs, self.batch_size, er, self.stragglers, self.straggler_policy, self.drop_last
+        )
 
 
 @dataclass

@@ -100,6 +100,7 @@ NON_DEFAULT = {
     "epochs": 2,
     "epochs_range": [1, 3],
     "batch_size": 8,
+    "drop_last": True,
     "lr": 0.2,
     "momentum": 0.5,
     "weight_decay": 0.001,

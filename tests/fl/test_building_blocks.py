@@ -97,6 +97,21 @@ def _clients():
     return [np.arange(i * 50, i * 50 + n) for i, n in enumerate([23, 50, 7, 31, 12, 40])]
 
 
+def test_drop_last_plans_only_full_batches_from_each_epochs_permutation():
+    plan = plan_round(_clients(), Sampling("all"), LocalWork(2, 8, drop_last=True), 0, 0)
+    for row in range(len(plan)):
+        n, nb = int(plan.n[row]), int(plan.nb[row])
+        assert nb == max(n // 8, 1) and int(plan.steps[row]) == 2 * nb
+        for e in range(2):
+            batches = [plan.client_batch(row, e * nb + b) for b in range(nb)]
+            assert all(len(b) == min(8, n) for b in batches)  # n = 7: its one short batch
+            seen = torch.cat(batches).tolist()
+            assert len(set(seen)) == len(seen)
+            assert set(seen) <= set(_clients()[int(plan.clients[row])].tolist())
+            idx, mask = plan.batch_rows(torch.tensor([row]), e * nb + nb - 1)
+            assert idx[0][mask[0]].tolist() == batches[-1].tolist()
+
+
 def test_plan_batches_cover_each_epoch_exactly_once():
     plan = plan_round(_clients(), Sampling("all"), LocalWork(3, 8), seed=0, round_idx=0)
     for row in range(len(plan)):
