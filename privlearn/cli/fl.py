@@ -56,14 +56,17 @@ def run(ctx: typer.Context, config: Path | None, resume: Path | None, **values) 
 
     if resume is not None:
         cfg = load_checkpoint_config(resume)
-        cfg.out = str(resume)
     elif config is not None:
         cfg = RunConfig.from_yaml(config)
     else:
         cfg = RunConfig()
-    for key, value in fields.given(RunConfig, ctx, values).items():
-        old = getattr(cfg, key)
-        setattr(cfg, key, {**old, **value} if isinstance(old, dict) else value)
+    given = fields.given(RunConfig, ctx, values)
+    for key, value in given.items():
+        if isinstance(getattr(cfg, key), dict):
+            given[key] = {**getattr(cfg, key), **value}
+    if resume is not None:
+        given["out"] = str(resume)
+    cfg = dataclasses.replace(cfg, **given)  # re-checks every range
     try:
         doc = run_experiment(cfg, resume=resume is not None, console=console)
     except KeyboardInterrupt:

@@ -97,6 +97,45 @@ def _opt(default: Any, help: str, unset: str | None = None) -> Any:
     return field(default=default, metadata=meta)
 
 
+def _positive(v: Any) -> bool:
+    return v > 0 and np.isfinite(v)
+
+
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    *(
+        (k, lambda v: v >= 1, "must be >= 1")
+        for k in (
+            "n_clients",
+            "rounds",
+            "clients_per_round",
+            "epochs",
+            "batch_size",
+            "eval_every",
+            "partition_max_tries",
+            "chunk_size",
+            "threads",
+        )
+    ),
+    *((k, _positive, "must be a finite number > 0") for k in ("beta", "lr")),
+    *(
+        (k, lambda v: 0 <= v < np.inf, "must be a finite number >= 0")
+        for k in (
+            "noise",
+            "weight_decay",
+            "synthetic_alpha",
+            "synthetic_beta",
+            "min_client_size",
+            "seed",
+        )
+    ),
+    ("momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("stragglers", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
+    ("sample_rate", lambda v: 0 < v <= 1, "must be a fraction in (0, 1]"),
+    ("local_test_fraction", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
+    ("epochs_range", lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "must be [a, b], 1 <= a <= b"),
+)
+
+
 @dataclass
 class RunConfig:
     """One experiment. Field names are the YAML keys and (with - for _) the CLI flags of
@@ -171,6 +210,19 @@ class RunConfig:
     seed: int = _opt(0, "seed of the partition, the model and every round's draws")
     eval_every: int = _opt(1, "evaluate every this many rounds (and after the last)")
     out: str = _opt("results/fl-run", "output folder (metrics.json, metrics.png, checkpoint)")
+
+    def __post_init__(self) -> None:
+        """Ranges, checked in one place for YAML, flags and Python alike (NaN fails them all)."""
+        for key, ok, accepted in _RANGES:
+            value = getattr(self, key)
+            if value is not None and not ok(value):
+                raise ValueError(f"config key {key}: {accepted}, got {value!r}")
+        active = round(min(self.clients_per_round, self.n_clients) * (1 - self.stragglers))
+        if self.sampling == "uniform" and self.straggler_policy == "drop" and active < 1:
+            raise ValueError(
+                f"config key stragglers: {self.stragglers} drops every one of the "
+                f"{min(self.clients_per_round, self.n_clients)} clients a round; lower it"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:

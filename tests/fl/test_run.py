@@ -271,3 +271,33 @@ def test_crafted_checkpoint_is_refused_without_running_code(tmp_path):
     with pytest.raises(ValueError, match="not a privlearn checkpoint"):
         run_experiment(RunConfig(**SMALL, rounds=2, out=str(out)), resume=True, progress=False)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lr", float("nan")),
+        ("lr", float("inf")),
+        ("lr", 0.0),
+        ("epochs", 0),
+        ("eval_every", 0),
+        ("weight_decay", float("nan")),
+        ("momentum", 1.0),
+        ("sample_rate", 0.0),
+        ("stragglers", 0.99),  # of 10 clients a round, none would stay
+        ("epochs_range", [3, 1]),
+    ],
+)
+def test_config_values_out_of_range_are_refused_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=f"config key {key}:"):
+        RunConfig(**{key: value})
+
+
+def test_cli_refuses_a_nan_learning_rate_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from privlearn.cli import app
+
+    out = CliRunner().invoke(app, ["fl", "run", "--lr", "nan", "--out", str(tmp_path / "r")])
+    assert out.exit_code == 2 and out.stderr.strip().count("\n") == 0
+    assert "config key lr" in out.stderr
