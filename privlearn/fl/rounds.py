@@ -60,7 +60,7 @@ def run_round(
         return server, stats
     cohort_states = T.rows(bank, plan.clients)
     result = engine.run_clients(algo, server, cohort_states, plan, data)
-    keep, rejected = screen(result.updates, plan.clients)
+    keep, rejected = screen(result.updates, plan.clients, max_weight=plan.n)
     named = {r.client: r for r in rejected}
     for row, reason in result.rejected.items():  # the engine's reason is the more precise one
         named[int(plan.clients[row])] = Rejection(int(plan.clients[row]), reason)

@@ -301,3 +301,51 @@ def test_cli_refuses_a_nan_learning_rate_in_one_line(tmp_path):
     out = CliRunner().invoke(app, ["fl", "run", "--lr", "nan", "--out", str(tmp_path / "r")])
     assert out.exit_code == 2 and out.stderr.strip().count("\n") == 0
     assert "config key lr" in out.stderr
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vectorised"])
+@pytest.mark.parametrize("weight", [0.0, -3.0, 1e12])
+def test_weights_outside_what_the_server_knows_are_rejected(engine, weight, digits_dir):
+    """All-zero weights made the mean 0/0 (a NaN model); a weight is a sample count, so it
+    must lie in (0, n] for the client's n."""
+    from dataclasses import replace
+
+    from privlearn.fl.engine import make_engine
+
+    model, algo = make("fedavg", digits_dir)
+
+    def client_final(s, lo):
+        up, cs = algo.client_final(s, lo)
+        return replace(up, weight=torch.full_like(up.weight, weight)), cs
+
+    liar = replace(algo, client_final=client_final)
+    server, _, stats = run(
+        liar, model, digits_dir, make_engine(engine), 1, Sampling("all"), LocalWork(1, 16)
+    )
+    assert len(stats[0].rejected) == len(stats[0].clients)
+    assert all("weight" in r.reason and "outside (0," in r.reason for r in stats[0].rejected)
+    assert all(torch.isfinite(t).all() for t in T.leaves(server)) and stats[0].train_loss is None
+
+
+def test_an_update_of_another_dtype_is_malformed(digits_dir):
+    from dataclasses import replace
+
+    from privlearn.fl.engine import make_engine
+
+    model, algo = make("fedavg", digits_dir)
+
+    def client_final(s, lo):
+        up, cs = algo.client_final(s, lo)
+        if int(lo["who"]) == 2:
+            up = replace(up, delta={k: v.double() for k, v in up.delta.items()})
+        return up, cs
+
+    def client_init(s, cs, info):
+        return {**algo.client_init(s, cs, info), "who": info["id"]}
+
+    odd = replace(algo, client_init=client_init, client_final=client_final)
+    _, _, stats = run(
+        odd, model, digits_dir, make_engine("sequential"), 1, Sampling("all"), LocalWork(1, 16)
+    )
+    (r,) = stats[0].rejected
+    assert r.client == 2 and "dtype torch.float64, expected torch.float32" in r.reason

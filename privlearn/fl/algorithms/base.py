@@ -138,12 +138,10 @@ def is_real(batch: Batch) -> torch.Tensor:
 
 def local_start(params: Params, buffers: Params, opt: LocalSGD) -> State:
     """The local state every SGD-based client starts from."""
-    state = {
-        "params": dict(params),
-        "buffers": dict(buffers),
-        "steps": torch.zeros((), device=_device(params)),
-        "loss": torch.zeros((), device=_device(params)),
-    }
+    # counters in the model's precision, as what is added to them (a float64 run's update
+    # holds float64 steps and loss, and screening checks each field's dtype)
+    zero = torch.zeros((), dtype=next(iter(params.values())).dtype, device=_device(params))
+    state = {"params": dict(params), "buffers": dict(buffers), "steps": zero, "loss": zero}
     if opt.momentum:
         state["mom"] = T.zeros_like(params)
     return state
