@@ -507,6 +507,7 @@ def run_experiment(
         console=console,
         disable=not progress,
     )
+    saved = start  # rounds whose checkpoint is on disk
     try:
         with bar:
             task = bar.add_task(
@@ -541,6 +542,7 @@ def run_experiment(
                     },
                     ckpt_path,
                 )
+                saved = r + 1
                 _write_json(doc, out / METRICS)
                 acc = (
                     entry.get("test_acc")
@@ -549,6 +551,9 @@ def run_experiment(
                 )
                 bar.update(task, advance=1, acc="" if acc is None else f"acc {acc:.3f}")
     except KeyboardInterrupt:
+        # a round interrupted after its entry but before its checkpoint is not saved: the
+        # metrics must not claim it (resuming recomputes it)
+        doc["rounds"] = [e for e in doc["rounds"] if e["round"] <= saved]
         doc["status"] = "interrupted"
         _write_json(doc, out / METRICS)
         if doc["rounds"]:

@@ -349,3 +349,24 @@ def test_an_update_of_another_dtype_is_malformed(digits_dir):
     )
     (r,) = stats[0].rejected
     assert r.client == 2 and "dtype torch.float64, expected torch.float32" in r.reason
+
+
+def test_an_interrupt_before_a_rounds_checkpoint_leaves_metrics_that_agree(tmp_path, monkeypatch):
+    """Ctrl-C between a round's metrics entry and its checkpoint: the metrics must not claim
+    the unsaved round (the Ctrl-C test hit this window now and then)."""
+    import privlearn.fl.run as fl_run
+
+    real, calls = fl_run._atomic_save, []
+
+    def save_then_interrupt(obj, path):
+        calls.append(obj["round"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(obj, path)
+
+    monkeypatch.setattr(fl_run, "_atomic_save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(RunConfig(**SMALL, rounds=3, out=str(tmp_path)), progress=False)
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["round"] == 1
+    assert [e["round"] for e in doc["rounds"]] == [1] and doc["status"] == "interrupted"
