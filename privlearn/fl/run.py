@@ -163,7 +163,10 @@ class RunConfig:
         unset="0.2 for personalised algorithms, else 0",
     )
     data_root: str | None = _opt(
-        None, "folder with MNIST/FMNIST/CIFAR-10 files (nothing is downloaded)", unset="none"
+        None,
+        "folder with MNIST/FMNIST/CIFAR-10 files (nothing is downloaded; CIFAR-10's are "
+        "pickles, read admitting arrays only)",
+        unset="none",
     )
     synthetic_alpha: float = _opt(1.0, "alpha of the FedProx/LEAF synthetic generators")
     synthetic_beta: float = _opt(1.0, "beta of the FedProx/LEAF synthetic generators")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -392,3 +393,16 @@ def test_distances_on_known_distributions(tmp_path):
     assert s["hellinger"][0] > s["hellinger"][1] > 0
     path = plot_heatmap(counts, tmp_path / "h.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_crafted_cifar_batch_cannot_run_code(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Payload()}))
+    with pytest.raises(ValueError, match="refusing to unpickle .*system"):
+        load_cifar10(tmp_path)
+    assert not (tmp_path / "ran").exists()

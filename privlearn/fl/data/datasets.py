@@ -193,8 +193,30 @@ def load_idx_images(root: str | Path) -> ArrayDataset:
     return ArrayDataset(f(xtr), ytr.astype(np.int64), f(xte), yte.astype(np.int64), 10)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR-10 ships as pickles, and a pickle can name any callable: this one builds numpy
+    arrays, dicts, lists and bytes only, so a crafted batch file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise ValueError(
+                f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only arrays, "
+                "lists and bytes, and pickles from elsewhere can run code"
+            )
+        return super().find_class(module, name)
+
+
 def load_cifar10(root: str | Path) -> ArrayDataset:
-    """CIFAR-10 from the python pickles (`cifar-10-batches-py/` or the folder itself)."""
+    """CIFAR-10 from the python pickles (`cifar-10-batches-py/` or the folder itself), read by
+    an unpickler that admits arrays only (pickle is the format's; it is not safe in general)."""
     root = Path(root)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
@@ -207,7 +229,7 @@ def load_cifar10(root: str | Path) -> ArrayDataset:
                 "cifar-10-batches-py folder; privlearn downloads nothing"
             )
         with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
+            d = _ArraysOnly(fh, encoding="bytes").load()
         x = np.asarray(d[b"data"], dtype=np.uint8)
         if x.ndim != 2 or x.shape[1] != 3072:
             raise ValueError(f"{path}: expected data of shape (n, 3072), got {x.shape}")
