@@ -9,6 +9,8 @@ had never stopped; Ctrl-C loses at most the round in progress, which is then red
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -31,6 +33,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from privlearn.fl import tree as T
 from privlearn.fl.algorithms import ALGORITHMS, PERSONALISED, LocalSGD, build_algorithm
 from privlearn.fl.data import (
     DATASETS,
@@ -367,9 +370,16 @@ class Experiment:
         }
 
 
+CHECKPOINT_MAGIC = b"PLFLCKPT1"  # then the payload's SHA-256 (32 bytes), then torch.save's bytes
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write a checkpoint with its SHA-256, atomically (a reader sees the old or the new)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    tmp.write_bytes(CHECKPOINT_MAGIC + hashlib.sha256(payload).digest() + payload)
     os.replace(tmp, path)
 
 
@@ -383,16 +393,45 @@ def set_threads(n: int) -> None:
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
-    """Read a checkpoint without running code: `weights_only=True` admits tensors and plain
-    containers only, so a crafted pickle (e.g. one whose `__reduce__` calls a shell) is refused."""
+    """Read a checkpoint without running code, and only one that is whole and consistent: its
+    SHA-256 catches corruption (bit flips resumed silently to another model), `weights_only`
+    admits tensors and plain containers only (a crafted pickle ran a shell command), and its
+    round, history and client bank must agree with its config."""
+    data = Path(path).read_bytes()
+    n = len(CHECKPOINT_MAGIC)
+    if not data.startswith(CHECKPOINT_MAGIC):
+        raise ValueError(f"{path} is not a privlearn checkpoint (or one from an older version)")
+    digest, payload = data[n : n + 32], data[n + 32 :]
+    if hashlib.sha256(payload).digest() != digest:
+        raise ValueError(f"{path} fails its SHA-256 check: the checkpoint is corrupt")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(
             f"{path} is not a privlearn checkpoint of plain tensors and containers; refusing to "
             f"load it ({first})"
         ) from None
+    problem = _inconsistency(ckpt)
+    if problem:
+        raise ValueError(f"{path} is inconsistent: {problem}")
+    return ckpt
+
+
+def _inconsistency(ckpt: Any) -> str | None:
+    """What in a (checksummed, so self-written or re-signed) checkpoint contradicts itself."""
+    keys = {"config", "round", "threads", "server", "bank", "rounds"}
+    if not isinstance(ckpt, dict) or set(ckpt) != keys:
+        return f"expected the fields {sorted(keys)}"
+    cfg, r = ckpt["config"], ckpt["round"]
+    if not isinstance(cfg, dict) or type(r) is not int:
+        return "config or round has the wrong type"
+    if not 1 <= r <= cfg.get("rounds", 0) or len(ckpt["rounds"]) != r:
+        return f"round {r} of {cfg.get('rounds')} with {len(ckpt['rounds'])} rounds of history"
+    rows = {leaf.shape[0] for leaf in T.leaves(ckpt["bank"]) if isinstance(leaf, torch.Tensor)}
+    if rows and rows != {cfg.get("n_clients")}:
+        return f"a client bank of {sorted(rows)} rows for {cfg.get('n_clients')} clients"
+    return None
 
 
 def _write_json(obj: dict, path: Path) -> None:
