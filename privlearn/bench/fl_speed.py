@@ -289,7 +289,7 @@ def _finish(doc: dict, w: str) -> None:
     k = WORKLOADS[w]["cfg"]["clients_per_round"]
     ref = None
     if "sequential" in res and "error" not in res["sequential"]:
-        ref = torch.load(res["sequential"]["params_file"])
+        ref = torch.load(res["sequential"]["params_file"], weights_only=True)
     for r in res.values():
         if "error" in r:
             continue
@@ -298,7 +298,7 @@ def _finish(doc: dict, w: str) -> None:
         r["steady_seconds_per_round"] = float(np.median(secs[1:] if len(secs) > 1 else secs))
         r["clients_per_second"] = k / r["steady_seconds_per_round"]
         if ref is not None:
-            p = torch.load(r["params_file"])
+            p = torch.load(r["params_file"], weights_only=True)
             r["max_param_diff_vs_sequential"] = max(float((p[n] - ref[n]).abs().max()) for n in ref)
     flower = res.get("flower")
     for r in res.values():
