@@ -8,7 +8,9 @@ had never stopped; Ctrl-C loses at most the round in progress, which is then red
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -488,7 +490,27 @@ def run_experiment(
     cfg: RunConfig, resume: bool = False, console: Console | None = None, progress: bool = True
 ) -> dict:
     """Run (or resume) an experiment; returns the metrics document also written to JSON."""
-    console = console or Console()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _run(cfg, resume, console or Console(), progress)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold ``out`` for one run: two runs (or a resume during a run) on one folder each
+    "completed" while the last writer silently won. The lock goes with the process."""
+    with open(out / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(
+                f"{out} is in use by another privlearn run; wait for it or choose another --out"
+            ) from None
+        yield
+
+
+def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
@@ -499,7 +521,6 @@ def run_experiment(
     if resume and not ckpt_path.exists():
         raise FileNotFoundError(f"nothing to resume: {ckpt_path} does not exist")
     exp = Experiment.build(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     counts = label_counts(exp.data.y_train.cpu().numpy(), exp.data.clients, exp.data.n_classes)
     doc = {
         "config": asdict(cfg),

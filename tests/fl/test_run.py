@@ -406,3 +406,17 @@ def test_an_interrupt_before_a_rounds_checkpoint_leaves_metrics_that_agree(tmp_p
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert load_checkpoint(tmp_path / "checkpoint.pt")["round"] == 1
     assert [e["round"] for e in doc["rounds"]] == [1] and doc["status"] == "interrupted"
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
+    """Two runs on one --out both exited 0 and the last writer won; now the second is told."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # what a running `fl run` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FileExistsError, match="in use by another privlearn run"):
+            run_experiment(RunConfig(**SMALL, rounds=1, out=str(out)), progress=False)
+    assert not (out / "checkpoint.pt").exists()
+    run_experiment(RunConfig(**SMALL, rounds=1, out=str(out)), progress=False)  # released
