@@ -14,6 +14,7 @@ pool does not survive a fork), so that case remains open (see the threat model i
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import select
 import signal
@@ -34,6 +35,8 @@ def probe(parse: Callable[[], object], what: str, timeout: float = TIMEOUT_S) ->
     pid = os.fork()
     if pid == 0:  # the child: parse, report one byte, leave without running any cleanup
         os.close(read_end)
+        faulthandler.disable()  # its crash is reported by the parent, in one line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         report = b"0"
         try:
             parse()

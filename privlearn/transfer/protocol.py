@@ -32,6 +32,7 @@ KINDS = {
     "model": "server -> client: encrypted weights, one snapshot per retained epoch",
     "set_model": "client -> server: the chosen weights, encrypted afresh, to serve",
     "ack": "either way: done, nothing to return",
+    "error": "either way: the request was refused (meta: why); the refusing side lives on",
 }
 # What the server learns beyond ciphertexts: message kinds, sizes, timing and metadata. The
 # early-stopping decision reaches it as one bit per epoch: whether another "train_step" comes.
@@ -71,6 +72,14 @@ class Message:
 Handler = Callable[[Message], Message]
 
 
+def _reply(data: bytes) -> Message:
+    """A reply, or the other side's refusal raised here as a ProtocolError."""
+    msg = Message.from_bytes(data)
+    if msg.kind == "error":
+        raise ProtocolError(f"the other side refused the request: {msg.meta.get('error')}")
+    return msg
+
+
 class Endpoint:
     """One side of a two-way link. :meth:`request` sends a message and waits for the reply,
     answering with ``handler`` any request that arrives from the other side meanwhile (the
@@ -84,7 +93,11 @@ class Endpoint:
         """Answer one request; traffic both ways is counted as this side's."""
         if self.handler is None:
             raise ProtocolError("this endpoint answers no requests")
-        reply = self.handler(Message.from_bytes(data)).to_bytes()
+        try:
+            answer = self.handler(Message.from_bytes(data))
+        except Exception as e:  # noqa: BLE001 - one bad request must not end this side
+            answer = Message("error", {"error": f"{type(e).__name__}: {e}"[:2000]})
+        reply = answer.to_bytes()
         self.bytes_received += len(data)
         self.bytes_sent += len(reply)
         return reply
@@ -108,7 +121,7 @@ class LocalEndpoint(Endpoint):
         self.bytes_received += len(reply)
         if self.transcript is not None:
             self.transcript += [out, reply]
-        return Message.from_bytes(reply)
+        return _reply(reply)
 
 
 def local_pair(
@@ -152,7 +165,7 @@ class PipeEndpoint(Endpoint):
             frame = self._recv()
             if frame[:1] == b"A":
                 self.bytes_received += len(frame) - 1
-                return Message.from_bytes(frame[1:])
+                return _reply(frame[1:])
             self._answer(frame)
 
     def serve_forever(self) -> None:

@@ -118,3 +118,26 @@ def test_flooding_noise_is_not_replayable_from_the_seed(session_and_data):
     a, b = (Client(s.ctx, s.spec, seed=0).validation(reply, yv) for _ in range(2))
     assert a["val_brier"] == b["val_brier"]
     assert a["val_brier_flooded"] != b["val_brier_flooded"]
+
+
+@pytest.mark.parametrize("separate_process", [True, False])
+def test_a_refused_request_is_an_error_reply_and_the_server_lives_on(separate_process):
+    """One malformed request used to kill the --separate-process server (the client saw
+    EOFError); now the refusal comes back as a reply and training goes on."""
+    x, y, xv, yv = _problem(n=40, f=5, c=2)
+    spec = TrainSpec(classes=2, features=6, batch_size=32, lr=2.0, epochs=1, logit_range=16)
+    s = EncryptedSession(
+        spec,
+        preset="toy-n12",
+        backend="simulator",
+        insecure_for_testing=True,
+        separate_process=separate_process,
+    )
+    try:
+        for bad in (Message("train_step", {"batch": 0}), Message("upload", {"x": {}}, (b"x",))):
+            with pytest.raises(ProtocolError, match="refused the request"):
+                s.link.request(bad)
+        run = s.fit(x, y, xv, yv, progress=False)
+        assert run.steps >= 1 and np.isfinite(run.weights).all()
+    finally:
+        s.close()
