@@ -120,11 +120,11 @@ class Server:
 
     def _upload(self, msg: Message) -> Message:
         split = msg.meta["split"]
-        if split not in self.batches:
+        if not isinstance(split, str) or split not in self.batches:
             raise ProtocolError(f"unknown split {split!r}")
-        folder = self.workdir / split / str(len(self.batches[split]))
-        folder.mkdir(parents=True, exist_ok=True)
         nx, ny = msg.meta["x"]["count"], msg.meta["y"]["count"]
+        if type(nx) is not int or type(ny) is not int:
+            raise ProtocolError(f"ciphertext counts must be integers, got {nx!r}, {ny!r}")
         if len(msg.blobs) != nx + ny:
             raise ProtocolError(
                 f"upload announces {nx} + {ny} ciphertexts, carries {len(msg.blobs)}"
@@ -134,6 +134,11 @@ class Server:
                 raise ProtocolError(
                     f"upload packed in blocks {m['block']}, the spec says {self.trainer.block}"
                 )
+        # parsed on arrival, so garbage is refused here, not later inside a training step
+        read_matrix(self.ev, msg.meta["x"], msg.blobs[:nx])
+        read_matrix(self.ev, msg.meta["y"], msg.blobs[nx:])
+        folder = self.workdir / split / str(len(self.batches[split]))
+        folder.mkdir(parents=True, exist_ok=True)
         for i, blob in enumerate(msg.blobs):
             (folder / f"{i}.ct").write_bytes(blob)
         self.batches[split].append((msg.meta["x"], msg.meta["y"]))
@@ -150,6 +155,8 @@ class Server:
 
     def _train_step(self, msg: Message) -> Message:
         index, epoch = msg.meta["batch"], msg.meta["epoch"]
+        if type(index) is not int or type(epoch) is not int:  # `true` is 1 to Python
+            raise ProtocolError(f"batch and epoch must be integers, got {index!r}, {epoch!r}")
         if not 0 <= index < len(self.batches["train"]):
             raise ProtocolError(f"no training batch {index}")
         if epoch != self.epoch:  # a new epoch began: keep the last one's weights

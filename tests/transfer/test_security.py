@@ -104,10 +104,15 @@ def test_malformed_requests_get_protocol_errors(session_and_data):
         Message("train_step", {"batch": 0}),  # no epoch
         Message("train_step", {"batch": 10**6, "epoch": 0}),
         Message("predict", {"x": {"shape": [1]}}, ()),
+        Message("train_step", {"batch": True, "epoch": 0}),  # was batch 1
+        Message("upload", {**good.meta, "split": ["train"]}, good.blobs),
+        Message("upload", good.meta, (b"garbage",) + good.blobs[1:]),  # refused on arrival
     ]
+    stored = len(server.batches["train"])
     for msg in cases:
-        with pytest.raises(ProtocolError):
+        with pytest.raises((ProtocolError, io.EnvelopeError)):
             server.handle(msg)
+    assert len(server.batches["train"]) == stored  # nothing malformed was kept
 
 
 def test_flooding_noise_is_not_replayable_from_the_seed(session_and_data):
