@@ -3,13 +3,16 @@
 Everything the two roles exchange is a :class:`Message`: a kind, small public metadata (shapes,
 epoch numbers: never data) and a tuple of byte strings (serialized ciphertexts or a public
 bundle). A message travels as one enveloped byte string (``privlearn.he.io``), checked on
-arrival, so the same code runs in one process, across processes, or over a network. Channels
+arrival, so the same code runs in one process (two threads), across processes, or over a
+network. Channels
 can record a transcript of every byte that crossed, which the tests search for secret-key bytes.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -85,9 +88,14 @@ class Endpoint:
     answering with ``handler`` any request that arrives from the other side meanwhile (the
     server asks for refreshes while the client waits for an epoch to finish)."""
 
-    def __init__(self, handler: Handler | None = None) -> None:
+    def __init__(self, handler: Handler | None = None, transcript: list[bytes] | None = None):
         self.handler = handler
+        self.transcript = transcript
         self.bytes_sent = self.bytes_received = 0
+
+    def _record(self, *blobs: bytes) -> None:
+        if self.transcript is not None:
+            self.transcript += blobs
 
     def handle(self, data: bytes) -> bytes:
         """Answer one request; traffic both ways is counted as this side's."""
@@ -100,40 +108,8 @@ class Endpoint:
         reply = answer.to_bytes()
         self.bytes_received += len(data)
         self.bytes_sent += len(reply)
+        self._record(data, reply)
         return reply
-
-
-class LocalEndpoint(Endpoint):
-    """Both sides in one process. Every message is still serialized and parsed, so nothing
-    crosses that could not cross a wire; a shared ``transcript`` can keep all the bytes."""
-
-    def __init__(
-        self, handler: Handler | None = None, transcript: list[bytes] | None = None
-    ) -> None:
-        super().__init__(handler)
-        self.peer: LocalEndpoint | None = None
-        self.transcript = transcript
-
-    def request(self, msg: Message) -> Message:
-        out = msg.to_bytes()
-        reply = self.peer.handle(out)
-        self.bytes_sent += len(out)
-        self.bytes_received += len(reply)
-        if self.transcript is not None:
-            self.transcript += [out, reply]
-        return _reply(reply)
-
-
-def local_pair(
-    handler_a: Handler | None,
-    handler_b: Handler | None,
-    *,
-    record: bool = False,
-) -> tuple[LocalEndpoint, LocalEndpoint]:
-    transcript: list[bytes] | None = [] if record else None
-    a, b = LocalEndpoint(handler_a, transcript), LocalEndpoint(handler_b, transcript)
-    a.peer, b.peer = b, a
-    return a, b
 
 
 class PipeEndpoint(Endpoint):
@@ -145,8 +121,9 @@ class PipeEndpoint(Endpoint):
         conn: Connection,
         handler: Handler | None = None,
         peer_alive: Callable[[], bool] | None = None,
+        transcript: list[bytes] | None = None,
     ) -> None:
-        super().__init__(handler)
+        super().__init__(handler, transcript)
         self.conn = conn
         self.peer_alive = peer_alive
 
@@ -165,6 +142,7 @@ class PipeEndpoint(Endpoint):
             frame = self._recv()
             if frame[:1] == b"A":
                 self.bytes_received += len(frame) - 1
+                self._record(out, frame[1:])
                 return _reply(frame[1:])
             self._answer(frame)
 
@@ -179,3 +157,18 @@ class PipeEndpoint(Endpoint):
         if frame[:1] != b"Q":
             raise ProtocolError(f"unexpected frame type {frame[:1]!r}")
         self.conn.send_bytes(b"A" + self.handle(frame[1:]))
+
+
+def thread_pair(
+    client: Handler, server: Handler, *, record: bool = False
+) -> tuple[PipeEndpoint, PipeEndpoint, threading.Thread]:
+    """Both roles in one process, the server answering in a thread of its own: they meet only
+    through a pipe of bytes, so nothing reachable from the server leads back to the client
+    (an in-process link holding the other side let the server reach the secret key by
+    attributes). Returns the client's end, the server's end and the (started) thread."""
+    a, b = multiprocessing.Pipe()
+    server_end = PipeEndpoint(b, server)
+    thread = threading.Thread(target=server_end.serve_forever, name="privlearn-server", daemon=True)
+    client_end = PipeEndpoint(a, client, thread.is_alive, [] if record else None)
+    thread.start()
+    return client_end, server_end, thread

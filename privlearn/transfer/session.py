@@ -20,7 +20,7 @@ import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from privlearn.he import ClientContext
-from privlearn.transfer.protocol import Message, PipeEndpoint, local_pair
+from privlearn.transfer.protocol import Message, PipeEndpoint, thread_pair
 from privlearn.transfer.reference import epoch_order
 from privlearn.transfer.roles import Client, Server, early_stopping
 from privlearn.transfer.train import TrainSpec
@@ -101,10 +101,9 @@ class EncryptedSession:
             self.link = PipeEndpoint(self._conn, self.client.handle, peer_alive=self.proc.is_alive)
         else:
             self.server = Server(workdir)
-            self.link, server_end = local_pair(
+            self.link, self.server.endpoint, self._thread = thread_pair(
                 self.client.handle, self.server.handle, record=record_transcript
             )
-            self.server.endpoint = server_end
         self._bundle_tmp = tempfile.TemporaryDirectory(prefix="privlearn-bundle-")
         self.bundle_dir = Path(self._bundle_tmp.name) / "bundle"
         t = time.perf_counter()
@@ -226,6 +225,9 @@ class EncryptedSession:
             self.server_ops, self.server_peak_gb = final.meta["ops"], final.meta["peak_gb"]
             self.proc.join(60)
         if self.server is not None:
+            if self._thread.is_alive():
+                self.link.close()
+                self._thread.join(60)
             self.server_ops = self.server.ev.cost.total.as_dict()
             self.server.close()
         if self._bundle_tmp is not None:

@@ -9,7 +9,7 @@ from privlearn.transfer.protocol import (
     Message,
     PipeEndpoint,
     ProtocolError,
-    local_pair,
+    thread_pair,
 )
 
 
@@ -31,7 +31,7 @@ def test_tampered_messages_are_refused():
         Message.from_bytes(bytes(data))
 
 
-def test_local_pair_nests_requests_and_records_everything():
+def test_thread_pair_nests_requests_and_records_everything():
     calls = []
 
     def server(msg):
@@ -39,13 +39,16 @@ def test_local_pair_nests_requests_and_records_everything():
         reply = server_end.request(Message("refresh", {}, msg.blobs))  # ask the client back
         return Message("ack", {"got": reply.kind})
 
-    client_end, server_end = local_pair(
+    client_end, server_end, thread = thread_pair(
         lambda m: Message("refreshed", {}, m.blobs), server, record=True
     )
     assert client_end.request(Message("train_step", {"batch": 0})).meta == {"got": "refreshed"}
     assert calls == ["train_step"]
     assert len(client_end.transcript) == 4  # two requests, two replies
     assert client_end.bytes_sent > 0 and client_end.bytes_received > 0
+    client_end.close()
+    thread.join(10)
+    assert not thread.is_alive()
 
 
 def _dies(conn):
