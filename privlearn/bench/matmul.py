@@ -108,7 +108,10 @@ def _model_counts(c: Cost, level: int) -> Counts:
 def measure_op_times(client: ClientContext, levels: tuple[int, int], reps: int) -> TimeModel:
     """Per-op seconds on this backend, linear in the number of limbs (level + 1), fitted from
     the median of ``reps`` runs at two levels."""
-    ev = Evaluator.from_bundle(client.public_bundle([1, 2, 4, 8], conjugation=True))
+    ev = Evaluator.from_bundle(
+        client.public_bundle([1, 2, 4, 8], conjugation=True),
+        insecure_for_testing=not client.params.secure,
+    )
     rng = np.random.default_rng(0)
     v = rng.uniform(-1, 1, client.slots)
     samples: dict[str, list[tuple[int, float]]] = {op: [] for op in TIMED_OPS}

@@ -74,7 +74,8 @@ def _encrypted(
     x = x if blocks is None else x[: blocks * per]
     with tempfile.TemporaryDirectory() as keys:  # gigabytes of keys at N=2^16: on disk
         ev = Evaluator.from_bundle(
-            client.public_bundle(m.rotations(), bootstrap=True, path=Path(keys) / "bundle")
+            client.public_bundle(m.rotations(), bootstrap=True, path=Path(keys) / "bundle"),
+            insecure_for_testing=not client.params.secure,
         )
         return _run_blocks(m, x, client, ev) | {"backend": backend, "preset": preset}
 

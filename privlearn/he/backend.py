@@ -296,11 +296,15 @@ class Evaluator(_Context):
         self.can_bootstrap = bootstrap
 
     @staticmethod
-    def from_bundle(bundle: bytes | str | os.PathLike) -> Evaluator:
+    def from_bundle(
+        bundle: bytes | str | os.PathLike, *, insecure_for_testing: bool = False
+    ) -> Evaluator:
         """Build an Evaluator from :meth:`ClientContext.public_bundle` output alone (bytes or
-        a bundle directory); every byte is verified before a backend reads it."""
+        a bundle directory); every byte is verified before a backend reads it. A bundle under
+        parameters short of 128 bits needs the same loud opt-out as the client that made it."""
         env, sections = io.open_bundle(bundle)
-        return _backend_module(env.backend).Evaluator.load(env, sections)
+        module = _backend_module(env.backend)
+        return module.Evaluator.load(env, sections, insecure_for_testing=insecure_for_testing)
 
     # -- arithmetic -----------------------------------------------------------------------------
     def add(self, a: Ciphertext, b: Operand) -> Ciphertext:
@@ -498,7 +502,9 @@ class Evaluator(_Context):
     def _p_bootstrap(self, ct: Ciphertext) -> Any: ...
 
 
-def bundle_header(env: io.Envelope) -> tuple[CKKSParams, list[int], bool, bool]:
+def bundle_header(
+    env: io.Envelope, insecure_for_testing: bool = False
+) -> tuple[CKKSParams, list[int], bool, bool]:
     """Parameters, rotations, conjugation and bootstrap flags from a bundle's header."""
     try:
         params = CKKSParams.from_summary(env.meta["params"])
@@ -511,7 +517,7 @@ def bundle_header(env: io.Envelope) -> tuple[CKKSParams, list[int], bool, bool]:
         raise io.CorruptError(f"public bundle header is incomplete: {e}") from None
     if params.fingerprint() != env.params_fingerprint:
         raise io.CorruptError("public bundle's parameters do not match its fingerprint")
-    params.validate(insecure_for_testing=True)  # a set marked 128-bit must be 128-bit
+    params.validate(insecure_for_testing=insecure_for_testing)
     return params, [int(r) for r in rotations], bool(conj), bool(boot)
 
 

@@ -272,8 +272,10 @@ def _load_relin_key(blob: bytes, tag: str) -> None:
 
 class Evaluator(_OpenFHEMixin, _EvaluatorBase):
     @classmethod
-    def load(cls, env: io.Envelope, sections: dict[str, bytes | Path]) -> Evaluator:
-        params, rotations, conj, boot = bundle_header(env)
+    def load(
+        cls, env: io.Envelope, sections: dict[str, bytes | Path], insecure_for_testing: bool = False
+    ) -> Evaluator:
+        params, rotations, conj, boot = bundle_header(env, insecure_for_testing)
         return cls(params, rotations, conj, boot, sections)
 
     def __init__(self, params, rotations, conjugation, bootstrap, sections) -> None:

@@ -154,8 +154,8 @@ class Client(_SimMixin, ClientContext):
 
 class Evaluator(_SimMixin, _EvaluatorBase):
     @classmethod
-    def load(cls, env: io.Envelope, sections: dict) -> Evaluator:
-        params, rotations, conj, boot = bundle_header(env)
+    def load(cls, env: io.Envelope, sections: dict, insecure_for_testing: bool = False):
+        params, rotations, conj, boot = bundle_header(env, insecure_for_testing)
         key_id = env.meta.get("key")
         if not isinstance(key_id, str):
             raise io.CorruptError("simulator bundle header lacks its key id")

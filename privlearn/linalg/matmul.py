@@ -271,7 +271,7 @@ def keyed_evaluator(
     keys, conj = rotation_keys(names, d, block)
     with tempfile.TemporaryDirectory(prefix="privlearn-keys-") as tmp:
         path = client.public_bundle(sorted(keys), conjugation=conj, path=Path(tmp) / "bundle")
-        return Evaluator.from_bundle(path)
+        return Evaluator.from_bundle(path, insecure_for_testing=not client.params.secure)
 
 
 def diag_abt(

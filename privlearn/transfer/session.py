@@ -49,9 +49,9 @@ class EncryptedRun:
         return {k: v for k, v in self.__dict__.items() if k not in ("weights", "transcript")}
 
 
-def _serve(conn, workdir: str | None) -> None:
+def _serve(conn, workdir: str | None, insecure_for_testing: bool) -> None:
     """The server process: answer the client until it hangs up."""
-    server = Server(workdir)
+    server = Server(workdir, insecure_for_testing=insecure_for_testing)
     endpoint = PipeEndpoint(conn, server.handle)
     server.endpoint = endpoint
     try:
@@ -96,11 +96,13 @@ class EncryptedSession:
         if separate_process:
             ctx = mp.get_context("spawn")
             self._conn, child = ctx.Pipe()
-            self.proc = ctx.Process(target=_serve, args=(child, workdir), daemon=True)
+            self.proc = ctx.Process(
+                target=_serve, args=(child, workdir, insecure_for_testing), daemon=True
+            )
             self.proc.start()
             self.link = PipeEndpoint(self._conn, self.client.handle, peer_alive=self.proc.is_alive)
         else:
-            self.server = Server(workdir)
+            self.server = Server(workdir, insecure_for_testing=insecure_for_testing)
             self.link, self.server.endpoint, self._thread = thread_pair(
                 self.client.handle, self.server.handle, record=record_transcript
             )

@@ -23,7 +23,7 @@ def client(backend) -> ClientContext:
 
 @pytest.fixture(scope="package")
 def ev(client) -> Evaluator:
-    return Evaluator.from_bundle(client.public_bundle(ROTATIONS))
+    return Evaluator.from_bundle(client.public_bundle(ROTATIONS), insecure_for_testing=True)
 
 
 @pytest.fixture

@@ -25,7 +25,9 @@ def chain(lm, ct):
 )
 def boot(request):
     client = ClientContext.create("toy-n12-boot", request.param, seed=0, insecure_for_testing=True)
-    return client, Evaluator.from_bundle(client.public_bundle(bootstrap=True))
+    return client, Evaluator.from_bundle(
+        client.public_bundle(bootstrap=True), insecure_for_testing=True
+    )
 
 
 def test_plan_predicts_the_bootstraps_a_run_places(boot):
@@ -45,7 +47,7 @@ def test_plan_predicts_the_bootstraps_a_run_places(boot):
 
 def test_refresh_callback_at_planned_points():
     client = ClientContext.create("toy-n12", "simulator", seed=0, insecure_for_testing=True)
-    ev = Evaluator.from_bundle(client.public_bundle())
+    ev = Evaluator.from_bundle(client.public_bundle(), insecure_for_testing=True)
     calls = []
 
     def refresh(ct):
@@ -72,7 +74,7 @@ def test_pure_depth_is_reported_when_it_fits():
 
 def test_manager_checks_its_policy():
     client = ClientContext.create("toy-n12", "simulator", insecure_for_testing=True)
-    ev = Evaluator.from_bundle(client.public_bundle())
+    ev = Evaluator.from_bundle(client.public_bundle(), insecure_for_testing=True)
     with pytest.raises(ValueError, match="callback"):
         LevelManager(ev, "refresh")
     with pytest.raises(ValueError, match="bootstrappable"):

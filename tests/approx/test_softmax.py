@@ -45,7 +45,9 @@ def test_hetal_reproduces_the_published_error_table(classes, r, precise, want_ma
 @pytest.fixture(scope="module")
 def boot():
     client = ClientContext.create("toy-n12-boot", "simulator", seed=0, insecure_for_testing=True)
-    ev = Evaluator.from_bundle(client.public_bundle(rows.rotations(32), bootstrap=True))
+    ev = Evaluator.from_bundle(
+        client.public_bundle(rows.rotations(32), bootstrap=True), insecure_for_testing=True
+    )
     return client, ev
 
 
@@ -88,7 +90,9 @@ def test_ours_reaches_hetals_error_at_much_less_depth():
 def test_hetal_on_openfhe_with_bootstraps():
     """HETAL's 53 bootstraps on real encryption (toy-n12-boot: ~0.5 s each)."""
     client = ClientContext.create("toy-n12-boot", "openfhe", insecure_for_testing=True)
-    ev = Evaluator.from_bundle(client.public_bundle(rows.rotations(16), bootstrap=True))
+    ev = Evaluator.from_bundle(
+        client.public_bundle(rows.rotations(16), bootstrap=True), insecure_for_testing=True
+    )
     m = Hetal(10, 128)
     x = mixture(np.random.default_rng(7), client.slots // m.width, 10, 128)
     got, lm = run(client, ev, m, x)
@@ -110,13 +114,13 @@ def test_ours_on_ciphertexts_with_bootstraps(boot):
 def test_ours_on_openfhe():
     client = ClientContext.create("toy-n12", "openfhe", insecure_for_testing=True)
     m = NormSquare(3, 4, input_scale=1 / 8)  # the caller folded the scale in: no level
-    ev = Evaluator.from_bundle(client.public_bundle(m.rotations()))
+    ev = Evaluator.from_bundle(client.public_bundle(m.rotations()), insecure_for_testing=True)
     x = np.random.default_rng(4).uniform(-4, 4, (client.slots // m.width, 3))
     assert m.depth <= client.params.depth  # fits without refreshing
     got, _ = run(client, ev, m, x, policy="none")
     assert np.max(np.abs(got - exact(x))) <= m.error_bound().value + 1e-6
     wide = NormSquare(10, 128)  # deeper than toy-n12: client refreshes at planned points
-    ev = Evaluator.from_bundle(client.public_bundle(wide.rotations()))
+    ev = Evaluator.from_bundle(client.public_bundle(wide.rotations()), insecure_for_testing=True)
     x = mixture(np.random.default_rng(5), client.slots // wide.width, 10, 128)
     got, lm = run(client, ev, wide, x, policy="refresh")
     assert lm.refreshes == wide.plan(ev.params, "refresh").refreshes
@@ -148,7 +152,9 @@ def test_prescaled_input_saves_the_scaling_level(method):
 @pytest.mark.parametrize("method", [Lee(3, 4), Hong(3, 4), Jin(3, 4), Hetal(3, 4, precise=True)])
 def test_baselines_on_ciphertexts_match_their_references(boot, method):
     client, _ = boot
-    ev = Evaluator.from_bundle(client.public_bundle(method.rotations(), bootstrap=True))
+    ev = Evaluator.from_bundle(
+        client.public_bundle(method.rotations(), bootstrap=True), insecure_for_testing=True
+    )
     x = np.random.default_rng(6).uniform(-4, 4, (client.slots // method.width, 3))
     got, _ = run(client, ev, method, x)
     tol = 2e-3 if method.name == "hong" else 1e-4  # Hong divides tiny sums: noise grows

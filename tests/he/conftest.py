@@ -20,4 +20,6 @@ def client(backend) -> ClientContext:
 
 @pytest.fixture(scope="module")
 def ev(client) -> Evaluator:
-    return Evaluator.from_bundle(client.public_bundle(ROTATIONS, conjugation=True))
+    return Evaluator.from_bundle(
+        client.public_bundle(ROTATIONS, conjugation=True), insecure_for_testing=True
+    )

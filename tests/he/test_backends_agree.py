@@ -33,7 +33,9 @@ def test_same_levels_same_counts_similar_values():
     results = {}
     for backend in ("simulator", "openfhe"):
         client = ClientContext.create("toy-n12", backend, seed=0, insecure_for_testing=True)
-        ev = Evaluator.from_bundle(client.public_bundle([1, 2], conjugation=True))
+        ev = Evaluator.from_bundle(
+            client.public_bundle([1, 2], conjugation=True), insecure_for_testing=True
+        )
         out, trace = _program(client, ev, x)
         results[backend] = (client.decrypt(out), trace, ev.cost.total.as_dict())
     (sv, st, sc), (ov, ot, oc) = results["simulator"], results["openfhe"]
@@ -49,7 +51,7 @@ def test_simulator_noise_matches_openfhe_within_a_factor_of_two():
     errs = {}
     for backend in ("simulator", "openfhe"):
         client = ClientContext.create("toy-n12", backend, seed=0, insecure_for_testing=True)
-        ev = Evaluator.from_bundle(client.public_bundle([1]))
+        ev = Evaluator.from_bundle(client.public_bundle([1]), insecure_for_testing=True)
         c = client.encrypt(x)
         fresh = client.decrypt(c) - x
         prod = client.decrypt(ev.mul(c, c)) - x * x

@@ -16,7 +16,9 @@ def _precision_bits(err: np.ndarray) -> float:
 @pytest.fixture(scope="module", params=BACKENDS)
 def boot(request):
     client = ClientContext.create("toy-n12-boot", request.param, seed=0, insecure_for_testing=True)
-    return client, Evaluator.from_bundle(client.public_bundle([1], bootstrap=True))
+    return client, Evaluator.from_bundle(
+        client.public_bundle([1], bootstrap=True), insecure_for_testing=True
+    )
 
 
 def test_bootstrap_restores_levels_and_keeps_precision(boot):
@@ -45,17 +47,19 @@ def test_bootstrap_needs_one_level_and_no_pending_rescale(boot):
 
 def test_bootstrap_needs_its_keys(boot):
     client, _ = boot
-    ev = Evaluator.from_bundle(client.public_bundle([1]))
+    ev = Evaluator.from_bundle(client.public_bundle([1]), insecure_for_testing=True)
     with pytest.raises(MissingKeyError, match="bootstrap=True"):
         ev.bootstrap(client.encrypt([0.5]))
     plain = ClientContext.create("toy-n12", "simulator", insecure_for_testing=True)
     with pytest.raises(MissingKeyError, match="not bootstrappable"):
-        Evaluator.from_bundle(plain.public_bundle()).bootstrap(plain.encrypt([0.5]))
+        Evaluator.from_bundle(plain.public_bundle(), insecure_for_testing=True).bootstrap(
+            plain.encrypt([0.5])
+        )
 
 
 def test_simulator_refuses_inputs_outside_the_contract():
     client = ClientContext.create("toy-n12-boot", "simulator", insecure_for_testing=True)
-    ev = Evaluator.from_bundle(client.public_bundle(bootstrap=True))
+    ev = Evaluator.from_bundle(client.public_bundle(bootstrap=True), insecure_for_testing=True)
     with pytest.raises(LevelError, match="must lie in"):
         ev.bootstrap(client.encrypt([1.5]))
 
@@ -67,7 +71,9 @@ def test_bootstrap_at_128_bits(tmp_path):
     import time
 
     client = ClientContext.create("n16-boot", "openfhe")
-    ev = Evaluator.from_bundle(client.public_bundle(bootstrap=True, path=tmp_path / "bundle"))
+    ev = Evaluator.from_bundle(
+        client.public_bundle(bootstrap=True, path=tmp_path / "bundle"), insecure_for_testing=True
+    )
     z = np.random.default_rng(1).uniform(-1, 1, client.slots)
     ct = ev.level_down(client.encrypt(z), 1)
     t = time.perf_counter()

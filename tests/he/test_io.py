@@ -65,7 +65,7 @@ def test_wrong_kind_and_garbage(client):
     with pytest.raises(io.CorruptError, match="not a privlearn"):
         client.deserialize(b"\x00" * 100)
     with pytest.raises(io.EnvelopeError):
-        Evaluator.from_bundle(b"PLHE" + b"\xff" * 40)
+        Evaluator.from_bundle(b"PLHE" + b"\xff" * 40, insecure_for_testing=True)
 
 
 @settings(
@@ -101,12 +101,12 @@ def test_fuzzed_bundles_raise_envelope_errors(client):
         if bytes(b) == bundle:
             continue
         with pytest.raises(io.EnvelopeError):
-            Evaluator.from_bundle(bytes(b))
+            Evaluator.from_bundle(bytes(b), insecure_for_testing=True)
 
 
 def test_bundle_directory_round_trip_and_tamper(client, tmp_path):
     path = client.public_bundle([1], path=tmp_path / "b")
-    ev = Evaluator.from_bundle(path)
+    ev = Evaluator.from_bundle(path, insecure_for_testing=True)
     x = np.linspace(0, 1, 8)
     assert np.allclose(client.decrypt(ev.rotate(client.encrypt(x), 1))[:7], x[1:], atol=1e-8)
     sections = [f for f in path.iterdir() if f.name != "bundle.plhe"]
@@ -117,10 +117,10 @@ def test_bundle_directory_round_trip_and_tamper(client, tmp_path):
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     with pytest.raises(io.CorruptError, match="SHA-256"):
-        Evaluator.from_bundle(path)
+        Evaluator.from_bundle(path, insecure_for_testing=True)
     victim.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(io.TruncatedError):
-        Evaluator.from_bundle(path)
+        Evaluator.from_bundle(path, insecure_for_testing=True)
 
 
 def _resign_index(path, index) -> None:
@@ -138,11 +138,11 @@ def test_bundle_index_cannot_name_files_outside_the_bundle(client, tmp_path):
     for name in ("../secret", str(tmp_path / "secret"), "a/b", "relin_key.bin", "", "A"):
         _resign_index(path, {name: {"length": 10, "sha256": "0" * 64}})
         with pytest.raises(io.CorruptError, match="invalid section"):
-            Evaluator.from_bundle(path)
+            Evaluator.from_bundle(path, insecure_for_testing=True)
     for entry in ([], {"length": "10", "sha256": "0"}, {"length": -1, "sha256": "0"}, {}):
         _resign_index(path, {"context": entry})
         with pytest.raises(io.CorruptError, match="malformed"):
-            Evaluator.from_bundle(path)
+            Evaluator.from_bundle(path, insecure_for_testing=True)
 
 
 @pytest.mark.timeout(60)
@@ -151,12 +151,12 @@ def test_bundle_fifo_is_refused_not_read(client, tmp_path):
     os.mkfifo(path / "extra.bin")
     _resign_index(path, {"extra": {"length": 1, "sha256": "0" * 64}})
     with pytest.raises(io.CorruptError, match="not a regular file"):
-        Evaluator.from_bundle(path)
+        Evaluator.from_bundle(path, insecure_for_testing=True)
     fifo_dir = tmp_path / "f"
     fifo_dir.mkdir()
     os.mkfifo(fifo_dir / "bundle.plhe")
     with pytest.raises(io.CorruptError, match="not a regular file"):
-        Evaluator.from_bundle(fifo_dir)
+        Evaluator.from_bundle(fifo_dir, insecure_for_testing=True)
 
 
 def test_ciphertext_under_another_key_is_refused(client, ev, backend):
@@ -190,7 +190,17 @@ def test_bundle_must_hold_the_context_its_header_claims(client, backend):
     bundle = client.public_bundle([1])
     if backend == "openfhe":  # a toy N=4096 context under a 128-bit header
         with pytest.raises(io.CorruptError, match="ring dimension 4096"):
-            Evaluator.from_bundle(_rewrap_bundle(bundle, PRESETS["n16-d24"]))
+            Evaluator.from_bundle(
+                _rewrap_bundle(bundle, PRESETS["n16-d24"]), insecure_for_testing=True
+            )
     fake = dataclasses.replace(PRESETS["toy-n12"], security="128-classic")
     with pytest.raises(InsecureParametersError, match="marked 128-bit but is not"):
-        Evaluator.from_bundle(_rewrap_bundle(bundle, fake))
+        Evaluator.from_bundle(_rewrap_bundle(bundle, fake), insecure_for_testing=True)
+
+
+def test_a_bundle_short_of_128_bits_needs_the_opt_out(client):
+    """It loaded silently before: the server side needs the loud opt-out as the client did."""
+    bundle = client.public_bundle([1])
+    with pytest.raises(InsecureParametersError, match="insecure_for_testing"):
+        Evaluator.from_bundle(bundle)
+    assert Evaluator.from_bundle(bundle, insecure_for_testing=True).params.name == "toy-n12"

@@ -100,7 +100,7 @@ def test_time_model_predicts_from_counts():
 
     tm = TimeModel.default("n16-d24")
     client = ClientContext.create("n16-d24", "simulator", seed=0)
-    ev = Evaluator.from_bundle(client.public_bundle([1]))
+    ev = Evaluator.from_bundle(client.public_bundle([1]), insecure_for_testing=True)
     ct = client.encrypt([0.5])
     with ev.cost.measure() as one:
         ev.rotate(ct, 1)

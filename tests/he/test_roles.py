@@ -29,7 +29,7 @@ def test_secret_key_bytes_appear_nowhere_in_the_bundle(client, backend):
 @pytest.mark.openfhe
 def test_openfhe_evaluator_cannot_decrypt_even_by_reaching_into_openfhe():
     client = ClientContext.create("toy-n12", "openfhe", insecure_for_testing=True)
-    ev = Evaluator.from_bundle(client.public_bundle([1]))
+    ev = Evaluator.from_bundle(client.public_bundle([1]), insecure_for_testing=True)
     ct = ev.add(client.encrypt([0.5, 0.25]), 0.0)
     held = {type(v).__name__ for v in vars(ev).values()}
     assert "PrivateKey" not in held
@@ -40,13 +40,13 @@ def test_openfhe_evaluator_cannot_decrypt_even_by_reaching_into_openfhe():
 
 
 def test_bundle_records_what_it_grants(client):
-    ev = Evaluator.from_bundle(client.public_bundle([3, -1]))
+    ev = Evaluator.from_bundle(client.public_bundle([3, -1]), insecure_for_testing=True)
     assert ev.rotation_keys == {3, client.slots - 1}
     assert not ev.has_conjugation_key and not ev.can_bootstrap
 
 
 def test_simulator_says_it_is_not_encryption():
     client = ClientContext.create("toy-n12", "simulator", insecure_for_testing=True)
-    ev = Evaluator.from_bundle(client.public_bundle())
+    ev = Evaluator.from_bundle(client.public_bundle(), insecure_for_testing=True)
     assert not client.is_real_encryption and not ev.is_real_encryption
     assert b"NOT ENCRYPTION" in client.public_bundle()

@@ -64,7 +64,9 @@ def test_too_few_levels_left(setup):
 
 def test_missing_rotation_keys_and_wrong_layouts(setup):
     client, ev, x, w = setup
-    bare = Evaluator.from_bundle(client.public_bundle([1, 2], conjugation=True))
+    bare = Evaluator.from_bundle(
+        client.public_bundle([1, 2], conjugation=True), insecure_for_testing=True
+    )
     _no_work(bare, lambda: diag_abt(bare, x, w), MissingKeyError, "needs rotation keys")
     _no_work(ev, lambda: diag_abt(ev, x, x), ValueError, "expected row_tiled")
 
@@ -73,5 +75,7 @@ def test_block_too_narrow_for_the_classes(toy_sim):
     blk = BlockShape(1024, 2)  # B's 3 rows tile down it, but the 3 product columns need 4
     x = EncMatrix.encrypt(toy_sim, np.ones((8, 8)), blk)
     w = EncMatrix.encrypt(toy_sim, np.ones((3, 8)), blk, Layout.ROW_TILED)
-    ev = Evaluator.from_bundle(toy_sim.public_bundle([1], conjugation=True))
+    ev = Evaluator.from_bundle(
+        toy_sim.public_bundle([1], conjugation=True), insecure_for_testing=True
+    )
     _no_work(ev, lambda: diag_abt(ev, x, w), ValueError, "more than a side")
