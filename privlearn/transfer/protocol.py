@@ -4,8 +4,8 @@ Everything the two roles exchange is a :class:`Message`: a kind, small public me
 epoch numbers: never data) and a tuple of byte strings (serialized ciphertexts or a public
 bundle). A message travels as one enveloped byte string (``privlearn.he.io``), checked on
 arrival, so the same code runs in one process (two threads), across processes, or over a
-network. Channels
-can record a transcript of every byte that crossed, which the tests search for secret-key bytes.
+network. Channels can record a transcript of every byte that crossed, which the tests search
+for secret-key bytes.
 """
 
 from __future__ import annotations
