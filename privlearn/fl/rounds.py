@@ -15,6 +15,8 @@ from privlearn.fl.algorithms.base import Algorithm, ClientUpdate
 from privlearn.fl.engine.base import Engine, TrainData
 from privlearn.fl.models import Model
 from privlearn.fl.plan import RoundPlan
+from privlearn.fl.robust.scenario import Scenario
+from privlearn.fl.robust.threat import Verdict
 
 
 @dataclass
@@ -23,6 +25,8 @@ class RoundStats:
     rejected: list[Rejection] = field(default_factory=list)
     train_loss: float | None = None
     seconds: float = 0.0
+    attackers: list[int] = field(default_factory=list)  # attacker clients in the cohort
+    verdict: Verdict = field(default_factory=Verdict)  # what the defence decided
 
 
 def server_rng(seed: int, round_idx: int) -> torch.Generator:
@@ -51,15 +55,29 @@ def run_round(
     plan: RoundPlan,
     data: TrainData,
     rng: torch.Generator,
+    scenario: Scenario | None = None,
+    round_idx: int = 0,
 ) -> tuple[dict, RoundStats]:
-    """Train the planned cohort, drop bad updates (naming the clients), update the server,
-    and write surviving clients' new states into `bank` (in place)."""
+    """Train the planned cohort, drop bad updates (naming the clients), defend, update the
+    server, and write surviving clients' new states into `bank` (in place).
+
+    With a `scenario`, attacker rows train on their poisoned data and forge their uploads
+    in round `round_idx` (0-based) while the attack is active, and the scenario's defence
+    runs on the screened uploads before the algorithm's server update."""
     t0 = time.perf_counter()
     stats = RoundStats(clients=plan.clients.tolist())
     if len(plan) == 0:
         return server, stats
     cohort_states = T.rows(bank, plan.clients)
-    result = engine.run_clients(algo, server, cohort_states, plan, data)
+    run_algo = algo
+    if scenario is not None:
+        if scenario.active(round_idx):
+            stats.attackers = plan.clients[scenario.attacker_rows(plan.clients)].tolist()
+        run_algo = scenario.algorithm(algo, round_idx, server)
+        data = TrainData(*scenario.train_data(data.x, data.y, round_idx))
+    result = engine.run_clients(run_algo, server, cohort_states, plan, data)
+    if scenario is not None:
+        result.updates = scenario.forge(result.updates, plan.clients, server, round_idx)
     keep, rejected = screen(result.updates, plan.clients, max_weight=plan.n)
     named = {r.client: r for r in rejected}
     for row, reason in result.rejected.items():  # the engine's reason is the more precise one
@@ -69,9 +87,11 @@ def run_round(
     if keep.any():
         kept = torch.nonzero(keep).flatten()
         updates: ClientUpdate = T.rows(result.updates, kept)
-        server = algo.server_update(server, updates, rng)
-        T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
         w = updates.weight.to(torch.float64)
         stats.train_loss = float((updates.loss.to(torch.float64) * w).sum() / w.sum())
+        if scenario is not None:
+            updates, stats.verdict = scenario.defend(updates, plan.clients[kept], server, round_idx)
+        server = algo.server_update(server, updates, rng)
+        T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
     stats.seconds = time.perf_counter() - t0
     return server, stats

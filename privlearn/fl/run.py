@@ -50,6 +50,8 @@ from privlearn.fl.engine import TrainData, make_engine
 from privlearn.fl.evaluate import global_accuracy, personal_accuracy
 from privlearn.fl.models import build_model
 from privlearn.fl.plan import LocalWork, Sampling, plan_round
+from privlearn.fl.robust import ATTACKS, DEFENCES
+from privlearn.fl.robust.run import backdoor_accuracy, build_scenario, round_report
 from privlearn.fl.rounds import init_federation, run_round, server_rng
 
 CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
@@ -119,6 +121,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "partition_max_tries",
             "chunk_size",
             "threads",
+            "root_size",
         )
     ),
     *((k, _positive, "must be a finite number > 0") for k in ("beta", "lr")),
@@ -131,6 +134,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "synthetic_beta",
             "min_client_size",
             "seed",
+            "defence_f",
         )
     ),
     ("momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
@@ -138,6 +142,10 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("sample_rate", lambda v: 0 < v <= 1, "must be a fraction in (0, 1]"),
     ("local_test_fraction", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
     ("epochs_range", lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "must be [a, b], 1 <= a <= b"),
+    ("attackers", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
+    ("attack_window", lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "must be [a, b], 1 <= a <= b"),
+    ("attack", lambda v: v in ATTACKS, f"must be one of {', '.join(sorted(ATTACKS))}"),
+    ("defence", lambda v: v in DEFENCES, f"must be one of {', '.join(sorted(DEFENCES))}"),
 )
 
 
@@ -205,6 +213,29 @@ class RunConfig:
     # algorithm and its hyper-parameters (e.g. {"mu": 0.01} for fedprox)
     algorithm: str = _opt("fedavg", f"algorithm: {', '.join(ALGORITHMS)}")
     algo_params: dict[str, Any] = _opt({}, "the algorithm's hyper-parameters, e.g. mu=0.01")
+    # threat model (privlearn.fl.robust)
+    attack: str | None = _opt(
+        None, f"attack the attackers run: {', '.join(sorted(ATTACKS))}", unset="none"
+    )
+    attackers: float = _opt(
+        0.0,
+        "fraction of clients the attacker controls (fixed by seed, in every cohort they "
+        "are sampled into)",
+    )
+    attack_params: dict[str, Any] = _opt({}, "the attack's parameters, e.g. target=7")
+    attack_window: list[int] | None = _opt(
+        None, "a,b: attackers act in rounds a..b only", unset="every round"
+    )
+    defence: str | None = _opt(None, f"server defence: {', '.join(sorted(DEFENCES))}", unset="none")
+    defence_params: dict[str, Any] = _opt({}, "the defence's parameters, e.g. beta=0.1")
+    defence_f: int | None = _opt(
+        None,
+        "attackers per cohort the defence assumes (Krum's f)",
+        unset="the true count in each cohort",
+    )
+    root_size: int = _opt(
+        100, "test samples set aside as the server's clean root set (defences that use one)"
+    )
     # execution
     engine: str = _opt("vectorised", "vectorised (clients stacked) or sequential")
     device: str = _opt("cpu", "cpu or cuda")
@@ -226,6 +257,12 @@ class RunConfig:
             if value is not None and not ok(value):
                 raise ValueError(f"config key {key}: {accepted}, got {value!r}")
         active = round(min(self.clients_per_round, self.n_clients) * (1 - self.stragglers))
+        if (self.attack is None) != (self.attackers == 0):
+            raise ValueError(
+                "config keys attack and attackers go together: name an attack and give "
+                f"attackers a fraction in (0, 1) (got attack={self.attack!r}, "
+                f"attackers={self.attackers})"
+            )
         if self.sampling == "uniform" and self.straggler_policy == "drop" and active < 1:
             raise ValueError(
                 f"config key stragglers: {self.stragglers} drops every one of the "
@@ -309,6 +346,7 @@ class Experiment:
     model: Any
     algo: Any
     engine: Any
+    scenario: Any = None  # privlearn.fl.robust.Scenario when attacked or defended
 
     @classmethod
     def build(cls, cfg: RunConfig) -> Experiment:
@@ -334,7 +372,8 @@ class Experiment:
             **cfg.algo_params,
         )
         engine = make_engine(cfg.engine, cfg.chunk_size, cfg.compile)
-        return cls(cfg, data, model, algo, engine)
+        data, scenario = build_scenario(cfg, data, model, algo)
+        return cls(cfg, data, model, algo, engine, scenario)
 
     def init_state(self) -> tuple[dict, Any]:
         return init_federation(
@@ -359,17 +398,22 @@ class Experiment:
             plan,
             TrainData(self.data.round_features(r), self.data.y_train),
             server_rng(self.cfg.seed, r),
+            self.scenario,
+            r,
         )
         return server, stats, plan
 
     def evaluate(self, server: dict, bank: Any) -> dict:
         g = global_accuracy(self.algo, self.model, server, self.data)
         p = personal_accuracy(self.algo, self.model, server, bank, self.data, self.cfg.batch_size)
-        return {
+        out = {
             "test_acc": None if g is None else g[0],
             "test_loss": None if g is None else g[1],
             "personal_acc": p,
         }
+        if self.scenario is not None and self.scenario.attack is not None:
+            out["backdoor_acc"] = backdoor_accuracy(self, server)
+        return out
 
 
 CHECKPOINT_MAGIC = b"PLFLCKPT1"  # then the payload's SHA-256 (32 bytes), then torch.save's bytes
@@ -422,7 +466,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
 
 def _inconsistency(ckpt: Any) -> str | None:
     """What in a (checksummed, so self-written or re-signed) checkpoint contradicts itself."""
-    keys = {"config", "round", "threads", "server", "bank", "rounds"}
+    keys = {"config", "round", "threads", "server", "bank", "rounds", "defence"}
     if not isinstance(ckpt, dict) or set(ckpt) != keys:
         return f"expected the fields {sorted(keys)}"
     cfg, r = ckpt["config"], ckpt["round"]
@@ -453,6 +497,7 @@ def plot_metrics(rounds: list[dict], path: Path, title: str) -> Path:
     for key, label in (
         ("test_acc", "global model, pooled test set"),
         ("personal_acc", "personal models, own test rows"),
+        ("backdoor_acc", "attack success (backdoor accuracy)"),
     ):
         pts = [(m["round"], m[key]) for m in rounds if m.get(key) is not None]
         if pts:
@@ -552,6 +597,8 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
             ckpt["rounds"],
             ckpt["round"],
         )
+        if exp.scenario is not None:
+            exp.scenario.state = ckpt["defence"]
         console.print(f"resuming {out} after round {start}")
     else:
         server, bank = exp.init_state()
@@ -586,6 +633,7 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                     "rejected": [str(x) for x in stats.rejected],
                     "dropped_stragglers": len(plan.dropped),
                     "partial_stragglers": len(plan.stragglers),
+                    **round_report(exp.scenario, stats),
                 }
                 for rej in stats.rejected:
                     console.print(f"[yellow]round {r + 1}: rejected update from {rej}[/]")
@@ -602,6 +650,7 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                         "server": server,
                         "bank": bank,
                         "rounds": doc["rounds"],
+                        "defence": None if exp.scenario is None else exp.scenario.state,
                     },
                     ckpt_path,
                 )
