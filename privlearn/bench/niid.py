@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from privlearn.bench import machine
+from privlearn.bench import cell_key, machine, progress_bar, save_json
 from privlearn.fl.evaluate import accuracy
 from privlearn.fl.run import Experiment, RunConfig
 
@@ -105,28 +104,6 @@ def _curve(cfg: RunConfig, train_loss_on_all: bool = False) -> dict:
     return out
 
 
-def _key(*parts) -> str:
-    return " | ".join(str(p) for p in parts)
-
-
-def _save(doc: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"),
-        console=console,
-    )
-
-
 def _run_jobs(
     out: Path,
     title: str,
@@ -138,7 +115,7 @@ def _run_jobs(
     """Run each (key, labels, config) not already in `out` with the same config; the file
     is rewritten after every run, so an interrupted benchmark resumes where it stopped."""
     doc = json.loads(out.read_text()) if out.exists() else {"machine": machine(), "runs": {}}
-    with _progress(console) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task(title, total=len(jobs), last="")
         for key, labels, cfg in jobs:
             conf = asdict(cfg)
@@ -149,7 +126,7 @@ def _run_jobs(
                 if post:
                     res.update(post(res))
                 doc["runs"][key] = {**labels, "config": conf, **res}
-                _save(doc, out)
+                save_json(doc, out)
             bar.update(task, advance=1, last=f"{key}: final {doc['runs'][key]['final_acc']:.3f}")
     return doc
 
@@ -195,7 +172,7 @@ def run_grid(
     engines = engines or {}
     jobs = [
         (
-            _key(d, p, a, s),
+            cell_key(d, p, a, s),
             {"dataset": d, "partition": p, "algorithm": a, "seed": s},
             grid_config(d, p, a, s, rounds[d], engines.get(d, "vectorised"), threads),
         )
@@ -342,7 +319,7 @@ def run_stragglers(
                         "threads": threads,
                     }
                 )
-                jobs.append((_key(f, m, s), {"stragglers": f, "method": m, "seed": s}, cfg))
+                jobs.append((cell_key(f, m, s), {"stragglers": f, "method": m, "seed": s}, cfg))
     return _run_jobs(
         out, "stragglers", jobs, console or Console(), train_loss_on_all=True, post=tail
     )
@@ -429,7 +406,7 @@ def run_scaffold_sampling(
     }
     jobs = [
         (
-            _key(m, s),
+            cell_key(m, s),
             {"method": m, "seed": s},
             RunConfig(**{**base, "algorithm": alg, "algo_params": hp, "seed": s}),
         )

@@ -341,3 +341,90 @@ def fl_speed(
     bench.print_table(doc, console)
     bench.plot(doc, out.with_suffix(".png"))
     console.print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+ROBUSTNESS_PARTS = ("grid", "reproduce", "cost", "all")
+
+
+@app.command("robustness")
+def robustness(
+    part: str = typer.Option("grid", help="grid, reproduce, cost or all"),
+    quick: bool = typer.Option(
+        False, help="the quick grid: 5 attacks x 6 defences, 20 %, digits Dir(0.5), 1 seed"
+    ),
+    attacks: str = typer.Option(None, help="comma-separated", show_default="every attack"),
+    defences: str = typer.Option(
+        None, help="comma-separated (none: no defence)", show_default="none + every defence"
+    ),
+    fractions: str = typer.Option("0,0.1,0.2,0.4", help="attacker fractions, comma-separated"),
+    datasets: str = typer.Option("digits,mnist5k", help="comma-separated"),
+    partitions: str = typer.Option("IID,Dir(0.5)", help="comma-separated"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated"),
+    max_minutes: float = typer.Option(
+        None,
+        min=0,
+        help="start no grid cell after this long (the part run is recorded)",
+        show_default="no limit",
+    ),
+    reproduce: str = typer.Option(None, help="reproductions, comma-separated", show_default="all"),
+    cost_clients: str = typer.Option("100,1000", help="stack sizes K of the cost part"),
+    cost_params: int = typer.Option(100_000, min=1, help="parameters P of the cost part"),
+    cost_defences: str = typer.Option(
+        "median,trimmed-mean,krum,multi-krum,bulyan,geomedian,flame",
+        help="defences of the cost part, comma-separated",
+    ),
+    device: str = typer.Option("cpu", help="device of the cost part (cpu or cuda)"),
+    out: Path = typer.Option(
+        Path("results/bench-robustness"),
+        help="folder for JSON, Markdown and PNG",
+        callback=check_out_dir,
+    ),
+) -> None:
+    """Attacks x defences x attacker fraction (accuracy, attack success), reproductions, cost."""
+    from privlearn.bench import robustness as bench
+
+    choice("part", part, ROBUSTNESS_PARTS)
+    out.mkdir(parents=True, exist_ok=True)
+    if part in ("grid", "all"):
+        grid = dict(bench.QUICK) if quick else bench.full_grid()
+        if not quick:
+            grid.update(
+                fractions=tuple(float(f) for f in fractions.split(",")),
+                datasets=tuple(datasets.split(",")),
+                partitions=tuple(partitions.split(",")),
+                seeds=tuple(_ints("seeds", seeds)),
+            )
+        if attacks:
+            grid["attacks"] = tuple(attacks.split(","))
+        if defences:
+            grid["defences"] = tuple(defences.split(","))
+        choices("attacks", grid["attacks"], bench.ATTACKS)
+        choices("defences", grid["defences"], (bench.NONE, *bench.DEFENCES))
+        choices("datasets", grid["datasets"], bench.SCHEDULE)
+        choices("partitions", grid["partitions"], bench.PARTITIONS)
+        bad = [f for f in grid["fractions"] if not 0 <= f < 1]
+        if bad:
+            raise UsageError(f"--fractions {bad}: attacker fractions must be in [0, 1)")
+        name = "quick" if quick else "grid"
+        doc = bench.run_grid(grid, out / f"{name}.json", console, max_minutes)
+        bench.print_grid(doc, console)
+        (out / f"{name}.md").write_text(bench.to_markdown(doc))
+        bench.plot_heatmaps(doc, out)
+        cov = doc["coverage"]
+        console.print(f"{cov['cells_run']} of {cov['cells_in_grid']} cells run")
+    if part in ("reproduce", "all"):
+        names = tuple(reproduce.split(",")) if reproduce else tuple(bench.REPRODUCTIONS)
+        choices("reproduce", names, bench.REPRODUCTIONS)
+        doc = bench.run_reproductions(names, out / "reproductions.json", console)
+        (out / "reproductions.md").write_text(bench.reproductions_markdown(doc))
+        bench.plot_curves(doc, out / "reproductions.png")
+        console.print(bench.reproductions_markdown(doc))
+    if part in ("cost", "all"):
+        choice("device", device, ("cpu", "cuda"))
+        ks = tuple(_ints("cost-clients", cost_clients))
+        names = tuple(cost_defences.split(","))
+        choices("cost-defences", names, bench.DEFENCES)
+        doc = bench.cost(ks, cost_params, names, device=device)
+        (out / f"cost-{device}.json").write_text(json.dumps(doc, indent=1))
+        bench.print_cost(doc, console)
+    console.print(f"wrote {out}/")

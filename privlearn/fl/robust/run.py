@@ -112,7 +112,7 @@ def round_report(scenario: Scenario | None, stats: Any) -> dict:
     attackers = set(stats.attackers)
     v = stats.verdict
     out: dict[str, Any] = {"attackers": sorted(attackers)}
-    if scenario.defence is not None:
+    if scenario.defence is not None and scenario.defence.selects:
         excluded = set(v.excluded)
         out.update(
             excluded=sorted(excluded),

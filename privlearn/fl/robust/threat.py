@@ -99,7 +99,9 @@ class Defence:
 
     apply(updates, state, ctx) -> (updates, state, factor [K]); init(n_clients) -> state;
     check(K, f) -> why a cohort of K rows with f attackers breaks the defence's assumptions
-    (e.g. Bulyan: K >= 4f + 3), or None. `needs_root`: it uses the server's clean data."""
+    (e.g. Bulyan: K >= 4f + 3), or None. `needs_root`: it uses the server's clean data.
+    `selects`: it excludes or down-weights clients (so its false positives and negatives
+    are reported); a coordinate-wise or clipping rule excludes no one."""
 
     name: str
     threat: str  # one line: what it stops, and its assumptions
@@ -107,6 +109,7 @@ class Defence:
     init: Callable[[int], Any] = lambda n_clients: ()
     check: Callable[[int, int], str | None] = lambda k, f: None
     needs_root: bool = False
+    selects: bool = False
 
 
 @dataclass

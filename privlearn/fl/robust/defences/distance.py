@@ -33,4 +33,6 @@ def krum() -> Defence:
         keep[scores.argmin()] = True
         return select_rows(u, keep), state, keep.to(torch.float64)
 
-    return Defence("krum", "Byzantine rows; assumes K >= 2f + 3", apply, check=_krum_check)
+    return Defence(
+        "krum", "Byzantine rows; assumes K >= 2f + 3", apply, check=_krum_check, selects=True
+    )
