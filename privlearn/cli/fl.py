@@ -145,3 +145,20 @@ def export_doc(settings: dict, clients) -> dict:
     """The partition as data: the settings that drew it and client i's rows of the training
     split (`clients[i]`, in the loader's order), so another tool can reuse the same split."""
     return {**settings, "clients": [[int(i) for i in idx] for idx in clients]}
+
+
+@app.command("threats")
+def threats() -> None:
+    """The attacks and defences `fl run --attack/--defence` accept, with their parameters."""
+    from privlearn.fl.robust import ATTACKS, DEFENCES, hyper_parameters
+
+    for title, table in (("attacks", ATTACKS), ("defences", DEFENCES)):
+        t = Table(title=title)
+        t.add_column("name")
+        t.add_column("parameters (defaults)")
+        t.add_column("what it does")
+        for name in sorted(table):
+            hp = hyper_parameters(table[name])
+            doc = (inspect.getdoc(table[name]) or "").split("\n\n")[0].replace("\n", " ")
+            t.add_row(name, ", ".join(f"{k}={v}" for k, v in hp.items()) or "—", doc)
+        console.print(t)

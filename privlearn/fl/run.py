@@ -694,7 +694,7 @@ def summarise(doc: dict) -> dict:
     """Final and best accuracies of a metrics document."""
     rounds = doc["rounds"]
     out = {}
-    for key in ("test_acc", "personal_acc"):
+    for key in ("test_acc", "personal_acc", "backdoor_acc"):
         vals = [m[key] for m in rounds if m.get(key) is not None]
         if vals:
             out[f"final_{key}"] = vals[-1]
