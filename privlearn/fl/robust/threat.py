@@ -29,6 +29,7 @@ false positives and negatives can be read off per round.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,11 +152,6 @@ def is_attacker(attackers: torch.Tensor, client_id: torch.Tensor) -> torch.Tenso
 # --- helpers defences share -----------------------------------------------------------------
 
 
-def flat(tree: Any) -> torch.Tensor:
-    """A stacked tree as one [K, P] matrix."""
-    return T.flat_rows(tree)
-
-
 def unflat(matrix: torch.Tensor, like: Any) -> Any:
     """Rows of a [K, P] matrix back into the (stacked) structure of `like`."""
     out, at = [], 0
@@ -184,6 +180,19 @@ def _all_float(tree: Any) -> bool:
     return bool(leaves) and all(t.is_floating_point() for t in leaves)
 
 
+def _map_float_fields(
+    u: ClientUpdate, fn: Callable[[Any], Any], on_delta: Callable[[Any], Any] | None = None
+) -> ClientUpdate:
+    """`u` with `fn` applied to each floating field (`on_delta`, when given, to the delta)."""
+    fields = float_fields(u)
+    return dataclasses.replace(
+        u,
+        delta=(on_delta or fn)(fields["delta"]),
+        buffers=fn(fields["buffers"]),
+        extras={**u.extras, **{k: fn(v) for k, v in fields["extras"].items()}},
+    )
+
+
 def aggregate_rows(
     u: ClientUpdate, rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ) -> ClientUpdate:
@@ -195,18 +204,10 @@ def aggregate_rows(
     def agg(tree: Any) -> Any:
         if not T.leaves(tree):
             return tree
-        m = flat(tree)
+        m = T.flat_rows(tree)
         return unflat(rule(m, u.weight.to(m.dtype)).unsqueeze(0).expand(k, -1), tree)
 
-    fields = float_fields(u)
-    return ClientUpdate(
-        delta=agg(fields["delta"]),
-        weight=u.weight,
-        loss=u.loss,
-        steps=u.steps,
-        buffers=agg(fields["buffers"]),
-        extras={**u.extras, **{k2: agg(v) for k2, v in fields["extras"].items()}},
-    )
+    return _map_float_fields(u, agg)
 
 
 def mix_rows(
@@ -220,30 +221,15 @@ def mix_rows(
     def mix(tree: Any, m: torch.Tensor | None = None) -> Any:
         if not T.leaves(tree):
             return tree
-        m = flat(tree) if m is None else m
+        m = T.flat_rows(tree) if m is None else m
         return unflat((a.to(m.dtype) @ m).unsqueeze(0).expand(k, -1), tree)
 
-    fields = float_fields(u)
-    return ClientUpdate(
-        delta=mix(fields["delta"], delta),
-        weight=u.weight,
-        loss=u.loss,
-        steps=u.steps,
-        buffers=mix(fields["buffers"]),
-        extras={**u.extras, **{k2: mix(v) for k2, v in fields["extras"].items()}},
-    )
+    return _map_float_fields(u, mix, lambda tree: mix(tree, delta))
 
 
 def with_delta(u: ClientUpdate, delta: torch.Tensor) -> ClientUpdate:
     """The update with its model-delta rows replaced by `delta` ([K, P]); other fields kept."""
-    return ClientUpdate(
-        delta=unflat(delta, u.delta),
-        weight=u.weight,
-        loss=u.loss,
-        steps=u.steps,
-        buffers=u.buffers,
-        extras=u.extras,
-    )
+    return dataclasses.replace(u, delta=unflat(delta, u.delta))
 
 
 def pairwise_sq_dists(m: torch.Tensor) -> torch.Tensor:

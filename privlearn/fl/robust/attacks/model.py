@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.robust.registry import DataInfo, attack
-from privlearn.fl.robust.threat import Attack, AttackContext, flat, with_delta
+from privlearn.fl.robust.threat import Attack, AttackContext, with_delta
 
 
 def _forge(u: ClientUpdate, ctx: AttackContext, rows: torch.Tensor) -> ClientUpdate:
     """`u` with the model-delta rows of the attackers replaced by `rows` ([K, P]; rows of
     honest clients are ignored)."""
-    m = flat(u.delta)
+    m = T.flat_rows(u.delta)
     return with_delta(u, torch.where(ctx.attacker[:, None], rows.to(m.dtype), m))
 
 
@@ -24,7 +25,7 @@ def gaussian(info: DataInfo, sigma: float = 1.0) -> Attack:
         raise ValueError(f"gaussian attack sigma must be > 0, got {sigma}")
 
     def updates(u: ClientUpdate, ctx: AttackContext) -> ClientUpdate:
-        m = flat(u.delta)
+        m = T.flat_rows(u.delta)
         noise = torch.randn(m.shape, generator=ctx.rng, dtype=m.dtype).to(m.device) * sigma
         return _forge(u, ctx, noise)
 
@@ -39,6 +40,6 @@ def sign_flip(info: DataInfo, scale: float = 1.0) -> Attack:
         raise ValueError(f"sign-flip scale must be > 0, got {scale}")
 
     def updates(u: ClientUpdate, ctx: AttackContext) -> ClientUpdate:
-        return _forge(u, ctx, -scale * flat(u.delta))
+        return _forge(u, ctx, -scale * T.flat_rows(u.delta))
 
     return Attack("sign-flip", "model poisoning: the negated honest update", updates=updates)

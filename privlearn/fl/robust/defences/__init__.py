@@ -5,5 +5,6 @@ from privlearn.fl.robust.defences import (  # noqa: F401
     clustering,
     coordinate,
     distance,
+    filtering,
     trust,
 )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.robust.registry import defence
-from privlearn.fl.robust.threat import Defence, DefenceContext, flat, pairwise_sq_dists, select_rows
+from privlearn.fl.robust.threat import Defence, DefenceContext, pairwise_sq_dists, select_rows
 
 
 def krum_scores(m: torch.Tensor, f: int) -> torch.Tensor:
@@ -28,7 +29,7 @@ def krum() -> Defence:
     every field of it. Assumes K >= 2f + 3 with f Byzantine rows."""
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        scores = krum_scores(flat(u.delta).to(torch.float64), ctx.f)
+        scores = krum_scores(T.flat_rows(u.delta).to(torch.float64), ctx.f)
         keep = torch.zeros(len(scores), dtype=torch.bool)
         keep[scores.argmin()] = True
         return select_rows(u, keep), state, keep.to(torch.float64)
