@@ -105,7 +105,7 @@ def run_cell(cfg: RunConfig) -> dict:
     try:
         exp = Experiment.build(cfg)
     except ValueError as e:
-        if "cannot run on cohorts" in str(e):
+        if "cannot run on a cohort" in str(e):
             return {"na": str(e).split(": ", 1)[-1]}
         raise
     server, bank = exp.init_state()

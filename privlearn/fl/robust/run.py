@@ -68,15 +68,7 @@ def build_scenario(cfg: Any, data: Any, model: Any, algo: Any) -> tuple[Any, Sce
     if defence is not None and cfg.sampling != "poisson":
         k = cfg.n_clients if cfg.sampling == "all" else min(cfg.clients_per_round, cfg.n_clients)
         k = int(round(k * (1 - cfg.stragglers))) if cfg.straggler_policy == "drop" else k
-        expected = cfg.defence_f
-        if expected is None:  # the most attackers a cohort of k can hold
-            expected = min(k, len(attackers))
-        why = defence.check(k, expected)
-        if why is not None:
-            raise ValueError(
-                f"defence {defence.name} cannot run on cohorts of {k} with up to {expected} "
-                f"attackers: {why}"
-            )
+        scenario.check(k, scenario.most_f(k))
     return data, scenario
 
 

@@ -109,19 +109,18 @@ class Scenario:
     def assumed_f(self, cohort: torch.Tensor) -> int:
         return int(self.attacker_rows(cohort).sum()) if self.f is None else self.f
 
-    def check(self, k: int, cohort: torch.Tensor | None = None) -> None:
-        """Refuse a cohort the defence's assumptions forbid (before training when possible)."""
-        if self.defence is None:
-            return
-        f = self.f if cohort is None or self.f is not None else self.assumed_f(cohort)
-        if f is None:
-            f = int(round(k * len(self.attackers) / max(self.n_clients, 1)))
-        why = self.defence.check(k, f)
+    def check(self, k: int, f: int) -> None:
+        """Refuse a cohort of k rows with f attackers that the defence's assumptions forbid."""
+        why = None if self.defence is None else self.defence.check(k, f)
         if why is not None:
             raise ValueError(
                 f"defence {self.defence.name} cannot run on a cohort of {k} with {f} "
                 f"attackers: {why}"
             )
+
+    def most_f(self, k: int) -> int:
+        """The most attackers the defence must assume in a cohort of k (checked up front)."""
+        return min(k, len(self.attackers)) if self.f is None else self.f
 
     def defend(
         self, updates: ClientUpdate, cohort: torch.Tensor, server: dict, r: int
@@ -129,7 +128,7 @@ class Scenario:
         """The updates the algorithm reduces after the defence, and what it decided."""
         if self.defence is None:
             return updates, Verdict()
-        self.check(len(cohort), cohort)
+        self.check(len(cohort), self.assumed_f(cohort))
         ctx = DefenceContext(
             round=r,
             params=server["params"],
