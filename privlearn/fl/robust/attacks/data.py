@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from privlearn.fl.robust.attacks.triggers import pattern, pieces, stamp
+from privlearn.fl.robust.attacks.triggers import pattern, pieces, stamp, triggered_test
 from privlearn.fl.robust.registry import DataInfo, attack
 from privlearn.fl.robust.threat import Attack, Rows
 
 
-def _check_class(info: DataInfo, name: str, c: int) -> None:
+def check_class(info: DataInfo, name: str, c: int) -> None:
+    """Refuse a class index the task does not have."""
     if not 0 <= c < info.n_classes:
         raise ValueError(f"{name} must be a class in 0..{info.n_classes - 1}, got {c}")
 
@@ -20,9 +21,9 @@ def label_flip(info: DataInfo, source: int = -1, target: int = 0) -> Attack:
     """Label flipping (Tolpegin et al. 2020): attackers relabel their `source` samples as
     `target` (source = -1: every sample, all-to-one). Success: the global model's rate of
     predicting `target` on test samples of `source` (all non-target samples when -1)."""
-    _check_class(info, "target", target)
+    check_class(info, "target", target)
     if source != -1:
-        _check_class(info, "source", source)
+        check_class(info, "source", source)
         if source == target:
             raise ValueError(f"label-flip source and target are both {source}")
 
@@ -70,7 +71,7 @@ def _triggered(
 ) -> Attack:
     """A pixel-trigger backdoor: attacker i stamps masks[i mod len(masks)] on its poisoned
     rows and relabels them `target`; success is measured with `test_mask` stamped."""
-    _check_class(info, "target", target)
+    check_class(info, "target", target)
 
     def data(x: torch.Tensor, y: torch.Tensor, rows: Rows, rng: np.random.Generator):
         x, y = x.clone(), y.clone()
@@ -80,14 +81,12 @@ def _triggered(
             y[t] = target
         return x, y
 
-    def backdoor(x: torch.Tensor, y: torch.Tensor):
-        keep = y != target
-        return stamp(x[keep], test_mask), torch.full_like(y[keep], target)
-
+    backdoor = triggered_test(test_mask, target)
     return Attack(name, threat, data=data, backdoor=backdoor, needs_images=True)
 
 
-def _image_shape(info: DataInfo, name: str) -> tuple[int, int, int]:
+def image_shape(info: DataInfo, name: str) -> tuple[int, int, int]:
+    """The task's image shape; refuse flat inputs, on which no trigger can be stamped."""
     if len(info.input_shape) != 3:
         raise ValueError(f"{name} stamps a trigger on images; inputs are {info.input_shape}")
     return info.input_shape  # type: ignore[return-value]
@@ -98,7 +97,7 @@ def badnets(info: DataInfo, target: int = 7, poison_ratio: float = 0.32, size: i
     """BadNets (Gu et al. 2017) in FL: each attacker stamps a white corner square
     on `poison_ratio` of its rows (FLPoison: 0.32) and relabels them `target`; the global
     model should then map any triggered input to `target`. size 0: a quarter of the side."""
-    mask = pattern(_image_shape(info, "badnets"), size or None)
+    mask = pattern(image_shape(info, "badnets"), size or None)
     threat = "backdoor: pixel trigger -> target class"
     return _triggered(info, "badnets", threat, target, poison_ratio, [mask], mask)
 
@@ -111,7 +110,7 @@ def dba(
     `n_pieces` local triggers, attacker i training on piece i mod n_pieces; the success
     rate is measured with the whole (global) trigger, which no attacker trained on. At
     equal poison_ratio its poison budget equals BadNets'."""
-    mask = pattern(_image_shape(info, "dba"), size or None)
+    mask = pattern(image_shape(info, "dba"), size or None)
     threat = "backdoor: local trigger pieces, the assembled trigger -> target class"
     return _triggered(info, "dba", threat, target, poison_ratio, pieces(mask, n_pieces), mask)
 
@@ -144,9 +143,9 @@ def edge_case(
     (Wang et al.: 0.5) with rotated training digits of `source` labelled `target`, and the
     success rate is the global model's rate of calling rotated *test* digits of `source`
     `target`. The paper's PGD variant (projected onto a norm ball) is not built."""
-    _check_class(info, "source", source)
-    _check_class(info, "target", target)
-    _image_shape(info, "edge-case")
+    check_class(info, "source", source)
+    check_class(info, "target", target)
+    image_shape(info, "edge-case")
     if source == target:
         raise ValueError(f"edge-case source and target are both {source}")
     pool = torch.nonzero(info.y_train == source).flatten()

@@ -13,8 +13,8 @@ import torch
 
 from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import Algorithm
-from privlearn.fl.robust.attacks.data import badnets
-from privlearn.fl.robust.attacks.triggers import pattern, stamp
+from privlearn.fl.robust.attacks.data import badnets, check_class, image_shape
+from privlearn.fl.robust.attacks.triggers import pattern, stamp, triggered_test
 from privlearn.fl.robust.registry import DataInfo, attack
 from privlearn.fl.robust.threat import Attack, is_attacker
 
@@ -80,11 +80,8 @@ def blind(info: DataInfo, target: int = 7, fraction: float = 0.3, size: int = 0)
     paper's MGDA balancing of the two losses."""
     if not 0 < fraction <= 1:
         raise ValueError(f"blind fraction must be in (0, 1], got {fraction}")
-    if not 0 <= target < info.n_classes:
-        raise ValueError(f"target must be a class in 0..{info.n_classes - 1}, got {target}")
-    if len(info.input_shape) != 3:
-        raise ValueError(f"blind stamps a trigger on images; inputs are {info.input_shape}")
-    mask = pattern(info.input_shape, size or None)
+    check_class(info, "target", target)
+    mask = pattern(image_shape(info, "blind"), size or None)
 
     def wrap(algo: Algorithm, attackers: torch.Tensor, server: dict) -> Algorithm:
         marked = _marked(algo, attackers, lambda local: {})
@@ -103,9 +100,6 @@ def blind(info: DataInfo, target: int = 7, fraction: float = 0.3, size: int = 0)
 
         return dataclasses.replace(marked, client_step=client_step)
 
-    def backdoor(x: torch.Tensor, y: torch.Tensor):
-        keep = y != target
-        return stamp(x[keep], mask), torch.full_like(y[keep], target)
-
     threat = "backdoor: trigger injected at loss time by compromised code"
+    backdoor = triggered_test(mask, target)
     return Attack("blind", threat, wrap=wrap, backdoor=backdoor, needs_images=True)

@@ -36,3 +36,14 @@ def stamp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     inputs scaled to [0, 1])."""
     m = mask.to(x.device, x.dtype)
     return x * (1 - m) + m * x.amax().clamp_min(1.0)
+
+
+def triggered_test(mask: torch.Tensor, target: int):
+    """The attack-success map of a trigger backdoor: test inputs not of `target`, stamped,
+    against the label `target`."""
+
+    def backdoor(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = y != target
+        return stamp(x[keep], mask), torch.full_like(y[keep], target)
+
+    return backdoor
