@@ -9,9 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 from privlearn.cli import app
+from privlearn.fl import tree as T
 from privlearn.fl.algorithms import ALGORITHMS
 from privlearn.fl.robust import ATTACKS
-from privlearn.fl.run import Experiment, RunConfig
+from privlearn.fl.run import Experiment, RunConfig, run_experiment
 from tests.fl.helpers import max_abs_diff
 from tests.fl.robust.helpers import SMALL, final, small_run
 
@@ -53,8 +54,6 @@ def test_every_algorithm_takes_a_defence(algorithm, defence):
 
 
 def _tensors(tree):
-    from privlearn.fl import tree as T
-
     return [t for t in T.leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
@@ -69,8 +68,6 @@ def test_a_defended_run_resumes_to_the_same_model(tmp_path):
     whole = small_run(tmp_path, "whole", rounds=5, **kw)
     small_run(tmp_path, "split", rounds=3, **kw)
     cfg = RunConfig(**{**SMALL, "rounds": 5, **kw, "out": str(tmp_path / "split")})
-    from privlearn.fl.run import run_experiment
-
     resumed = run_experiment(cfg, resume=True, progress=False)
     assert final(resumed)["test_acc"] == final(whole)["test_acc"]
     assert [e["excluded"] for e in resumed["rounds"]] == [e["excluded"] for e in whole["rounds"]]
