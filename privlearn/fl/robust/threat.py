@@ -227,9 +227,25 @@ def mix_rows(
     return _map_float_fields(u, mix, lambda tree: mix(tree, delta))
 
 
+def aggregate_delta(u: ClientUpdate, agg: torch.Tensor) -> ClientUpdate:
+    """The aggregate form for a rule over model deltas only (clipping, sign votes, top-k):
+    every delta row becomes `agg` ([P]) and every other floating field (batch-norm
+    statistics, control variates) its coordinate-wise median, so those fields are defended
+    too, by the rule that needs no delta semantics."""
+    out = aggregate_rows(u, lambda m, w: m.median(0).values)
+    return with_delta(out, agg.unsqueeze(0).expand(len(u.weight), -1))
+
+
+def clip_rows(m: torch.Tensor, bound: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of `m` scaled to L2 norm at most `bound`, and each row's factor (1: unclipped)."""
+    factor = (bound / m.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+    return m * factor[:, None], factor
+
+
 def with_delta(u: ClientUpdate, delta: torch.Tensor) -> ClientUpdate:
     """The update with its model-delta rows replaced by `delta` ([K, P]); other fields kept."""
-    return dataclasses.replace(u, delta=unflat(delta, u.delta))
+    like = T.leaves(u.delta)
+    return dataclasses.replace(u, delta=unflat(delta.to(like[0].dtype) if like else delta, u.delta))
 
 
 def pairwise_sq_dists(m: torch.Tensor) -> torch.Tensor:
