@@ -19,7 +19,8 @@ from privlearn.fl.robust.defences.distance import (
     krum_scores,
 )
 from privlearn.fl.robust.threat import DefenceContext, clip_rows
-from tests.fl.robust.helpers import final, small_run
+from privlearn.fl.run import Experiment, RunConfig
+from tests.fl.robust.helpers import SMALL, final, small_run
 
 
 def _u(rows, weight=None):
@@ -162,40 +163,58 @@ def test_centered_clipping_stops_noise(tmp_path):
     assert e["test_acc"] >= clean - 0.03
 
 
-@pytest.mark.parametrize("defence", ["norm-clipping", "sparsefed", "centered-clipping"])
-def test_clipping_blunts_a_boosted_backdoor(tmp_path, defence):
-    """One model-replacement attacker (ASR 1.00 undefended): clipping at half the honest
-    norm (about 0.5-0.8 here) leaves 0.17-0.34, short of the issue's 10 % bar."""
-    p = {"tau": 0.5} if defence == "centered-clipping" else {"bound": 0.5}
+# MNIST-5k's 28x28 digits leave the trigger's corner blank, as the backdoor papers' images do
+# (on 8x8 digits the 4x4 trigger covers a quadrant where strokes run)
+MNIST = dict(dataset="mnist5k", epochs=2, batch_size=32)
+
+
+@pytest.mark.parametrize(
+    "defence, params, bar",
+    [
+        ("sparsefed", {"bound": 0.5}, 0.10),  # ASR 0.088, acc 0.868 (clean 0.892)
+        ("norm-clipping", {"bound": 0.5}, 0.20),  # 0.154, 0.874
+        ("centered-clipping", {"tau": 0.5}, 0.20),  # 0.160, 0.890
+    ],
+)
+def test_clipping_stops_a_boosted_backdoor(tmp_path, defence, params, bar):
+    """One model-replacement attacker (ASR 0.99 undefended, its delta boosted 10x), clipped
+    near the honest deltas' norm (0.5-0.8 here); plain clipping leaves more than the
+    issue's 10 % bar, SparseFed's top-k meets it."""
+    clean = _final(tmp_path, "c", **MNIST)["test_acc"]
     e = _final(
         tmp_path,
         "d",
         attack="model-replacement",
         attackers=0.1,
         defence=defence,
-        defence_params=p,
+        defence_params=params,
+        **MNIST,
     )
-    assert e["backdoor_acc"] <= 0.4 and e["test_acc"] >= 0.85, e
+    assert e["backdoor_acc"] <= bar and e["test_acc"] >= clean - 0.03, (clean, e)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RLR theta=4, 1 of 10 agents poisoning half its data: ASR 0.66 (undefended 0.71); "
-    "the 4x4 trigger covers the bottom-right quadrant of 8x8 digits, where strokes run, "
-    "unlike the paper's corner pattern on 28x28 images",
-)
 def test_rlr_removes_the_backdoor_in_its_paper_setting(tmp_path):
-    e = _final(
-        tmp_path,
-        "rlr",
-        attack="badnets",
-        attackers=0.1,
-        attack_params={"poison_ratio": 0.5},
-        defence="rlr",
-        defence_params={"theta": 4},
-        epochs=1,
-    )
-    assert e["backdoor_acc"] <= 0.10
+    """Ozdayi et al.'s setting: 10 agents, 1 corrupt poisoning half its data, theta = 4."""
+    kw = dict(attack="badnets", attackers=0.1, attack_params={"poison_ratio": 0.5}, **MNIST)
+    hit = _final(tmp_path, "h", **kw)  # ASR 0.541, acc 0.888
+    e = _final(tmp_path, "rlr", defence="rlr", defence_params={"theta": 4}, **kw)  # 0.0, 0.892
+    assert hit["backdoor_acc"] >= 0.4 and e["backdoor_acc"] <= 0.10
+    assert e["test_acc"] >= hit["test_acc"] - 0.03
+
+
+def test_crfl_keeps_accuracy_and_certifies_the_trained_model(tmp_path):
+    """CRFL's guarantee is its certificate: training with clipping and smoothing, then a
+    radius for most test inputs. It does not by itself stop a boosted attacker here (one
+    model-replacement attacker on MNIST-5k kept ASR 0.99 at rho 8, sigma 0.002)."""
+    cfg = RunConfig(**{**SMALL, "defence": "crfl", "out": str(tmp_path / "crfl")})
+    exp = Experiment.build(cfg)
+    server, bank = exp.init_state()
+    for r in range(cfg.rounds):
+        server, _, _ = exp.round(server, bank, r)
+    assert exp.evaluate(server, bank)["test_acc"] >= 0.88
+    params, buffers = exp.algo.global_model(server)
+    radius = certify(exp.model, params, buffers, exp.data.x_test[:50], sigma=0.01, n=30)
+    assert (radius > 0).float().mean() >= 0.8
 
 
 @pytest.mark.parametrize("algorithm, model", [("fedavg", "mlp-bn"), ("scaffold", "mlp")])
