@@ -26,12 +26,13 @@ from tests.fl.robust.helpers import SMALL, final, small_run
 
 
 def _update(delta: dict, buffers: dict | None = None) -> ClientUpdate:
-    k = next(iter(delta.values())).shape[0]
+    first = next(iter(delta.values()))
+    k, dev = first.shape[0], first.device
     return ClientUpdate(
         delta=delta,
-        weight=torch.arange(1.0, k + 1),
-        loss=torch.zeros(k),
-        steps=torch.ones(k),
+        weight=torch.arange(1.0, k + 1, device=dev),
+        loss=torch.zeros(k, device=dev),
+        steps=torch.ones(k, device=dev),
         buffers=buffers or {},
         extras={},
     )
@@ -161,11 +162,9 @@ def test_deepsight_cluster_acceptance_by_hand():
     assert d.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 1], [1, 1, 1, 0]]
 
 
-def test_deepsight_drops_rows_whose_output_update_sits_on_one_label():
-    """A 4-class logistic regression on 2 features. Rows 0-3 move every class's bias and
-    weights about equally (TE 4); rows 4 and 5 push class 0 only (TE 1 <= median 4 / 2),
-    and the three clusterings put them together: rows 0-3 are kept, clipped to the
-    median norm of all six rows."""
+def _one_label_case():
+    """A 4-class logistic regression on 2 features and six output-layer updates: rows 0-3
+    move every class's bias and weights about equally, rows 4 and 5 push class 0 only."""
     model = logistic_regression((2,), 4)
     params, _ = model.init(torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
@@ -175,6 +174,13 @@ def test_deepsight_drops_rows_whose_output_update_sits_on_one_label():
     bad_w = torch.zeros(2, 4, 2)
     bad_w[:, 0] = torch.tensor([[0.8, 0.7], [0.75, 0.8]])
     delta = {"fc.weight": torch.cat([honest_w, bad_w]), "fc.bias": torch.cat([honest_b, bad_b])}
+    return model, params, delta
+
+
+def test_deepsight_drops_rows_whose_output_update_sits_on_one_label():
+    """Rows 0-3 have TE 4, rows 4 and 5 TE 1 <= median 4 / 2, and the three clusterings put
+    4 and 5 together: rows 0-3 are kept, clipped to the median norm of all six rows."""
+    model, params, delta = _one_label_case()
     u = _update({k: v.clone() for k, v in delta.items()})
     ctx = _ctx(6, params=params, model=model)
     out, _, factor = build_defence("deepsight").apply(u, (), ctx)
@@ -188,13 +194,8 @@ def test_deepsight_drops_rows_whose_output_update_sits_on_one_label():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_clustering_defences_run_on_cuda_tensors():
-    model = logistic_regression((2,), 4)
-    params, _ = model.init(torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(2)
-    delta = {
-        "fc.weight": torch.randn(6, 4, 2, generator=g),
-        "fc.bias": torch.randn(6, 4, generator=g),
-    }
+    """Each defence decides the same on CUDA tensors as on the CPU, on the inputs' device."""
+    model, params, delta = _one_label_case()
     for name in ("flame", "foolsgold", "deepsight"):
         d = build_defence(name)
         runs = []
@@ -202,11 +203,11 @@ def test_clustering_defences_run_on_cuda_tensors():
             u = _update({k: v.to(dev) for k, v in delta.items()})
             p = {k: v.to(dev) for k, v in params.items()}
             ctx = _ctx(6, clients=torch.arange(6, device=dev), params=p, model=model)
-            out, _, factor = d.apply(u, d.init(6), ctx)
+            out, state, factor = d.apply(u, d.init(6), ctx)
             assert out.delta["fc.bias"].device.type == dev
             runs.append((out.delta["fc.bias"].cpu(), factor.cpu()))
-        assert torch.equal(runs[0][1], runs[1][1])
-        assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)
+        assert torch.equal(runs[0][1], runs[1][1]), name
+        assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5), name
 
 
 # --- the seeded small task ---------------------------------------------------------------------
@@ -217,48 +218,51 @@ def clean_acc(tmp_path_factory):
     return final(small_run(tmp_path_factory.mktemp("clean")))["test_acc"]
 
 
-def _attacked(tmp_path, defence: str, attack: str, **params) -> dict:
-    return final(small_run(tmp_path, attack=attack, attackers=0.3, defence=defence, **params))
+def _attacked(tmp_path, defence: str | None, attack: str, **params) -> dict:
+    kw = {"defence": defence} if defence else {}
+    name = defence or "undefended"
+    return final(small_run(tmp_path, name, attack=attack, attackers=0.3, **kw, **params))
+
+
+def _stops(tmp_path, clean_acc, defence: str, attack: str, **params) -> None:
+    """The attack succeeds undefended (backdoor >= 0.3), and the defence holds it to 0.10
+    at no more than 0.03 of clean accuracy."""
+    assert _attacked(tmp_path, None, attack, **params)["backdoor_acc"] >= 0.3
+    e = _attacked(tmp_path, defence, attack, **params)
+    assert e["backdoor_acc"] <= 0.10
+    assert e["test_acc"] >= clean_acc - 0.03
 
 
 def test_flame_stops_badnets(tmp_path, clean_acc):
-    """No defence: backdoor 0.91, accuracy 0.90."""
-    e = _attacked(tmp_path, "flame", "badnets")
-    assert e["backdoor_acc"] <= 0.10
-    assert e["test_acc"] >= clean_acc - 0.03
+    _stops(tmp_path, clean_acc, "flame", "badnets")
 
 
 def test_foolsgold_stops_label_flipping_sybils(tmp_path, clean_acc):
-    """All-to-7 label flipping by 3 of 10 clients; no defence: accuracy 0.60, 0.40 of the
-    non-7 test digits predicted 7."""
-    e = _attacked(tmp_path, "foolsgold", "label-flip", attack_params={"target": 7})
-    assert e["backdoor_acc"] <= 0.10
-    assert e["test_acc"] >= clean_acc - 0.03
+    """All-to-7 label flipping by 3 of the 10 clients."""
+    _stops(tmp_path, clean_acc, "foolsgold", "label-flip", attack_params={"target": 7})
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="IID clients: backdoor 0.83 with FoolsGold (honest histories are alike too)",
+    reason="backdoor 0.83: on IID clients honest histories are alike too (pairs of honest "
+    "clients get 0.2-0.96) and the attackers regain weight 0.1-0.7 from round 4",
 )
-def test_foolsgold_stops_badnets(tmp_path):
-    assert _attacked(tmp_path, "foolsgold", "badnets")["backdoor_acc"] <= 0.10
+def test_foolsgold_stops_badnets(tmp_path, clean_acc):
+    _stops(tmp_path, clean_acc, "foolsgold", "badnets")
 
 
 @pytest.mark.parametrize("attack", ["edge-case", "dba"])
 def test_deepsight_stops_edge_case_and_dba_backdoors(tmp_path, clean_acc, attack):
-    """No defence: edge-case backdoor 1.00, DBA 0.61."""
-    e = _attacked(tmp_path, "deepsight", attack)
-    assert e["backdoor_acc"] <= 0.10
-    assert e["test_acc"] >= clean_acc - 0.03
+    _stops(tmp_path, clean_acc, "deepsight", attack)
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="backdoor 0.84: from round 4 the attackers' threshold exceedings (6-7 of 10) "
-    "stay above median / 2 = 5, so no row is labelled suspicious",
+    reason="backdoor 0.84: from round 4 the attackers' threshold exceedings (6-10 of 10) "
+    "are above median / 2 = 5, so no row is labelled suspicious and every cluster is kept",
 )
-def test_deepsight_stops_badnets(tmp_path):
-    assert _attacked(tmp_path, "deepsight", "badnets")["backdoor_acc"] <= 0.10
+def test_deepsight_stops_badnets(tmp_path, clean_acc):
+    _stops(tmp_path, clean_acc, "deepsight", "badnets")
 
 
 def test_a_foolsgold_run_resumes_with_its_histories(tmp_path):

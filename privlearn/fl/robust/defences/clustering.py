@@ -228,7 +228,7 @@ def foolsgold(kappa: float = 1.0) -> Defence:
             hist = torch.zeros(max(hist.shape[0], ctx.n_clients), m.shape[1], dtype=m.dtype)
             hist = hist.to(m.device)
         ids = ctx.clients.to(m.device).long()
-        hist[ids] += m
+        hist = hist.index_add(0, ids, m)  # a new tensor: the state passed in is left as it was
         wv = foolsgold_weights(hist[ids], kappa)
         out = mix_rows(u, wv) if wv.sum() > 0 else keep_global(u, ctx)
         return out, {"history": hist}, wv
