@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.models import logistic_regression
 from privlearn.fl.robust import build_defence
@@ -21,7 +22,7 @@ from privlearn.fl.robust.defences.clustering import (
     threshold_exceedings,
 )
 from privlearn.fl.robust.threat import DefenceContext
-from privlearn.fl.run import RunConfig, run_experiment
+from privlearn.fl.run import Experiment, RunConfig, run_experiment
 from tests.fl.robust.helpers import SMALL, final, small_run
 
 
@@ -263,6 +264,28 @@ def test_deepsight_stops_edge_case_and_dba_backdoors(tmp_path, clean_acc, attack
 )
 def test_deepsight_stops_badnets(tmp_path, clean_acc):
     _stops(tmp_path, clean_acc, "deepsight", "badnets")
+
+
+@pytest.mark.parametrize("algorithm", ["scaffold", "fednova", "fedbn", "ifca"])
+@pytest.mark.parametrize("defence", ["flame", "foolsgold", "deepsight"])
+def test_every_field_of_the_uploads_goes_through(algorithm, defence):
+    """Control variates (SCAFFOLD), normalisers (FedNova), deltas without the batch-norm
+    entries (FedBN) and one model per cluster (IFCA), with batch-norm buffers: two rounds
+    against large noise leave a finite server state."""
+    exp = Experiment.build(
+        RunConfig(
+            **{**SMALL, "rounds": 2, "model": "mlp-bn", "algorithm": algorithm},
+            attack="gaussian",
+            attackers=0.2,
+            attack_params={"sigma": 10.0},
+            defence=defence,
+        )
+    )
+    server, bank = exp.init_state()
+    for r in range(2):
+        server, _, _ = exp.round(server, bank, r)
+    leaves = [t for t in T.leaves(server) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    assert leaves and all(torch.isfinite(t).all() for t in leaves)
 
 
 def test_a_foolsgold_run_resumes_with_its_histories(tmp_path):
