@@ -134,6 +134,14 @@ def test_signguard_stops_gaussian_noise(tmp_path):
     assert e["excluded"] == e["attackers"] and e["false_positives"] == 0
 
 
+def test_signguard_holds_sign_flipping_with_false_positives(tmp_path):
+    """30 % sign-flippers: 0.653 without a defence; SignGuard 0.894. Honest deltas here have
+    about as many positive as negative coordinates, so a flipped row's sign statistics
+    stay close to theirs: in the last round two honest rows go and two attackers stay."""
+    e = final(small_run(tmp_path, attack="sign-flip", attackers=0.3, defence="signguard"))
+    assert e["test_acc"] >= CLEAN_ACC - 0.03
+
+
 def test_signguard_does_not_hurt_a_clean_run(tmp_path):
     """No attack: SignGuard keeps every client (accuracy 0.911, clean 0.917)."""
     e = final(small_run(tmp_path, defence="signguard"))

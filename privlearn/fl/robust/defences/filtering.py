@@ -99,14 +99,16 @@ def largest_cluster(features: np.ndarray) -> np.ndarray:
 @defence("signguard")
 def signguard(lower: float = 0.1, upper: float = 3.0, coords: float = 0.1) -> Defence:
     """SignGuard (Xu et al., ICDCS 2022, SignGuard-Plain): a row passes the norm filter when
-    its L2 norm over the median norm lies in [lower, upper]; the sign statistics (fractions
-    of positive, zero and negative coordinates) over a random `coords` fraction of the
-    delta's coordinates are clustered with MeanShift, and the largest cluster passes the
-    sign filter. The rows passing both are kept, every field of them, their deltas clipped
-    to the median norm of all rows.
+    its L2 norm over the median norm lies between `lower` and `upper`; the sign statistics
+    (fractions of positive, zero and negative coordinates) over a random `coords` fraction
+    of the delta's coordinates are clustered with MeanShift, and the largest cluster passes
+    the sign filter. The rows passing both are kept, every field of them, their deltas
+    clipped to the median norm of all rows.
 
-    Threat: model poisoning (sign flips, noise, LIE, Min-Max) by a minority of rows; the
-    honest rows must share their sign statistics (similar data). Differs from the paper:
+    Threat: model poisoning by a minority of rows (the paper's: LIE, Min-Max, sign flips,
+    noise); the honest rows must share their sign statistics (similar data). Sign flips
+    swap the positive and negative fractions, which hardly separates them when honest
+    deltas have about as many of each. Differs from the paper:
     if no row passes both filters, the rows of the largest sign cluster are kept; the
     algorithm's sample-weighted mean of the kept rows replaces the paper's plain mean."""
     if not 0 <= lower <= 1 <= upper or not 0 < coords <= 1:

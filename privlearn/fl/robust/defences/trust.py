@@ -37,8 +37,9 @@ def keep_global(u: ClientUpdate, ctx: DefenceContext) -> ClientUpdate:
     out = mix_rows(u, ones)
     out = dataclasses.replace(out, delta=T.tree_map(torch.zeros_like, u.delta))
     if u.buffers:
+        own = {n: v for n, v in ctx.buffers.items() if v.shape == u.buffers.get(n, v).shape[1:]}
         buffers = {
-            name: ctx.buffers[name].to(b).unsqueeze(0).expand_as(b) if name in ctx.buffers else b
+            name: own[name].to(b).unsqueeze(0).expand_as(b) if name in own else b
             for name, b in out.buffers.items()
         }
         out = dataclasses.replace(out, buffers=buffers)
@@ -47,22 +48,26 @@ def keep_global(u: ClientUpdate, ctx: DefenceContext) -> ClientUpdate:
 
 def server_update(ctx: DefenceContext, steps: int, batch_size: int) -> dict[str, torch.Tensor]:
     """FLTrust's server model update: `steps` local SGD steps (the clients' optimiser,
-    ctx.local) from the global model on minibatches of the root set, reshuffled by ctx.rng
-    at each pass; returns the change of every parameter."""
+    ctx.local) from the global model on minibatches of the root set, in passes over it
+    reshuffled by ctx.rng (a pass's last batch may be short, as a client's epoch's is);
+    returns the change of every parameter."""
     x, y = ctx.root
     params, buffers = dict(ctx.params), dict(ctx.buffers)
     dtype = next(iter(params.values())).dtype
     mom = T.zeros_like(params) if ctx.local.momentum else None
     n, b = len(y), max(1, min(batch_size, len(y)))
-    order = torch.empty(0, dtype=torch.long)
-    at = 0
-    for _ in range(steps):
-        if at + b > len(order):  # a new pass over the root set (the tail joins the next)
-            order = torch.cat([order[at:], torch.randperm(n, generator=ctx.rng)])
-            at = 0
-        idx = order[at : at + b].to(y.device)
-        at += b
-        batch = {"x": x[idx], "y": y[idx], "mask": torch.ones(b, dtype=dtype, device=y.device)}
+    per_pass = -(-n // b)
+    order = torch.arange(n)
+    for i in range(steps):
+        if i % per_pass == 0:
+            order = torch.randperm(n, generator=ctx.rng)
+        j = i % per_pass
+        idx = order[j * b : (j + 1) * b].to(y.device)
+        batch = {
+            "x": x[idx],
+            "y": y[idx],
+            "mask": torch.ones(len(idx), dtype=dtype, device=y.device),
+        }
         grads, _, buffers = loss_grad(ctx.model, params, buffers, batch)
         params, mom = sgd_apply(params, grads, mom, ctx.local)
     return {k: params[k] - ctx.params[k] for k in params}
