@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def _ctx(k: int, r: int = 0, **kw) -> DefenceContext:
         round=r,
         params=kw.pop("params", {}),
         buffers=kw.pop("buffers", {}),
-        clients=torch.arange(k),
+        clients=kw.pop("clients", torch.arange(k)),
         f=kw.pop("f", 0),
         rng=torch.Generator().manual_seed(0),
         n_clients=k,
@@ -183,6 +184,26 @@ def test_rffl_moving_average_by_hand():
     assert torch.allclose(state["reputation"], torch.tensor([0.525, 0.475], dtype=torch.float64))
     assert torch.allclose(factor, torch.tensor([1.0, 0.475 / 0.525], dtype=torch.float64))
     assert torch.allclose(out.delta["w"], torch.tensor([[1.05, 0.0]] * 2, dtype=torch.float64))
+
+
+def test_rffl_newcomer_starts_from_the_mean_share():
+    """Partial participation, 3 clients. Round 0 samples 0 and 1 (equal rows: 1/2 each).
+    Round 1 samples 1 and newcomer 2, whose prior is the mean share 1/2: aggregate
+    (1/2, 1/2) of rows (1, 0) and (0, 1), both cosines 1/sqrt(2), both reputations
+    c = 0.95/2 + 0.05/sqrt(2); client 0 keeps 1/2; all normalised over the three seen."""
+    rf = build_defence("rffl")
+    state = rf.init(3)
+    two = torch.tensor([0, 1])
+    _, state, _ = rf.apply(_update([[1, 0], [1, 0]]), state, _ctx(2, clients=two))
+    out, state, factor = rf.apply(
+        _update([[1, 0], [0, 1]]), state, _ctx(2, r=1, clients=torch.tensor([1, 2]))
+    )
+    c = 0.95 / 2 + 0.05 / math.sqrt(2)
+    want = torch.tensor([0.5, c, c], dtype=torch.float64) / (0.5 + 2 * c)
+    assert torch.allclose(state["reputation"], want)
+    assert state["seen"].tolist() == [True] * 3 and state["active"].tolist() == [True] * 3
+    assert factor.tolist() == [1.0, 1.0]
+    assert torch.allclose(out.delta["w"], torch.tensor([[0.5, 0.5]] * 2, dtype=torch.float64))
 
 
 def test_rffl_excludes_label_flippers(tmp_path):

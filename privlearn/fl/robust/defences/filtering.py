@@ -24,34 +24,34 @@ def dnc_outlier_scores(m: torch.Tensor) -> torch.Tensor:
     return (centred @ vh[0]) ** 2
 
 
-def _dnc_removed(k: int, f: int, c: float) -> int:
+def _dnc_removed(f: int, c: float) -> int:
     return int(math.floor(c * f + 1e-9))
 
 
 @defence("dnc")
 def dnc(niters: int = 1, c: float = 1.0, b: int = 10000) -> Defence:
-    """Divide-and-Conquer (Shejwalkar & Houmansadr, NDSS 2021, Algorithm 2): `niters` times,
-    draw `b` coordinates of the model delta at random (all of them when the model has
-    fewer), centre the rows on those coordinates, score each row by its squared projection
-    on the top singular vector, and flag the floor(c f) highest; the rows never flagged are
-    kept, every field of them.
+    """Divide-and-Conquer (Shejwalkar & Houmansadr, NDSS 2021): `niters` times, draw `b`
+    coordinates of the model delta at random (all of them when the model has fewer),
+    centre the rows on those coordinates, score each row by its squared projection on the
+    top singular vector, and flag the floor(c f) highest; the rows never flagged are kept,
+    every field of them.
 
     Threat: model poisoning by f Byzantine rows (the paper's target: its own Min-Max and
     Min-Sum attacks, LIE, Fang's attacks); assumes f is known (c f rows go each iteration)
     and K - c f >= 1. Differs from the paper: when every row is flagged in some iteration
-    (an empty intersection), the rows flagged least often are kept instead of none; the
+    or other (an empty intersection), the rows flagged least often are kept, not none; the
     algorithm's sample-weighted mean of the kept rows replaces the paper's plain mean."""
     if niters < 1 or c < 0 or b < 1:
         raise ValueError(f"dnc needs niters >= 1, c >= 0 and b >= 1, got {niters}, {c}, {b}")
 
     def check(k: int, f: int) -> str | None:
-        removed = _dnc_removed(k, f, c)
+        removed = _dnc_removed(f, c)
         return None if k - removed >= 1 else f"DnC drops c f = {removed} rows of {k}"
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
         m = T.flat_rows(u.delta).to(torch.float64)
         k, p = m.shape
-        drop = _dnc_removed(k, ctx.f, c)
+        drop = _dnc_removed(ctx.f, c)
         flagged = torch.zeros(k, dtype=torch.long, device=m.device)
         if drop > 0:
             for _ in range(int(niters)):

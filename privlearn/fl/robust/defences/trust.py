@@ -22,7 +22,7 @@ def cosine_to(m: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def trust_scores(m: torch.Tensor, g0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FLTrust's rule on rows `m` [K, P] and the server's update `g0` [P]: the trust scores
-    ReLU(cos(m_k, g0)) and the rows rescaled to ||g0|| (Cao et al. 2021, Eq. 2-4)."""
+    ReLU(cos(m_k, g0)) and the rows rescaled to ||g0|| (Cao et al. 2021)."""
     scores = cosine_to(m, g0).clamp_min(0.0)
     norms = m.norm(dim=1, keepdim=True)
     return scores, m * (g0.norm() / norms.clamp_min(1e-300))
