@@ -141,8 +141,8 @@ def rffl(alpha: float = 0.95, threshold: float = 1.0 / 3.0, clip: bool = True) -
     newcomer starts from the mean share 1 / |R|, and normalisation and the threshold run
     over the clients seen so far and still in. The paper's participants clip every update
     to a norm Gamma before upload (its code does it for adversaries too); here, with
-    `clip`, the server clips each delta to the cohort's median norm instead (a scale-free
-    Gamma), so one huge row cannot make the aggregate its own."""
+    `clip`, the server clips each delta to the median norm of the cohort's rows still in
+    (a scale-free Gamma), so one huge row cannot make the aggregate its own."""
     if not 0 <= alpha < 1 or not 0 <= threshold < 1:
         raise ValueError(f"rffl needs alpha and threshold in [0, 1), got {alpha}, {threshold}")
 
@@ -155,9 +155,6 @@ def rffl(alpha: float = 0.95, threshold: float = 1.0 / 3.0, clip: bool = True) -
 
     def apply(u: ClientUpdate, state: dict, ctx: DefenceContext):
         m = T.flat_rows(u.delta).to(torch.float64)
-        if clip:
-            norms = m.norm(dim=1, keepdim=True)
-            m = m * (norms.median() / norms.clamp_min(1e-300)).clamp_max(1.0)
         dev = m.device
         rep = state["reputation"].to(dev).clone()
         seen, active = state["seen"].to(dev).clone(), state["active"].to(dev).clone()
@@ -165,6 +162,9 @@ def rffl(alpha: float = 0.95, threshold: float = 1.0 / 3.0, clip: bool = True) -
         inn = active[ids]
         if not bool(inn.any()):
             return keep_global(u, ctx), state, torch.zeros(len(ids), dtype=torch.float64)
+        if clip:  # to the median norm of the rows still in
+            norms = m.norm(dim=1, keepdim=True)
+            m = m * (norms[inn].median() / norms.clamp_min(1e-300)).clamp_max(1.0)
         first = not bool(seen.any())
         share = 1.0 / max(int((seen & active).sum()), 1)
         prior = torch.where(seen[ids], rep[ids], torch.full_like(rep[ids], share))
