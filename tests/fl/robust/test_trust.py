@@ -220,7 +220,7 @@ def test_rffl_excludes_label_flippers(tmp_path):
 
 def test_rffl_clipping_stops_gaussian_noise(tmp_path):
     """30 % Gaussian uploads (sigma 1): accuracy 0.41 without a defence; RFFL with rows
-    clipped to the median norm cuts the three (0.917); unclipped, the noise is the
+    clipped to the median norm cuts the three (0.914); unclipped, the noise is the
     aggregate and the honest clients are cut instead."""
     doc = small_run(tmp_path, attack="gaussian", attackers=0.3, defence="rffl")
     e = final(doc)
