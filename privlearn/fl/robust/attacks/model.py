@@ -233,8 +233,9 @@ def model_replacement(
     """Model replacement with constrain-and-scale (Bagdasaryan et al., AISTATS 2020):
     attackers train the BadNets backdoor, then boost their delta by `scale` (0: K / a for a
     attackers among K rows, the paper's n/eta for FedAvg's server rate 1 shared among the
-    colluders) so that the average becomes their backdoored model; `norm_bound` > 0 then scales it back to that L2 norm, the adaptive
-    variant that passes a known norm-clipping bound. The paper's anomaly-loss term in
+    colluders) so that the average becomes their backdoored model; `norm_bound` > 0 then
+    scales it back to that L2 norm, the adaptive variant that passes a known norm-clipping
+    bound. The paper's anomaly-loss term in
     training is not built; the bound alone constrains."""
     if scale < 0 or norm_bound < 0:
         raise ValueError("model-replacement scale and norm_bound must be >= 0 (0: default, none)")
