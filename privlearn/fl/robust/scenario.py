@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import Algorithm, ClientUpdate, LocalSGD
 from privlearn.fl.models import Model
 from privlearn.fl.robust.threat import (
@@ -109,12 +110,12 @@ class Scenario:
     def assumed_f(self, cohort: torch.Tensor) -> int:
         return int(self.attacker_rows(cohort).sum()) if self.f is None else self.f
 
-    def check(self, k: int, f: int) -> None:
+    def check(self, k: int, f: int, where: str = "") -> None:
         """Refuse a cohort of k rows with f attackers that the defence's assumptions forbid."""
         why = None if self.defence is None else self.defence.check(k, f)
         if why is not None:
             raise ValueError(
-                f"defence {self.defence.name} cannot run on a cohort of {k} with {f} "
+                f"defence {self.defence.name} cannot run on a cohort of {k}{where} with {f} "
                 f"attackers: {why}"
             )
 
@@ -125,24 +126,58 @@ class Scenario:
     def defend(
         self, updates: ClientUpdate, cohort: torch.Tensor, server: dict, r: int
     ) -> tuple[ClientUpdate, Verdict]:
-        """The updates the algorithm reduces after the defence, and what it decided."""
+        """The updates the algorithm reduces after the defence, and what it decided.
+
+        An algorithm whose server holds one model per cluster (IFCA: each row's choice in
+        the "onehot" extra) is defended cluster by cluster, against that cluster's model,
+        each cluster with a state of its own: rows of different models are never compared
+        or mixed."""
         if self.defence is None:
             return updates, Verdict()
-        self.check(len(cohort), self.assumed_f(cohort))
+        onehot = updates.extras.get("onehot")
+        if onehot is None:
+            out, self.state, factor = self._apply(updates, cohort, server, r, self.state)
+            return out, verdict(cohort, factor)
+        if not (isinstance(self.state, dict) and "per_cluster" in self.state):
+            self.state = {"per_cluster": {}}
+        states = self.state["per_cluster"]
+        chose = onehot.argmax(1)
+        parts, factor = [], torch.zeros(len(cohort), dtype=torch.float64)
+        for m in chose.unique().tolist():
+            rows = torch.nonzero(chose == m).flatten()
+            model = {k: T.rows(server[k], m) for k in ("params", "buffers") if k in server}
+            state = states.get(m, self.defence.init(self.n_clients))
+            out, states[m], fac = self._apply(
+                T.rows(updates, rows), cohort[rows], model, r, state, f" (cluster {m})"
+            )
+            parts.append(out)
+            factor[rows.cpu()] = fac.to(torch.float64).cpu()
+        return T.cat(parts), verdict(cohort, factor)
+
+    def _apply(
+        self,
+        updates: ClientUpdate,
+        cohort: torch.Tensor,
+        server: dict,
+        r: int,
+        state,
+        where: str = "",
+    ):
+        f = self.assumed_f(cohort)
+        self.check(len(cohort), f, where)
         ctx = DefenceContext(
             round=r,
             params=server["params"],
             buffers=server.get("buffers", {}),
             clients=cohort,
-            f=self.assumed_f(cohort),
+            f=f,
             rng=_rng(self.seed, r, 107),
             model=self.model,
             local=self.local,
             root=self.root,
             n_clients=self.n_clients,
         )
-        out, self.state, factor = self.defence.apply(updates, self.state, ctx)
-        return out, verdict(cohort, factor)
+        return self.defence.apply(updates, state, ctx)
 
 
 def _rng(seed: int, r: int, stream: int) -> torch.Generator:

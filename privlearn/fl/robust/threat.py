@@ -236,6 +236,19 @@ def aggregate_delta(u: ClientUpdate, agg: torch.Tensor) -> ClientUpdate:
     return with_delta(out, agg.unsqueeze(0).expand(len(u.weight), -1))
 
 
+def keep_global(u: ClientUpdate, ctx: DefenceContext) -> ClientUpdate:
+    """The aggregate form of "this round changes nothing", for a defence that trusts no row:
+    a zero model delta, the server's own batch-norm statistics, and the other floating
+    fields (control variates, FedNova's step counts) at their coordinate median, robust to
+    the rows distrusted and never the zero a step count would divide by."""
+    out = aggregate_rows(u, lambda m, w: m.median(0).values)
+    buffers = {
+        n: ctx.buffers[n].to(b).unsqueeze(0).expand_as(b).clone() if n in ctx.buffers else b
+        for n, b in out.buffers.items()
+    }
+    return dataclasses.replace(out, delta=T.tree_map(torch.zeros_like, u.delta), buffers=buffers)
+
+
 def clip_rows(m: torch.Tensor, bound: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of `m` scaled to L2 norm at most `bound`, and each row's factor (1: unclipped)."""
     factor = (bound / m.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)

@@ -110,3 +110,30 @@ def test_label_flip_without_defence_succeeds(tmp_path):
     """All-to-one flipping by 40 % of clients: most non-7 test digits become 7."""
     doc = small_run(tmp_path, attack="label-flip", attackers=0.4, attack_params={"target": 7})
     assert final(doc)["backdoor_acc"] >= 0.5
+
+
+def test_a_per_cluster_server_is_defended_cluster_by_cluster():
+    """IFCA's rows are split by their cluster choice: each cluster's rows get the median of
+    that cluster alone, against that cluster's model, and keep their choice."""
+    from privlearn.fl.robust.scenario import Scenario
+
+    onehot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    u = ClientUpdate(
+        delta={"w": torch.tensor([[1.0], [10.0], [2.0], [20.0], [30.0]])},
+        weight=torch.ones(5),
+        loss=torch.zeros(5),
+        steps=torch.ones(5),
+        buffers={},
+        extras={"onehot": onehot},
+    )
+    sc = Scenario(
+        None, np.array([], dtype=np.int64), build_defence("median"), [np.arange(2)] * 5, 0
+    )
+    server = {"params": {"w": torch.zeros(2, 1)}, "buffers": {}}
+    out, _ = sc.defend(u, torch.arange(5), server, 0)
+    by_cluster = {}
+    for row, choice in zip(
+        out.delta["w"].flatten().tolist(), out.extras["onehot"].argmax(1).tolist(), strict=True
+    ):
+        by_cluster.setdefault(choice, set()).add(row)
+    assert by_cluster == {0: {2.0}, 1: {10.0}}  # medians of (1, 2, 30) and (10, 20)

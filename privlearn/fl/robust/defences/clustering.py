@@ -8,8 +8,6 @@ only HDBSCAN (scikit-learn) runs on the CPU, on the [K, K] distance matrix.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 from torch.func import vmap
@@ -20,6 +18,7 @@ from privlearn.fl.robust.registry import defence
 from privlearn.fl.robust.threat import (
     Defence,
     DefenceContext,
+    keep_global,
     mix_rows,
     pairwise_sq_dists,
     select_rows,
@@ -84,39 +83,12 @@ def same_cluster_dists(labels: torch.Tensor) -> torch.Tensor:
     return d.fill_diagonal_(0.0)
 
 
-def per_cluster(u: ClientUpdate, ctx: DefenceContext) -> bool:
-    """Whether the server holds one model per cluster (IFCA: [n_clusters, ...] entries, and
-    each row's one-hot choice in the "onehot" extra) rather than one global model."""
-    onehot = u.extras.get("onehot")
-    if onehot is None:
-        return False
-    return any(
-        n in ctx.params and ctx.params[n].shape == (onehot.shape[1], *d.shape[1:])
-        for n, d in u.delta.items()
-    )
-
-
-def server_rows(server: dict, u: ClientUpdate, ctx: DefenceContext) -> dict:
-    """The server's entries (ctx.params or ctx.buffers) each row started from, stacked
-    [K, ...] on the uploads' device: the global entry for every row, or with one model per
-    cluster (`per_cluster`) the row's cluster's."""
+def server_rows(server: dict, u: ClientUpdate) -> dict:
+    """The server's entries (ctx.params or ctx.buffers) stacked [K, ...] on the uploads'
+    device, one copy per row (the model each row started from)."""
     k = u.weight.shape[0]
     dev = T.leaves(u.delta)[0].device
-    if per_cluster(u, ctx):
-        onehot = u.extras["onehot"].to(dev)
-        return {
-            n: torch.tensordot(onehot.to(g.dtype), g.to(dev), dims=1) for n, g in server.items()
-        }
     return {n: g.to(dev).unsqueeze(0).expand(k, *g.shape) for n, g in server.items()}
-
-
-def keep_global(u: ClientUpdate, ctx: DefenceContext) -> ClientUpdate:
-    """Every row's model delta zeroed and its batch-norm statistics set to the server's, so
-    the round leaves the global model as it was (the algorithm's other extras are kept)."""
-    delta = T.tree_map(torch.zeros_like, u.delta)
-    server = server_rows({n: b for n, b in ctx.buffers.items() if n in u.buffers}, u, ctx)
-    buffers = {n: server[n].to(v.dtype).clone() if n in server else v for n, v in u.buffers.items()}
-    return dataclasses.replace(u, delta=delta, buffers=buffers)
 
 
 def _flat64(u: ClientUpdate) -> torch.Tensor:
@@ -356,8 +328,8 @@ def deepsight(tau: float = 1.0 / 3.0, n_inputs: int = 256, seeds: int = 3) -> De
         neup = neups(dw, db)
         bad = suspicious(threshold_exceedings(neup))
 
-        base = server_rows({n: p.detach() for n, p in ctx.params.items()}, u, ctx)
-        bufs = server_rows(ctx.buffers, u, ctx)
+        base = server_rows({n: p.detach() for n, p in ctx.params.items()}, u)
+        bufs = server_rows(ctx.buffers, u)
         dtype = u.delta[wkey].dtype
         ddif_d = torch.zeros(k, k, dtype=torch.float64, device=dev)
         for _ in range(seeds):

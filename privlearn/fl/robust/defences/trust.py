@@ -3,14 +3,12 @@ clean reference (FLTrust's root set) or from its history (RFFL's reputation)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate, loss_grad, sgd_apply
 from privlearn.fl.robust.registry import defence
-from privlearn.fl.robust.threat import Defence, DefenceContext, mix_rows
+from privlearn.fl.robust.threat import Defence, DefenceContext, keep_global, mix_rows
 
 
 def cosine_to(m: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -26,24 +24,6 @@ def trust_scores(m: torch.Tensor, g0: torch.Tensor) -> tuple[torch.Tensor, torch
     scores = cosine_to(m, g0).clamp_min(0.0)
     norms = m.norm(dim=1, keepdim=True)
     return scores, m * (g0.norm() / norms.clamp_min(1e-300))
-
-
-def keep_global(u: ClientUpdate, ctx: DefenceContext) -> ClientUpdate:
-    """Every row made to leave the global model as it is: a zero model delta, the server's
-    own batch-norm statistics, and the extras (control variates, FedNova's step counts) as
-    their plain mean, since a zero there can divide (FedNova) where a delta cannot."""
-    k = u.weight.shape[0]
-    ones = torch.ones(k, dtype=torch.float64, device=u.weight.device)
-    out = mix_rows(u, ones)
-    out = dataclasses.replace(out, delta=T.tree_map(torch.zeros_like, u.delta))
-    if u.buffers:
-        own = {n: v for n, v in ctx.buffers.items() if v.shape == u.buffers.get(n, v).shape[1:]}
-        buffers = {
-            name: own[name].to(b).unsqueeze(0).expand_as(b) if name in own else b
-            for name, b in out.buffers.items()
-        }
-        out = dataclasses.replace(out, buffers=buffers)
-    return out
 
 
 def server_update(ctx: DefenceContext, steps: int, batch_size: int) -> dict[str, torch.Tensor]:
@@ -94,13 +74,6 @@ def fltrust(steps: int = 0, batch_size: int = 32) -> Defence:
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
         if ctx.root is None or ctx.model is None or ctx.local is None:
             raise ValueError("fltrust needs the server's root set, model and local optimiser")
-        stacked = [n for n in u.delta if ctx.params[n].shape != u.delta[n].shape[1:]]
-        if stacked:
-            raise ValueError(
-                "fltrust trains one global model on the root set; this algorithm's server "
-                f"holds several ({stacked[0]}: {tuple(ctx.params[stacked[0]].shape)}), "
-                "as IFCA's clusters do"
-            )
         m = T.flat_rows(u.delta).to(torch.float64)
         n_steps = int(steps) or max(1, int(u.steps.to(torch.float64).median().round()))
         g0_tree = server_update(ctx, n_steps, batch_size)
