@@ -18,6 +18,7 @@ from privlearn.fl.robust.registry import defence
 from privlearn.fl.robust.threat import (
     Defence,
     DefenceContext,
+    clip_rows,
     keep_global,
     mix_rows,
     pairwise_sq_dists,
@@ -69,10 +70,8 @@ def largest_cluster(labels: torch.Tensor) -> torch.Tensor:
 def median_clip(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows scaled to norm at most S, S) where S is the median L2 norm of all rows (the mean
     of the two middle norms when K is even)."""
-    norms = m.norm(dim=1)
-    s = norms.quantile(0.5)
-    scale = (s / norms.clamp_min(1e-30)).clamp(max=1.0)
-    return m * scale[:, None], s
+    s = m.norm(dim=1).quantile(0.5)
+    return clip_rows(m, s)[0], s
 
 
 def same_cluster_dists(labels: torch.Tensor) -> torch.Tensor:
@@ -355,19 +354,3 @@ def deepsight(tau: float = 1.0 / 3.0, n_inputs: int = 256, seeds: int = 3) -> De
         check=_majority_check,
         selects=True,
     )
-
-
-__all__ = [
-    "accepted_clusters",
-    "cosine_distances",
-    "ddifs",
-    "foolsgold_weights",
-    "hdbscan_labels",
-    "largest_cluster",
-    "median_clip",
-    "neups",
-    "output_layer",
-    "same_cluster_dists",
-    "suspicious",
-    "threshold_exceedings",
-]

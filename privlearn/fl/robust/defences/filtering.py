@@ -11,7 +11,7 @@ import torch
 from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.robust.registry import defence
-from privlearn.fl.robust.threat import Defence, DefenceContext, select_rows, with_delta
+from privlearn.fl.robust.threat import Defence, DefenceContext, clip_rows, select_rows, with_delta
 
 
 def dnc_outlier_scores(m: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ def sign_statistics(m: torch.Tensor) -> torch.Tensor:
     return torch.stack([(m > 0).sum(1), (m == 0).sum(1), (m < 0).sum(1)], 1).to(m.dtype) / p
 
 
-def largest_cluster(features: np.ndarray) -> np.ndarray:
+def largest_meanshift_cluster(features: np.ndarray) -> np.ndarray:
     """[K] bool: the rows in the largest MeanShift cluster of `features` (bandwidth by
     sklearn's estimate at quantile 0.5; every row when the rows coincide)."""
     from sklearn.cluster import MeanShift, estimate_bandwidth
@@ -130,11 +130,11 @@ def signguard(lower: float = 0.1, upper: float = 3.0, coords: float = 0.1) -> De
             feats = sign_statistics(m[:, cols])
         else:
             feats = sign_statistics(m)
-        by_sign = torch.as_tensor(largest_cluster(feats.cpu().numpy()), device=m.device)
+        by_sign = torch.as_tensor(largest_meanshift_cluster(feats.cpu().numpy()), device=m.device)
         keep = by_norm & by_sign
         if not bool(keep.any()):
             keep = by_sign
-        clipped = m * (med / norms.clamp_min(1e-300)).clamp_max(1.0)[:, None]
+        clipped, _ = clip_rows(m, med)
         out = with_delta(u, clipped.to(T.leaves(u.delta)[0].dtype))
         return select_rows(out, keep), state, keep.to(torch.float64)
 

@@ -8,7 +8,7 @@ import torch
 from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate, loss_grad, sgd_apply
 from privlearn.fl.robust.registry import defence
-from privlearn.fl.robust.threat import Defence, DefenceContext, keep_global, mix_rows
+from privlearn.fl.robust.threat import Defence, DefenceContext, clip_rows, keep_global, mix_rows
 
 
 def cosine_to(m: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -136,8 +136,7 @@ def rffl(alpha: float = 0.95, threshold: float = 1.0 / 3.0, clip: bool = True) -
         if not bool(inn.any()):
             return keep_global(u, ctx), state, torch.zeros(len(ids), dtype=torch.float64)
         if clip:  # to the median norm of the rows still in
-            norms = m.norm(dim=1, keepdim=True)
-            m = m * (norms[inn].median() / norms.clamp_min(1e-300)).clamp_max(1.0)
+            m, _ = clip_rows(m, m.norm(dim=1)[inn].median())
         first = not bool(seen.any())
         share = 1.0 / max(int((seen & active).sum()), 1)
         prior = torch.where(seen[ids], rep[ids], torch.full_like(rep[ids], share))
