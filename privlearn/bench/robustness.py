@@ -335,12 +335,31 @@ def plot_heatmaps(doc: dict, folder: Path) -> list[Path]:
 
 # --- reproductions --------------------------------------------------------------------------
 
+# Each reproduction runs in the regime of its paper where ours differs: the backdoor papers'
+# triggers sit in a blank corner of 28x28 digits (MNIST-5k), which scikit-learn's 8x8 digits
+# lack (the trigger covers a quadrant with strokes); the omniscient attacks come from
+# distributed SGD (one gradient per client per step), which one full-batch step per round
+# on non-IID labels approximates (the MLP, since the CNN barely learns from so few steps).
+MNIST = {"dataset": "mnist5k", "engine": "sequential", **SCHEDULE["mnist5k"]}
+FEDSGD = {
+    "model": "mlp",
+    "hidden": [64],
+    "n_clients": 10,
+    "clients_per_round": 10,
+    "partition": "label-dirichlet",
+    "beta": 0.5,
+    "epochs": 1,
+    "batch_size": 200,
+    "lr": 0.5,
+    "rounds": 30,
+}
+
 # name -> (the published claim, the base overrides, [(label, overrides of one run)])
 REPRODUCTIONS: dict[str, tuple[str, dict, list[tuple[str, dict]]]] = {
     "rlr": (
         "RLR (Ozdayi et al. 2021): 10 agents, 1 corrupt poisoning half its data, theta = 4: "
         "the backdoor is removed at about a point of main-task accuracy",
-        {"n_clients": 10, "clients_per_round": 10, "partition": "homo"},
+        {**MNIST, "n_clients": 10, "clients_per_round": 10, "partition": "homo"},
         [
             ("no attack", {}),
             ("no attack + RLR", {"defence": "rlr", "defence_params": {"theta": 4}}),
@@ -363,7 +382,7 @@ REPRODUCTIONS: dict[str, tuple[str, dict, list[tuple[str, dict]]]] = {
     "flame": (
         "FLAME (Nguyen et al. 2022): backdoor accuracy near zero, main task within a point "
         "or two of no attack",
-        {"partition": "label-dirichlet", "beta": 0.5},
+        {**MNIST, "partition": "homo"},
         [
             ("no attack", {}),
             ("no attack + FLAME", {"defence": "flame"}),
@@ -374,11 +393,11 @@ REPRODUCTIONS: dict[str, tuple[str, dict, list[tuple[str, dict]]]] = {
     "collapse": (
         "Krum and median collapse under ALIE (Baruch et al. 2019) and Min-Max (Shejwalkar & "
         "Houmansadr 2021)",
-        {"partition": "homo"},
+        FEDSGD,
         [
             (
                 f"{a} + {d}" if a else f"no attack + {d}",
-                {"defence": d, **({"attack": a, "attackers": 0.2} if a else {})},
+                {"defence": d, **({"attack": a, "attackers": 0.3} if a else {})},
             )
             for d in ("krum", "median")
             for a in (None, "alie", "min-max")
@@ -387,7 +406,7 @@ REPRODUCTIONS: dict[str, tuple[str, dict, list[tuple[str, dict]]]] = {
     "durability": (
         "Neurotoxin (Zhang et al. 2022): its backdoor outlives the attack window longer than "
         "the plain backdoor's",
-        {"partition": "homo", "rounds": 30, "epochs": 2},
+        {**MNIST, "partition": "homo", "rounds": 30},
         [
             (a, {"attack": a, "attackers": 0.2, "attack_window": [1, 10]})
             for a in ("badnets", "neurotoxin")
@@ -396,7 +415,7 @@ REPRODUCTIONS: dict[str, tuple[str, dict, list[tuple[str, dict]]]] = {
     "dba": (
         "DBA (Xie et al. 2020): the distributed trigger is stronger than a centralised one "
         "at equal poison budget",
-        {"partition": "homo", "rounds": 20, "epochs": 2},
+        {**MNIST, "partition": "homo"},
         [(a, {"attack": a, "attackers": 0.2}) for a in ("badnets", "dba")],
     ),
 }
@@ -414,7 +433,7 @@ def reproduction_jobs(names: tuple[str, ...], seed: int) -> list[tuple[str, dict
 
 
 def run_reproductions(names: tuple[str, ...], out: Path, console: Console, seed: int = 0) -> dict:
-    """Each reproduction's runs (digits), kept in `out` like the grid's cells."""
+    """Each reproduction's runs, kept in `out` like the grid's cells."""
     doc = json.loads(out.read_text()) if out.exists() else {"machine": machine(), "cells": {}}
     doc["claims"] = {n: REPRODUCTIONS[n][0] for n in names}
     jobs = reproduction_jobs(names, seed)
@@ -429,21 +448,40 @@ def run_reproductions(names: tuple[str, ...], out: Path, console: Console, seed:
     return doc
 
 
+def _setting(cfg: dict) -> str:
+    return (
+        f"{cfg['dataset']}, {cfg['model']}, {cfg['partition']}, N = {cfg['n_clients']}, "
+        f"{cfg['rounds']} rounds of {cfg['epochs']} epochs (batch {cfg['batch_size']}, "
+        f"lr {cfg['lr']})"
+    )
+
+
+def _outlived(c: dict) -> str:
+    """Rounds after the attack window whose attack success is still >= 50 %."""
+    window = c["config"].get("attack_window")
+    if not window or c["final_asr"] is None:
+        return ""
+    after = [a for a in c["asr"][window[1] :] if a is not None]
+    return f"{sum(a >= 0.5 for a in after)} of {len(after)}"
+
+
 def reproductions_markdown(doc: dict) -> str:
     lines = []
     for name, claim in doc["claims"].items():
         cells = [c for c in doc["cells"].values() if c["experiment"] == name]
+        setting = _setting(cells[0]["config"]) if cells else ""
         lines += [
             f"\n**{name}** — {claim}\n",
-            "| run | accuracy % | attack success % |",
-            "|---|---|---|",
+            f"Setting: {setting}.\n",
+            "| run | accuracy % | attack success % | rounds >= 50 % after the window |",
+            "|---|---|---|---|",
         ]
         for c in cells:
             if "na" in c:
-                lines.append(f"| {c['run']} | n/a: {c['na']} | |")
+                lines.append(f"| {c['run']} | n/a: {c['na']} | | |")
                 continue
             asr = "—" if c["final_asr"] is None else f"{100 * c['final_asr']:.1f}"
-            lines.append(f"| {c['run']} | {100 * c['final_acc']:.1f} | {asr} |")
+            lines.append(f"| {c['run']} | {100 * c['final_acc']:.1f} | {asr} | {_outlived(c)} |")
     return "\n".join(lines) + "\n"
 
 
