@@ -350,7 +350,7 @@ ROBUSTNESS_PARTS = ("grid", "reproduce", "cost", "all")
 def robustness(
     part: str = typer.Option("grid", help="grid, reproduce, cost or all"),
     quick: bool = typer.Option(
-        False, help="the quick grid: 5 attacks x 6 defences, 20 %, digits Dir(0.5), 1 seed"
+        False, help="the quick grid: 5 attacks x 6 defences, 0 and 20 %, digits Dir(0.5), 1 seed"
     ),
     attacks: str = typer.Option(None, help="comma-separated", show_default="every attack"),
     defences: str = typer.Option(
