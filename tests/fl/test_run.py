@@ -102,13 +102,26 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
         str(out),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    text = proc.communicate(timeout=60)[0].decode()
+    # a test run started in the background (`make test &`) inherits SIGINT ignored, and a
+    # Python started so never raises KeyboardInterrupt: the child gets Ctrl-C's default back
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        text = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:  # never leave the 100,000-round run behind
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, text
     assert "privlearn fl run --resume" in text
     doc = json.loads((out / "metrics.json").read_text())
