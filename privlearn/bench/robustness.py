@@ -320,7 +320,9 @@ def plot_heatmaps(doc: dict, folder: Path) -> list[Path]:
                         if "na" in c
                         else ("" if np.isnan(grid[i, j]) else f"{grid[i, j]:.0f}")
                     )
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w")
+                    r, g, b, _ = plt.get_cmap(cmap)(np.nan_to_num(grid[i, j]) / 100)
+                    ink = "k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color=ink)
             ax.set_xticks(range(len(defences)), defences, rotation=45, ha="right", fontsize=8)
             ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
             ax.set_title(title, fontsize=9)

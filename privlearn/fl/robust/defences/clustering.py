@@ -132,7 +132,7 @@ def flame(lam: float = 0.001) -> Defence:
         clipped, s = median_clip(m)
         noise = torch.randn(m.shape[1], generator=ctx.rng, dtype=torch.float64)
         rows = clipped + (lam * s) * noise.to(m.device)[None, :]
-        out = select_rows(with_delta(u, rows.to(T.leaves(u.delta)[0].dtype)), keep.cpu())
+        out = select_rows(with_delta(u, rows), keep.cpu())
         return out, state, keep.to(torch.float64)
 
     return Defence(
@@ -344,7 +344,7 @@ def deepsight(tau: float = 1.0 / 3.0, n_inputs: int = 256, seeds: int = 3) -> De
         if not keep.any():
             return keep_global(u, ctx), state, keep.to(torch.float64)
         clipped, _ = median_clip(m)
-        out = select_rows(with_delta(u, clipped.to(T.leaves(u.delta)[0].dtype)), keep.cpu())
+        out = select_rows(with_delta(u, clipped), keep.cpu())
         return out, state, keep.to(torch.float64)
 
     return Defence(

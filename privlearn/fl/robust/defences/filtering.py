@@ -135,7 +135,7 @@ def signguard(lower: float = 0.1, upper: float = 3.0, coords: float = 0.1) -> De
         if not bool(keep.any()):
             keep = by_sign
         clipped, _ = clip_rows(m, med)
-        out = with_delta(u, clipped.to(T.leaves(u.delta)[0].dtype))
+        out = with_delta(u, clipped)
         return select_rows(out, keep), state, keep.to(torch.float64)
 
     return Defence(
