@@ -55,6 +55,13 @@ def test_unknown_parameters_list_the_known_ones():
         build_defence("median-of-means")
 
 
+def test_an_attack_without_the_data_it_needs_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="stamps a trigger on images"):
+        small_run(tmp_path, dataset="wine", model="mlp", attack="badnets", attackers=0.2)
+    with pytest.raises(ValueError, match="root_size must be in"):
+        small_run(tmp_path, "r", defence="fltrust", root_size=10_000)
+
+
 def test_krum_needs_2f_plus_3_before_training(tmp_path):
     with pytest.raises(ValueError, match="2f \\+ 3"):
         small_run(tmp_path, attack="sign-flip", attackers=0.4, defence="krum")
