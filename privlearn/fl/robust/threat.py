@@ -180,6 +180,22 @@ def _all_float(tree: Any) -> bool:
     return bool(leaves) and all(t.is_floating_point() for t in leaves)
 
 
+def delta_rows(u: ClientUpdate) -> torch.Tensor:
+    """The model-delta rows as one float64 [K, P] matrix, the precision distances need."""
+    return T.flat_rows(u.delta).to(torch.float64)
+
+
+def coordinate_median(m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The per-coordinate median of the rows (a rule for `aggregate_rows`)."""
+    return m.median(0).values
+
+
+def weighted_mean(m: torch.Tensor, u: ClientUpdate) -> torch.Tensor:
+    """The rows of `m` averaged with the uploads' sample weights."""
+    w = u.weight.to(m)
+    return (w / w.sum()) @ m
+
+
 def _map_float_fields(
     u: ClientUpdate, fn: Callable[[Any], Any], on_delta: Callable[[Any], Any] | None = None
 ) -> ClientUpdate:
@@ -232,7 +248,7 @@ def aggregate_delta(u: ClientUpdate, agg: torch.Tensor) -> ClientUpdate:
     every delta row becomes `agg` ([P]) and every other floating field (batch-norm
     statistics, control variates) its coordinate-wise median, so those fields are defended
     too, by the rule that needs no delta semantics."""
-    out = aggregate_rows(u, lambda m, w: m.median(0).values)
+    out = aggregate_rows(u, coordinate_median)
     return with_delta(out, agg.unsqueeze(0).expand(len(u.weight), -1))
 
 
@@ -241,7 +257,7 @@ def keep_global(u: ClientUpdate, ctx: DefenceContext) -> ClientUpdate:
     a zero model delta, the server's own batch-norm statistics, and the other floating
     fields (control variates, FedNova's step counts) at their coordinate median, robust to
     the rows distrusted and never the zero a step count would divide by."""
-    out = aggregate_rows(u, lambda m, w: m.median(0).values)
+    out = aggregate_rows(u, coordinate_median)
     buffers = {
         n: ctx.buffers[n].to(b).unsqueeze(0).expand_as(b).clone() if n in ctx.buffers else b
         for n, b in out.buffers.items()

@@ -18,7 +18,7 @@ from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.robust.attacks.data import badnets
 from privlearn.fl.robust.defences.distance import krum_scores
 from privlearn.fl.robust.registry import DataInfo, attack
-from privlearn.fl.robust.threat import Attack, AttackContext, with_delta
+from privlearn.fl.robust.threat import Attack, AttackContext, delta_rows, with_delta
 
 
 def _forge(u: ClientUpdate, ctx: AttackContext, rows: torch.Tensor) -> ClientUpdate:
@@ -31,7 +31,7 @@ def _forge(u: ClientUpdate, ctx: AttackContext, rows: torch.Tensor) -> ClientUpd
 
 def _benign(u: ClientUpdate, ctx: AttackContext) -> torch.Tensor:
     """[H, P] float64: the honest rows the attacker reads (its own rows when none are)."""
-    m = T.flat_rows(u.delta).to(torch.float64)
+    m = delta_rows(u)
     honest = m[~ctx.attacker]
     return honest if len(honest) else m[ctx.attacker]
 
@@ -213,7 +213,7 @@ def fang(info: DataInfo, target: str = "median", spread: float = 2.0) -> Attack:
     def updates(u: ClientUpdate, ctx: AttackContext) -> ClientUpdate:
         b = _benign(u, ctx)
         if target == "krum":
-            m = T.flat_rows(u.delta).to(torch.float64)
+            m = delta_rows(u)
             row = _fang_krum(b, m, ctx.attacker, int(ctx.attacker.sum()))
         else:
             row = _fang_median(b, ctx.rng, spread)

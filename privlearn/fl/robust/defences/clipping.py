@@ -12,12 +12,15 @@ import torch
 from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.robust.registry import defence
-from privlearn.fl.robust.threat import Defence, DefenceContext, aggregate_delta, clip_rows, unflat
-
-
-def _weighted_mean(m: torch.Tensor, u: ClientUpdate) -> torch.Tensor:
-    w = u.weight.to(m.dtype)
-    return (w / w.sum()) @ m
+from privlearn.fl.robust.threat import (
+    Defence,
+    DefenceContext,
+    aggregate_delta,
+    clip_rows,
+    delta_rows,
+    unflat,
+    weighted_mean,
+)
 
 
 def _noise(ctx: DefenceContext, like: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -43,8 +46,8 @@ def norm_clipping(bound: float = 1.0, sigma: float = 0.0) -> Defence:
         raise ValueError(f"norm-clipping sigma must be >= 0, got {sigma}")
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m, factor = clip_rows(T.flat_rows(u.delta).to(torch.float64), bound)
-        agg = _weighted_mean(m, u)
+        m, factor = clip_rows(delta_rows(u), bound)
+        agg = weighted_mean(m, u)
         return aggregate_delta(u, agg + _noise(ctx, agg, sigma)), state, factor
 
     return Defence("norm-clipping", "boosted updates; assumes honest norms below bound", apply)
@@ -61,12 +64,12 @@ def centered_clipping(tau: float = 1.0, iters: int = 1) -> Defence:
         raise ValueError(f"centered-clipping iters must be >= 1, got {iters}")
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m = T.flat_rows(u.delta).to(torch.float64)
+        m = delta_rows(u)
         v = state.get("v") if isinstance(state, dict) else None
         v = torch.zeros(m.shape[1], dtype=m.dtype, device=m.device) if v is None else v.to(m)
         for _ in range(iters):
             clipped, factor = clip_rows(m - v, tau)
-            v = v + _weighted_mean(clipped, u)
+            v = v + weighted_mean(clipped, u)
         return aggregate_delta(u, v), {"v": v.cpu()}, factor
 
     return Defence(
@@ -85,9 +88,9 @@ def sparsefed(bound: float = 1.0, topk: float = 0.1) -> Defence:
         raise ValueError(f"sparsefed topk must be in (0, 1], got {topk}")
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m, factor = clip_rows(T.flat_rows(u.delta).to(torch.float64), bound)
+        m, factor = clip_rows(delta_rows(u), bound)
         err = state.get("error") if isinstance(state, dict) else None
-        acc = _weighted_mean(m, u) + (0 if err is None else err.to(m))
+        acc = weighted_mean(m, u) + (0 if err is None else err.to(m))
         k = max(1, int(topk * acc.numel()))
         keep = torch.zeros_like(acc, dtype=torch.bool)
         keep[acc.abs().topk(k).indices] = True
@@ -107,8 +110,8 @@ def crfl(rho: float = 15.0, sigma: float = 0.01) -> Defence:
         raise ValueError(f"crfl rho and sigma must be > 0, got rho={rho}, sigma={sigma}")
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m = T.flat_rows(u.delta).to(torch.float64)
-        agg = _weighted_mean(m, u)
+        m = delta_rows(u)
+        agg = weighted_mean(m, u)
         step = unflat(agg.unsqueeze(0), u.delta)  # the round's mean delta, as a [1, ...] tree
         new = {k: ctx.params[k].to(torch.float64) + step[k][0] for k in step}
         norm = torch.sqrt(sum((v * v).sum() for v in new.values()))

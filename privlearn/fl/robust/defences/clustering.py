@@ -19,6 +19,7 @@ from privlearn.fl.robust.threat import (
     Defence,
     DefenceContext,
     clip_rows,
+    delta_rows,
     keep_global,
     mix_rows,
     pairwise_sq_dists,
@@ -90,10 +91,6 @@ def server_rows(server: dict, u: ClientUpdate) -> dict:
     return {n: g.to(dev).unsqueeze(0).expand(k, *g.shape) for n, g in server.items()}
 
 
-def _flat64(u: ClientUpdate) -> torch.Tensor:
-    return T.flat_rows(u.delta).to(torch.float64)
-
-
 def _majority_check(k: int, f: int) -> str | None:
     return None if k > 2 * f else "it assumes fewer than half the rows are malicious (K > 2f)"
 
@@ -124,7 +121,7 @@ def flame(lam: float = 0.001) -> Defence:
         raise ValueError(f"flame: lam must be >= 0, got {lam}")
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m = _flat64(u)
+        m = delta_rows(u)
         k = m.shape[0]
         keep = largest_cluster(hdbscan_labels(cosine_distances(m), k // 2 + 1))
         if not keep.any():
@@ -193,7 +190,7 @@ def foolsgold(kappa: float = 1.0) -> Defence:
         return {"history": torch.zeros(n_clients, 0, dtype=torch.float64)}
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m = _flat64(u)
+        m = delta_rows(u)
         hist = state["history"].to(m.device)
         if hist.shape[1] != m.shape[1]:
             hist = torch.zeros(max(hist.shape[0], ctx.n_clients), m.shape[1], dtype=m.dtype)
@@ -320,7 +317,7 @@ def deepsight(tau: float = 1.0 / 3.0, n_inputs: int = 256, seeds: int = 3) -> De
         wkey, bkey = f"{out_name}.weight", f"{out_name}.bias"
         if wkey not in u.delta or bkey not in u.delta:
             raise ValueError(f"deepsight needs the output layer {out_name} in the uploads")
-        m = _flat64(u)
+        m = delta_rows(u)
         k = m.shape[0]
         dev = m.device
         db, dw = u.delta[bkey], u.delta[wkey]

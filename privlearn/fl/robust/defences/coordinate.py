@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.robust.registry import defence
-from privlearn.fl.robust.threat import Defence, DefenceContext, aggregate_delta, aggregate_rows
+from privlearn.fl.robust.threat import (
+    Defence,
+    DefenceContext,
+    aggregate_delta,
+    aggregate_rows,
+    coordinate_median,
+    delta_rows,
+    weighted_mean,
+)
 
 
 @defence("median")
@@ -18,7 +25,7 @@ def median() -> Defence:
     coordinate; collapses under attacks that shift every coordinate a little (ALIE)."""
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        out = aggregate_rows(u, lambda m, w: m.median(0).values)
+        out = aggregate_rows(u, coordinate_median)
         return out, state, torch.ones(len(u.weight))
 
     return Defence("median", "Byzantine rows, < 50 % per coordinate", apply)
@@ -76,10 +83,8 @@ def rlr(theta: float = 4.0) -> Defence:
         return None if k >= theta else f"RLR's theta = {theta:g} needs K >= theta"
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m = T.flat_rows(u.delta).to(torch.float64)
-        w = u.weight.to(torch.float64)
-        mean = (w / w.sum()) @ m
-        out = aggregate_delta(u, mean * rlr_rate(m, theta))
+        m = delta_rows(u)
+        out = aggregate_delta(u, weighted_mean(m, u) * rlr_rate(m, theta))
         return out, state, torch.ones(len(u.weight))
 
     return Defence("rlr", "backdoors; assumes theta > f", apply, check=check)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.robust.registry import defence
 from privlearn.fl.robust.threat import (
     Defence,
     DefenceContext,
     aggregate_rows,
+    delta_rows,
     mix_rows,
     pairwise_sq_dists,
     select_rows,
@@ -31,17 +31,13 @@ def _krum_check(k: int, f: int) -> str | None:
     return None if k >= 2 * f + 3 else f"Krum needs K >= 2f + 3 = {2 * f + 3}"
 
 
-def _delta64(u: ClientUpdate) -> torch.Tensor:
-    return T.flat_rows(u.delta).to(torch.float64)
-
-
 @defence("krum")
 def krum() -> Defence:
     """Krum (Blanchard et al., NeurIPS 2017): keeps the one row with the smallest score,
     every field of it. Assumes K >= 2f + 3 with f Byzantine rows."""
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        scores = krum_scores(_delta64(u), ctx.f)
+        scores = krum_scores(delta_rows(u), ctx.f)
         keep = torch.zeros(len(scores), dtype=torch.bool)
         keep[scores.argmin()] = True
         return select_rows(u, keep), state, keep.to(torch.float64)
@@ -61,7 +57,7 @@ def multi_krum(m: int = 0) -> Defence:
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
         k = len(u.weight)
-        scores = krum_scores(_delta64(u), ctx.f)
+        scores = krum_scores(delta_rows(u), ctx.f)
         keep = torch.zeros(k, dtype=torch.bool)
         keep[scores.argsort()[: min(m or k - ctx.f, k)]] = True
         return select_rows(u, keep), state, keep.to(torch.float64)
@@ -115,7 +111,7 @@ def bulyan() -> Defence:
         return None if k >= 4 * f + 3 else f"Bulyan needs K >= 4f + 3 = {4 * f + 3}"
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        picked = bulyan_selection(_delta64(u), ctx.f).to(u.weight.device)
+        picked = bulyan_selection(delta_rows(u), ctx.f).to(u.weight.device)
         chosen = select_rows(u, picked)
         out = aggregate_rows(chosen, lambda m, w: bulyan_rule(m, ctx.f))
         factor = torch.zeros(len(u.weight), dtype=torch.float64)
@@ -151,7 +147,7 @@ def geomedian(iters: int = 10) -> Defence:
         raise ValueError(f"geomedian iters must be >= 1, got {iters}")
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        alpha = geometric_median_weights(_delta64(u), u.weight.to(torch.float64), iters)
+        alpha = geometric_median_weights(delta_rows(u), u.weight.to(torch.float64), iters)
         w = u.weight.to(torch.float64)
         return mix_rows(u, alpha), state, (alpha / (w / w.sum())).clamp(max=1.0)
 

@@ -8,10 +8,16 @@ import math
 import numpy as np
 import torch
 
-from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate
 from privlearn.fl.robust.registry import defence
-from privlearn.fl.robust.threat import Defence, DefenceContext, clip_rows, select_rows, with_delta
+from privlearn.fl.robust.threat import (
+    Defence,
+    DefenceContext,
+    clip_rows,
+    delta_rows,
+    select_rows,
+    with_delta,
+)
 
 
 def dnc_outlier_scores(m: torch.Tensor) -> torch.Tensor:
@@ -49,7 +55,7 @@ def dnc(niters: int = 1, c: float = 1.0, b: int = 10000) -> Defence:
         return None if k - removed >= 1 else f"DnC drops c f = {removed} rows of {k}"
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m = T.flat_rows(u.delta).to(torch.float64)
+        m = delta_rows(u)
         k, p = m.shape
         drop = _dnc_removed(ctx.f, c)
         flagged = torch.zeros(k, dtype=torch.long, device=m.device)
@@ -118,7 +124,7 @@ def signguard(lower: float = 0.1, upper: float = 3.0, coords: float = 0.1) -> De
         )
 
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
-        m = T.flat_rows(u.delta).to(torch.float64)
+        m = delta_rows(u)
         k, p = m.shape
         norms = m.norm(dim=1)
         med = norms.median()

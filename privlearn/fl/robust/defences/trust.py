@@ -8,7 +8,14 @@ import torch
 from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import ClientUpdate, loss_grad, sgd_apply
 from privlearn.fl.robust.registry import defence
-from privlearn.fl.robust.threat import Defence, DefenceContext, clip_rows, keep_global, mix_rows
+from privlearn.fl.robust.threat import (
+    Defence,
+    DefenceContext,
+    clip_rows,
+    delta_rows,
+    keep_global,
+    mix_rows,
+)
 
 
 def cosine_to(m: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -74,7 +81,7 @@ def fltrust(steps: int = 0, batch_size: int = 32) -> Defence:
     def apply(u: ClientUpdate, state, ctx: DefenceContext):
         if ctx.root is None or ctx.model is None or ctx.local is None:
             raise ValueError("fltrust needs the server's root set, model and local optimiser")
-        m = T.flat_rows(u.delta).to(torch.float64)
+        m = delta_rows(u)
         n_steps = int(steps) or max(1, int(u.steps.to(torch.float64).median().round()))
         g0_tree = server_update(ctx, n_steps, batch_size)
         g0 = T.flat_rows({k: g0_tree[k].unsqueeze(0) for k in u.delta})[0].to(m)
@@ -127,7 +134,7 @@ def rffl(alpha: float = 0.95, threshold: float = 1.0 / 3.0, clip: bool = True) -
         }
 
     def apply(u: ClientUpdate, state: dict, ctx: DefenceContext):
-        m = T.flat_rows(u.delta).to(torch.float64)
+        m = delta_rows(u)
         dev = m.device
         rep = state["reputation"].to(dev).clone()
         seen, active = state["seen"].to(dev).clone(), state["active"].to(dev).clone()
