@@ -45,6 +45,10 @@ from privlearn.he import io
 from privlearn.he.cost import CostCounter
 from privlearn.he.params import CKKSParams, get_params
 
+# Imaginary parts of a real ciphertext's slots are CKKS error, far below this fraction of its
+# largest value (or of 1): a larger one means the ciphertext holds complex values.
+IMAGINARY_TOLERANCE = 1e-2
+
 
 class HEError(Exception):
     """Base class of errors raised by the HE layer."""
@@ -196,6 +200,20 @@ class _Context(ABC):
 
     def deserialize(self, data: bytes) -> Ciphertext:
         """Enveloped bytes -> Ciphertext; raises a specific :class:`io.EnvelopeError` if bad."""
+        return self.deserialize_many([data])[0]
+
+    def deserialize_many(self, blobs: Iterable[bytes]) -> list[Ciphertext]:
+        """Several ciphertexts of one message at once: a backend that reads untrusted bytes in
+        isolation (OpenFHE's) tries them all in one go."""
+        headers = [self._header(data) for data in blobs]
+        raws = self._raws_from_bytes([h[0] for h in headers], [(h[1], h[2]) for h in headers])
+        return [
+            self._handle(raw, lv, deg, cplx)
+            for raw, (_, lv, deg, cplx) in zip(raws, headers, strict=True)
+        ]
+
+    def _header(self, data: bytes) -> tuple[bytes, int, int, bool]:
+        """An envelope's payload, level, scale degree and complex flag, each checked."""
         env = io.unpack(
             data,
             kind="ciphertext",
@@ -212,16 +230,17 @@ class _Context(ABC):
                 "ciphertext was encrypted under another key pair than this context's (same "
                 "preset, different client); it cannot be computed on or decrypted here"
             )
-        if not (isinstance(level, int) and 0 <= level <= self.params.depth and deg in (1, 2)):
+        if type(level) is not int or not 0 <= level <= self.params.depth or deg not in (1, 2):
             raise io.CorruptError(f"ciphertext header has impossible level {level}/degree {deg}")
-        raw = self._raw_from_bytes(env.payload, level, deg)
-        return self._handle(raw, level, deg, bool(cplx))
+        if type(cplx) is not bool:
+            raise io.CorruptError(f"ciphertext header's complex flag is {cplx!r}, not a boolean")
+        return env.payload, level, deg, cplx
 
     @abstractmethod
     def _raw_to_bytes(self, raw: Any) -> bytes: ...
 
     @abstractmethod
-    def _raw_from_bytes(self, payload: bytes, level: int, scale_deg: int) -> Any: ...
+    def _raws_from_bytes(self, payloads: list[bytes], shapes: list[tuple[int, int]]) -> list: ...
 
 
 class ClientContext(_Context):
@@ -248,9 +267,27 @@ class ClientContext(_Context):
         """Encrypt up to ``slots`` real or complex values (zero-padded) at ``level`` (default:
         the top). A lower level makes a smaller ciphertext; use the lowest a computation needs."""
 
-    @abstractmethod
     def decrypt(self, ct: Ciphertext) -> np.ndarray:
-        """All slots, as float64 for a real ciphertext and complex128 for a complex one."""
+        """All slots, as float64 for a real ciphertext and complex128 for a complex one. A
+        ciphertext marked real whose slots hold more than CKKS error in their imaginary parts
+        is refused: the mark comes from a header its sender wrote, and dropping the imaginary
+        part would silently lose half of what it holds."""
+        self._check(ct)
+        self.cost.record("decrypt", ct.level)
+        values = self._decrypt(ct)
+        if ct.is_complex:
+            return values
+        scale = max(1.0, float(np.abs(values.real).max(initial=0.0)))
+        if np.abs(values.imag).max(initial=0.0) > IMAGINARY_TOLERANCE * scale:
+            raise io.CorruptError(
+                "a ciphertext marked real holds imaginary parts beyond CKKS error "
+                f"(up to {np.abs(values.imag).max():.3g}); its header's complex flag is wrong"
+            )
+        return values.real.copy()
+
+    @abstractmethod
+    def _decrypt(self, ct: Ciphertext) -> np.ndarray:
+        """All slots as complex128."""
 
     @abstractmethod
     def public_bundle(

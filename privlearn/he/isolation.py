@@ -1,61 +1,254 @@
-"""Run a native deserializer on untrusted bytes where a crash cannot take the caller down.
+"""Untrusted bytes meet OpenFHE first where a crash cannot take the caller down.
 
-OpenFHE's deserializers trust their input: crafted bytes inside a well-formed envelope (whose
-SHA-256 anyone can recompute) have ended in SIGSEGV, SIGFPE and heap-corruption aborts. The
-envelope checks everything privlearn can parse; what only OpenFHE can parse is first parsed in
-a forked child. If the child dies or hangs, the bytes are refused and the caller — a
-secret-key holder answering a server, or a server reading a client's upload — lives on. The
-parent then parses the same bytes itself: one fork and one extra parse.
+OpenFHE's deserializers and arithmetic trust their input: crafted bytes inside a well-formed
+envelope (whose SHA-256 anyone can recompute) have ended in SIGSEGV, SIGFPE and heap-corruption
+aborts, in parsing and in the first operation on what parsed (a decryption). privlearn checks
+everything it can parse itself; what only OpenFHE can read is tried first in a throw-away
+process: if that dies or hangs, the bytes are refused and the caller — a secret-key holder
+answering a server, or a server reading a client's upload — lives on.
 
-Only parsing is probed. Bytes that parse can still crash the first operation on them (a
-decryption has died of SIGFPE); running that operation in the child hung OpenFHE (its thread
-pool does not survive a fork), so that case remains open (see the threat model in the docs).
+The throw-away processes are forks of one *worker*, a fresh interpreter spawned with a single
+OpenMP thread: a fork of a process whose OpenMP pool has started hangs in its first parallel
+region, so forking the caller itself could parse but never compute. The worker holds public
+material only (a context, a public key and a relinearisation key, loaded from bytes that a
+fork has already read safely), never a secret key. Per untrusted message a fork parses every
+ciphertext, checks its level and key tag, and runs a canary of the operations the caller runs
+(an addition; a multiplication with relinearisation where a level is left). Rotations with
+keys the worker does not load, and bootstrapping, are not tried (see the threat model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import json
 import os
 import select
 import signal
-from collections.abc import Callable
+import subprocess
+import sys
+import threading
+import uuid
+import weakref
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
 
-from privlearn.he.io import CorruptError
+from privlearn.he.io import CorruptError, ForeignParametersError
 
-TIMEOUT_S = 120.0  # generous: a bootstrapping key set at N=2^16 takes tens of seconds to parse
+LOAD_TIMEOUT_S = 120.0  # a bootstrapping key set at N=2^16 takes tens of seconds to parse
+# parsing and a single-threaded canary product at N=2^16, with a wide margin: crafted
+# ciphertexts have hung OpenFHE, so this is how long one can hold up its receiver
+CHECK_TIMEOUT_S = 10.0
 
 
-def probe(parse: Callable[[], object], what: str, timeout: float = TIMEOUT_S) -> str | None:
-    """Run ``parse()`` in a forked child. Raise :class:`CorruptError` if the child crashes or
-    hangs; return the message of an exception it raised (the parent's own parse then raises
-    the precise error), None if it finished. Without ``os.fork`` (Windows) nothing is probed."""
-    if not hasattr(os, "fork"):
-        return None
+def _check_timeout(count: int) -> float:
+    return CHECK_TIMEOUT_S * (1 + count)
+
+
+class IsolationError(CorruptError):
+    """Untrusted bytes crashed or hung OpenFHE in the isolated process."""
+
+
+# -- the caller's side --------------------------------------------------------------------------
+class _Worker:
+    """The worker process and the link to it; one per process, started on first use. A fresh
+    interpreter (``python -m privlearn.he.isolation``), not a multiprocessing spawn, which
+    would re-run the caller's main module."""
+
+    def __init__(self) -> None:
+        import privlearn
+
+        root = str(Path(privlearn.__file__).resolve().parents[1])
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # read when the worker's OpenMP loads
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "privlearn.he.isolation"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self.send = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
+        self.recv = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ask(self, request: tuple, timeout: float) -> dict:
+        self.send.send(request)
+        # the worker's own fork enforces ``timeout``; this margin only catches a stuck worker
+        if not self.recv.poll(timeout + 60):
+            self.proc.kill()
+            raise OSError("the isolation worker did not answer")
+        return json.loads(self.recv.recv_bytes())
+
+
+_lock = threading.Lock()  # one request at a time: a session's client and server share the worker
+_worker: _Worker | None = None
+
+
+def _ask(request: tuple, timeout: float) -> dict:
+    global _worker
+    with _lock:
+        if _worker is None or not _worker.alive():
+            _worker = _Worker()
+        try:
+            return _worker.ask(request, timeout)
+        except (EOFError, OSError):
+            _worker = None
+            raise CorruptError("the isolation worker exited; the bytes are refused") from None
+
+
+def _raise_for(answer: dict, what: str) -> None:
+    if "crash" in answer:
+        raise IsolationError(f"{what} crashed OpenFHE in an isolated process ({answer['crash']})")
+    if "hang" in answer:
+        raise IsolationError(f"{what} hung OpenFHE (stopped after {answer['hang']:.0f} s)")
+    if answer.get("foreign"):
+        raise ForeignParametersError(f"{what}: {answer['error']}")
+    if "error" in answer:
+        raise CorruptError(f"{what} is not readable by OpenFHE: {answer['error']}")
+
+
+class Material:
+    """A context's public material loaded in the worker, for :meth:`check`; dropped from the
+    worker when this object is collected."""
+
+    def __init__(self, sections: dict[str, bytes | Path], *, trusted: bool, what: str) -> None:
+        """``sections``: "context", "public_key", "relin_key" and optionally
+        "automorphism_keys" (bytes, or a path to a verified file). Untrusted sections are read
+        in a fork first; ``trusted`` ones (the client's own) are loaded directly."""
+        self.key = uuid.uuid4().hex
+        plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in sections.items()}
+        _raise_for(_ask(("load", self.key, plain, not trusted), LOAD_TIMEOUT_S), what)
+        weakref.finalize(self, _drop, self.key)
+
+    def check(self, payloads: Sequence[bytes], expect: Sequence[tuple[int, int]], tag: str):
+        """Parse ``payloads`` (OpenFHE ciphertexts) and run the canary on each in a fork; raise
+        if one is refused. ``expect``: each one's (OpenFHE level, noise scale degree)."""
+        timeout = _check_timeout(len(payloads))
+        answer = _ask(("check", self.key, list(payloads), list(expect), tag), timeout)
+        what = "ciphertext" if len(payloads) == 1 else f"ciphertext {answer.get('index', '?')}"
+        _raise_for(answer, what)
+
+
+def _drop(key: str) -> None:
+    if _worker is not None and _worker.alive():
+        with contextlib.suppress(CorruptError):
+            _ask(("drop", key), 10)
+
+
+# -- the worker's side --------------------------------------------------------------------------
+def _serve() -> None:
+    """The worker: load material, try untrusted bytes in forks, until the caller goes. Requests
+    come pickled from the caller (trusted: it started this process); answers go back as JSON,
+    so nothing this process sends can run code in the caller."""
+    recv, send = Connection(0, writable=False), Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)  # stray prints must not corrupt the link
+    states: dict[str, Any] = {}
+    while True:
+        try:
+            request = recv.recv()
+        except EOFError:
+            return
+        send.send_bytes(json.dumps(_answer(states, *request)).encode())
+
+
+def _answer(states: dict, op: str, key: str, *args) -> dict:
+    if op == "drop":
+        states.pop(key, None)
+        return {}
+    if op == "load":
+        sections, probe = args
+        answer = (
+            _in_fork(lambda: _load(sections, with_rotations=True), LOAD_TIMEOUT_S) if probe else {}
+        )
+        if not answer:
+            states[key] = _load(sections, with_rotations=False)
+        return answer
+    payloads, expect, tag = args
+    timeout = _check_timeout(len(payloads))
+    return _in_fork(lambda: _canary(states[key], payloads, expect, tag), timeout)
+
+
+def _load(sections: dict, *, with_rotations: bool):
+    import openfhe as ofhe
+
+    from privlearn.he.openfhe_backend import SER, load_relin_key
+
+    cc = ofhe.DeserializeCryptoContextString(sections["context"], SER)
+    tag = ofhe.DeserializePublicKeyString(sections["public_key"], SER).GetKeyTag()
+    load_relin_key(cc, sections["relin_key"], tag)
+    keys = sections.get("automorphism_keys") if with_rotations else None
+    if isinstance(keys, str):
+        if not cc.DeserializeEvalAutomorphismKey(keys, SER):
+            raise RuntimeError("cannot read the automorphism keys")
+    elif keys is not None:
+        ofhe.DeserializeEvalAutomorphismKeyString(keys, SER)
+    return cc
+
+
+def _canary(cc, payloads: list[bytes], expect: list, tag: str) -> None:
+    import openfhe as ofhe
+
+    from privlearn.he.openfhe_backend import SER
+
+    depth = cc.GetMultiplicativeDepth()
+    for i, (payload, (level, deg)) in enumerate(zip(payloads, expect, strict=True)):
+        try:
+            ct = ofhe.DeserializeCiphertextString(payload, SER)
+        except Exception as e:  # noqa: BLE001 - OpenFHE raises RuntimeError subclasses
+            raise _Refused(i, f"OpenFHE could not read it: {e}") from None
+        if ct.GetLevel() != level or ct.GetNoiseScaleDeg() != deg:
+            raise _Refused(i, "its header and payload disagree on its level")
+        if ct.GetKeyTag() != tag:
+            raise _Refused(i, "its payload is under another key pair", foreign=True)
+        cc.EvalAdd(ct, ct)
+        if level + deg < depth:  # room for one more product (FLEXIBLEAUTO rescales first)
+            cc.EvalMult(ct, ct)
+
+
+class _Refused(Exception):
+    def __init__(self, index: int, reason: str, *, foreign: bool = False) -> None:
+        super().__init__(reason)
+        self.index, self.foreign = index, foreign
+
+
+def _in_fork(work, timeout: float) -> dict:
+    """Run ``work()`` in a fork of the worker: {} if it finished, else why it did not."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: parse, report one byte, leave without running any cleanup
+    if pid == 0:  # the fork: work, report, leave without running any cleanup
         os.close(read_end)
-        faulthandler.disable()  # its crash is reported by the parent, in one line
+        faulthandler.disable()  # its crash is reported by the caller, in one line
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-        report = b"0"
+        answer: dict = {}
         try:
-            parse()
+            work()
+        except _Refused as e:
+            answer = {"error": str(e)[:300], "index": e.index, "foreign": e.foreign}
         except BaseException as e:  # noqa: BLE001 - any failure refuses the bytes
-            report = b"1" + str(e)[:300].encode(errors="replace")
-        os.write(write_end, report)
+            answer = {"error": f"{type(e).__name__}: {e}"[:300]}
+        os.write(write_end, json.dumps(answer).encode()[:4000])
         os._exit(0)
     os.close(write_end)
     try:
         ready, _, _ = select.select([read_end], [], [], timeout)
-        report = os.read(read_end, 512) if ready else None
+        report = os.read(read_end, 4096) if ready else None
     finally:
         os.close(read_end)
     if report is None:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     if report is None:
-        raise CorruptError(f"{what} hung OpenFHE's parser (stopped after {timeout:.0f} s)")
+        return {"hang": timeout}
     if os.WIFSIGNALED(status):
-        name = signal.Signals(os.WTERMSIG(status)).name
-        raise CorruptError(f"{what} crashed OpenFHE's parser in an isolated process ({name})")
-    return None if report == b"0" else report[1:].decode(errors="replace")
+        return {"crash": signal.Signals(os.WTERMSIG(status)).name}
+    return json.loads(report) if report else {"crash": "exited without a report"}
+
+
+if __name__ == "__main__":
+    _serve()

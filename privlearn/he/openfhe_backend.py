@@ -48,7 +48,8 @@ except ImportError as e:  # pragma: no cover - depends on the interpreter
     ) from e
 
 BACKEND = "openfhe"
-_SER = ofhe.BINARY
+SER = ofhe.BINARY
+_SECTIONS = ("context", "public_key", "relin_key")  # every bundle has them
 # Which Evaluator's keys currently sit in OpenFHE's process-wide table, per key tag.
 _ACTIVE: dict[str, weakref.ref] = {}
 
@@ -121,25 +122,23 @@ class _OpenFHEMixin:
     _cc: Any
 
     def _raw_to_bytes(self, raw: Any) -> bytes:
-        return ofhe.Serialize(raw, _SER)
+        return ofhe.Serialize(raw, SER)
 
-    def _raw_from_bytes(self, payload: bytes, level: int, scale_deg: int) -> Any:
-        failed = isolation.probe(lambda: self._parse(payload, level, scale_deg), "ciphertext")
-        raw = self._parse(payload, level, scale_deg)
-        if failed is not None:
-            raise io.CorruptError(f"ciphertext is not readable by OpenFHE: {failed}")
-        return raw
-
-    def _parse(self, payload: bytes, level: int, scale_deg: int) -> Any:
-        try:
-            raw = ofhe.DeserializeCiphertextString(payload, _SER)
-        except Exception as e:  # OpenFHE raises RuntimeError subclasses
-            raise io.CorruptError(f"OpenFHE could not read the ciphertext: {e}") from None
-        if raw.GetLevel() != self.params.depth - level or raw.GetNoiseScaleDeg() != scale_deg:
-            raise io.CorruptError("ciphertext header and payload disagree on its level")
-        if raw.GetKeyTag() != self.key_id:
-            raise io.ForeignParametersError("ciphertext payload is under another key pair")
-        return raw
+    def _raws_from_bytes(self, payloads: list[bytes], shapes: list[tuple[int, int]]) -> list:
+        expect = [(self.params.depth - level, deg) for level, deg in shapes]
+        self._isolated().check(payloads, expect, self.key_id)
+        raws = []
+        for payload, (level, deg) in zip(payloads, expect, strict=True):
+            try:
+                raw = ofhe.DeserializeCiphertextString(payload, SER)
+            except Exception as e:  # OpenFHE raises RuntimeError subclasses
+                raise io.CorruptError(f"OpenFHE could not read the ciphertext: {e}") from None
+            if raw.GetLevel() != level or raw.GetNoiseScaleDeg() != deg:
+                raise io.CorruptError("ciphertext header and payload disagree on its level")
+            if raw.GetKeyTag() != self.key_id:
+                raise io.ForeignParametersError("ciphertext payload is under another key pair")
+            raws.append(raw)
+        return raws
 
     def _pt(self, v: np.ndarray, level: int, scale_deg: int = 1):
         """Encode slot values at the OpenFHE level matching a handle's ``level``."""
@@ -173,6 +172,18 @@ class Client(_OpenFHEMixin, ClientContext):
         self._tag = self.key_id = self._secret_key.GetKeyTag()
         self._cc.EvalMultKeyGen(self._secret_key)
         self._bootstrap_ready = False
+        self._material: isolation.Material | None = None
+
+    def _isolated(self) -> isolation.Material:
+        """This client's public material in the isolation worker, loaded on first use."""
+        if self._material is None:
+            sections = {
+                "context": ofhe.Serialize(self._cc, SER),
+                "public_key": ofhe.Serialize(self._public_key, SER),
+                "relin_key": ofhe.SerializeEvalMultKeyString(SER, self._tag),
+            }
+            self._material = isolation.Material(sections, trusted=True, what="own keys")
+        return self._material
 
     def encrypt(self, values: Any, *, level: int | None = None) -> Ciphertext:
         level = self._levels_ok(level)
@@ -181,14 +192,10 @@ class Client(_OpenFHEMixin, ClientContext):
         raw = self._cc.Encrypt(self._public_key, self._pt(v, level))
         return self._handle(raw, level, 1, np.iscomplexobj(v))
 
-    def decrypt(self, ct: Ciphertext) -> np.ndarray:
-        self._check(ct)
-        self.cost.record("decrypt", ct.level)
+    def _decrypt(self, ct: Ciphertext) -> np.ndarray:
         pt = self._cc.Decrypt(self._secret_key, ct.raw)
         pt.SetLength(self.slots)
-        if ct.is_complex:
-            return np.asarray(pt.GetCKKSPackedValue(), dtype=np.complex128)
-        return np.asarray(pt.GetRealPackedValue(), dtype=np.float64)
+        return np.asarray(pt.GetCKKSPackedValue(), dtype=np.complex128)
 
     def public_bundle(self, rotations=(), *, conjugation=False, bootstrap=False, path=None):
         rotations = sorted({int(k) % self.slots for k in rotations} - {0})
@@ -208,17 +215,17 @@ class Client(_OpenFHEMixin, ClientContext):
             conj = cc.EvalAutomorphismKeyGen(self._secret_key, [2 * self.params.ring_dim - 1])
             cc.InsertEvalAutomorphismKey(conj, tag)
         sections: dict[str, bytes | Path] = {
-            "context": ofhe.Serialize(cc, _SER),
-            "public_key": ofhe.Serialize(self._public_key, _SER),
-            "relin_key": ofhe.SerializeEvalMultKeyString(_SER, tag),
+            "context": ofhe.Serialize(cc, SER),
+            "public_key": ofhe.Serialize(self._public_key, SER),
+            "relin_key": ofhe.SerializeEvalMultKeyString(SER, tag),
         }
         if rotations or conjugation or bootstrap:
             if path is None:
-                sections["automorphism_keys"] = ofhe.SerializeEvalAutomorphismKeyString(_SER, tag)
+                sections["automorphism_keys"] = ofhe.SerializeEvalAutomorphismKeyString(SER, tag)
             else:  # gigabytes at N=2^16 with bootstrapping: straight to disk
                 f = Path(path) / "automorphism_keys.bin"
                 f.parent.mkdir(parents=True, exist_ok=True)
-                if not cc.SerializeEvalAutomorphismKey(str(f), _SER, tag):
+                if not cc.SerializeEvalAutomorphismKey(str(f), SER, tag):
                     raise OSError(f"OpenFHE could not write {f}")
                 sections["automorphism_keys"] = f
         cc.ClearEvalAutomorphismKeys()  # the client keeps no evaluation keys once sent
@@ -239,7 +246,7 @@ class Client(_OpenFHEMixin, ClientContext):
 
     def _secret_key_bytes(self) -> bytes:
         """For tests that prove the secret key never leaves: its serialized form."""
-        return ofhe.Serialize(self._secret_key, _SER)
+        return ofhe.Serialize(self._secret_key, SER)
 
 
 def _check_context(cc, params: CKKSParams) -> None:
@@ -260,14 +267,18 @@ def _check_context(cc, params: CKKSParams) -> None:
             )
 
 
-def _load_relin_key(blob: bytes, tag: str) -> None:
-    """Insert a relinearisation key unless OpenFHE's table already has this key tag's (it then
-    came from the same secret key: the client, or an earlier evaluator, in this process)."""
+def load_relin_key(cc, blob: bytes, tag: str) -> None:
+    """Make ``blob``'s relinearisation key the one OpenFHE's process-wide table holds for key
+    tag ``tag``. The table takes one key vector per tag and refuses a second, so in one process
+    a bundle's key was never used (the client's, generated first, stayed). Other tags' keys are
+    put back."""
+    others = {t: v for t, v in ofhe.CryptoContext.GetAllEvalMultKeys().items() if t != tag}
+    ofhe.ClearEvalMultKeys()
     try:
-        ofhe.DeserializeEvalMultKeyString(blob, _SER)
-    except RuntimeError as e:
-        if "there is a key vector for the given keyTag" not in str(e):
-            raise
+        ofhe.DeserializeEvalMultKeyString(blob, SER)
+    finally:
+        for t, v in others.items():
+            cc.InsertEvalMultKey(v, t)
 
 
 class Evaluator(_OpenFHEMixin, _EvaluatorBase):
@@ -281,41 +292,44 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
     def __init__(self, params, rotations, conjugation, bootstrap, sections) -> None:
         super().__init__(params, rotations, conjugation, bootstrap)
 
-        def read(name):  # small sections; automorphism keys are read below, from disk if large
-            blob = sections[name]
-            return blob.read_bytes() if isinstance(blob, Path) else blob
-
+        missing = [k for k in _SECTIONS if k not in sections]
+        if missing:
+            raise io.CorruptError(f"public bundle lacks its {', '.join(missing)} section")
+        # small sections as bytes; automorphism keys stay a file if large
+        public = {
+            k: v.read_bytes() if k in _SECTIONS and isinstance(v, Path) else v
+            for k, v in sections.items()
+        }
         self._conj_index = 2 * params.ring_dim - 1
-        failed = isolation.probe(lambda: self._load(read, sections), "public bundle")
-        self._load(read, sections)
-        if failed is not None:
-            raise io.CorruptError(f"public bundle is not readable by OpenFHE: {failed}")
+        self._material = isolation.Material(public, trusted=False, what="public bundle")
+        self._load(public)
         if bootstrap:
             self._cc.EvalBootstrapSetup(list(params.bootstrap_level_budget))
         self._m = self._cc.GetCyclotomicOrder()
 
-    def _load(self, read, sections) -> None:
-        """Read every section into OpenFHE (in the probe's child first, then here)."""
+    def _isolated(self) -> isolation.Material:
+        return self._material
+
+    def _load(self, public: dict[str, bytes | Path]) -> None:
+        """Read the sections into OpenFHE (read safely in the isolation worker's fork first)."""
         try:
-            self._cc = ofhe.DeserializeCryptoContextString(read("context"), _SER)
+            self._cc = ofhe.DeserializeCryptoContextString(public["context"], SER)
             _check_context(self._cc, self.params)
             for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
                 self._cc.Enable(getattr(ofhe.PKESchemeFeature, feature))
-            self._public_key = ofhe.DeserializePublicKeyString(read("public_key"), _SER)
+            self._public_key = ofhe.DeserializePublicKeyString(public["public_key"], SER)
             self._tag = self.key_id = self._public_key.GetKeyTag()
-            _load_relin_key(read("relin_key"), self._tag)
+            load_relin_key(self._cc, public["relin_key"], self._tag)
             self._keys = None
-            keys = sections.get("automorphism_keys")
+            keys = public.get("automorphism_keys")
             if isinstance(keys, Path):
-                if not self._cc.DeserializeEvalAutomorphismKey(str(keys), _SER):
+                if not self._cc.DeserializeEvalAutomorphismKey(str(keys), SER):
                     raise RuntimeError(f"cannot read {keys}")
             elif keys is not None:
-                ofhe.DeserializeEvalAutomorphismKeyString(keys, _SER)
+                ofhe.DeserializeEvalAutomorphismKeyString(keys, SER)
             if keys is not None:
                 self._keys = self._cc.GetEvalAutomorphismKeyMap(self._tag)
                 _ACTIVE[self._tag] = weakref.ref(self)
-        except KeyError as e:
-            raise io.CorruptError(f"public bundle lacks its {e} section") from None
         except RuntimeError as e:
             raise io.CorruptError(f"OpenFHE could not read the public bundle: {e}") from None
 

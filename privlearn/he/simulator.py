@@ -99,12 +99,16 @@ class _SimMixin:
     def _raw_to_bytes(self, raw: np.ndarray) -> bytes:
         return raw.astype(np.complex128).tobytes()
 
-    def _raw_from_bytes(self, payload: bytes, level: int, scale_deg: int) -> np.ndarray:
-        if len(payload) != 16 * self.params.slots:
-            raise io.CorruptError(
-                f"simulator ciphertext has {len(payload)} bytes, expected {16 * self.params.slots}"
-            )
-        return np.frombuffer(payload, dtype=np.complex128).copy()
+    def _raws_from_bytes(self, payloads: list[bytes], shapes) -> list[np.ndarray]:
+        out = []
+        for payload in payloads:
+            if len(payload) != 16 * self.params.slots:
+                raise io.CorruptError(
+                    f"simulator ciphertext has {len(payload)} bytes, "
+                    f"expected {16 * self.params.slots}"
+                )
+            out.append(np.frombuffer(payload, dtype=np.complex128).copy())
+        return out
 
 
 class Client(_SimMixin, ClientContext):
@@ -126,10 +130,8 @@ class Client(_SimMixin, ClientContext):
             self._noise(v.astype(np.complex128), self.noise.fresh), level, 1, np.iscomplexobj(v)
         )
 
-    def decrypt(self, ct) -> np.ndarray:
-        self._check(ct)
-        self.cost.record("decrypt", ct.level)
-        return ct.raw.copy() if ct.is_complex else ct.raw.real.copy()
+    def _decrypt(self, ct) -> np.ndarray:
+        return ct.raw.astype(np.complex128)
 
     def public_bundle(self, rotations=(), *, conjugation=False, bootstrap=False, path=None):
         rotations = sorted({int(k) % self.slots for k in rotations} - {0})

@@ -204,3 +204,41 @@ def test_a_bundle_short_of_128_bits_needs_the_opt_out(client):
     with pytest.raises(InsecureParametersError, match="insecure_for_testing"):
         Evaluator.from_bundle(bundle)
     assert Evaluator.from_bundle(bundle, insecure_for_testing=True).params.name == "toy-n12"
+
+
+@pytest.mark.openfhe
+def test_an_in_process_evaluator_computes_with_its_bundles_relinearisation_key():
+    """OpenFHE's key table keeps one relinearisation key per key tag: in one process the
+    client's stayed and the bundle's was never used, so no in-process test exercised it."""
+    import openfhe as ofhe
+
+    client = ClientContext.create("toy-n12", "openfhe", seed=3, insecure_for_testing=True)
+    bundle = client.public_bundle()
+    ofhe.ClearEvalMultKeys()
+    client._cc.EvalMultKeyGen(client._secret_key)  # the table now holds another key, same tag
+    fresh = ofhe.SerializeEvalMultKeyString(ofhe.BINARY, client.key_id)
+    _, sections = io.open_bundle(bundle)
+    assert fresh != sections["relin_key"]
+    ev = Evaluator.from_bundle(bundle, insecure_for_testing=True)
+    assert ofhe.SerializeEvalMultKeyString(ofhe.BINARY, ev.key_id) == sections["relin_key"]
+    x = client.encrypt(np.linspace(-1, 1, 16))
+    assert np.allclose(client.decrypt(ev.mul(x, x))[:16], np.linspace(-1, 1, 16) ** 2, atol=1e-4)
+
+
+@pytest.mark.openfhe
+def test_a_real_header_over_complex_slots_is_refused_on_decryption():
+    """The complex flag came from the header alone: a real-flagged ciphertext of complex slots
+    decrypted with its imaginary part silently dropped."""
+    client = ClientContext.create("toy-n12", "openfhe", seed=4, insecure_for_testing=True)
+    env = io.unpack(client.serialize(client.encrypt(np.full(8, 0.5 + 0.5j))), kind="ciphertext")
+    forged = io.pack(
+        "ciphertext",
+        env.backend,
+        env.params_fingerprint,
+        env.payload,
+        {**env.meta, "complex": False},
+    )
+    with pytest.raises(io.CorruptError, match="imaginary"):
+        client.decrypt(client.deserialize(forged))
+    real = client.encrypt(np.linspace(-1, 1, 8))
+    assert np.allclose(client.decrypt(real)[:8], np.linspace(-1, 1, 8), atol=1e-5)

@@ -1,50 +1,87 @@
-"""Untrusted bytes are parsed in a forked child first: a crash or a hang there is a refusal."""
+"""Untrusted bytes meet OpenFHE first in a fork of the isolation worker: a crash or a hang there
+is a refusal, and the caller (a secret-key holder, or a server) lives on."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
-import numpy as np
 import pytest
 
-from privlearn.he import ClientContext, io, isolation
+from privlearn.he import isolation
 
 
-def test_a_crash_in_the_child_is_a_refusal_and_the_caller_lives():
-    with pytest.raises(io.CorruptError, match="crashed.*SIGSEGV"):
-        isolation.probe(lambda: os.kill(os.getpid(), signal.SIGSEGV), "crafted bytes")
+def test_the_fork_reports_a_crash_a_hang_an_error_and_success():
+    assert isolation._in_fork(lambda: os.kill(os.getpid(), signal.SIGSEGV), 10) == {
+        "crash": "SIGSEGV"
+    }
+    t = time.perf_counter()
+    assert isolation._in_fork(lambda: time.sleep(30), 0.5) == {"hang": 0.5}
+    assert time.perf_counter() - t < 10
+    assert isolation._in_fork(lambda: 1 / 0, 10) == {"error": "ZeroDivisionError: division by zero"}
+    assert isolation._in_fork(lambda: None, 10) == {}
 
 
-def test_a_hang_in_the_child_is_stopped():
-    with pytest.raises(io.CorruptError, match="hung"):
-        isolation.probe(lambda: time.sleep(30), "crafted bytes", timeout=0.5)
+# Mutated payloads in envelopes a hostile peer re-signs, aimed at the bytes every ciphertext
+# shares (its embedded parameters, moduli and sizes), handed to a client that decrypts them
+# and a server that computes on them, both with OpenMP's threads running. Run in a child
+# interpreter so that a crash fails this test instead of killing the test run. Before the
+# isolation worker, about 3 % of such payloads parsed and then crashed the process (SIGFPE,
+# SIGABRT) or hung it in the first operation.
+_HOSTILE = """
+import json, sys, numpy as np
+from privlearn.he import ClientContext, Evaluator, io, isolation
+client = ClientContext.create("toy-n12", "openfhe", seed=1, insecure_for_testing=True)
+ev = Evaluator.from_bundle(client.public_bundle([1]), insecure_for_testing=True)
+x = client.encrypt(np.linspace(-1, 1, 64), level=3)
+ev.mul(x, x)  # OpenMP's thread pool is up, as in any real session
+env = io.unpack(client.serialize(x), kind="ciphertext")
+other = io.unpack(client.serialize(client.encrypt(np.zeros(4), level=3)), kind="ciphertext")
+a, b = np.frombuffer(env.payload, np.uint8), np.frombuffer(other.payload, np.uint8)
+shared = np.where(a[:2000] == b[:2000])[0]
+rng = np.random.default_rng(int(sys.argv[1]))
+out = {"accepted": 0, "refused": 0, "isolated": 0}
+for _ in range(int(sys.argv[2])):
+    p = bytearray(env.payload)
+    for pos in rng.choice(shared, int(rng.integers(1, 3))):
+        p[pos] = int(rng.integers(0, 256))
+    forged = io.pack("ciphertext", env.backend, env.params_fingerprint, bytes(p), env.meta)
+    for side in (client, ev):
+        try:
+            ct = side.deserialize(forged)
+            client.decrypt(ct) if side is client else ev.rotate(ev.mul(ct, ct), 1)
+            out["accepted"] += 1
+        except isolation.IsolationError:
+            out["isolated"] += 1
+        except io.EnvelopeError:
+            out["refused"] += 1
+print(json.dumps(out))
+"""
 
 
-def test_an_exception_in_the_child_is_reported_and_success_is_none():
-    assert isolation.probe(lambda: 1 / 0, "crafted bytes") == "division by zero"
-    assert isolation.probe(lambda: None, "bytes") is None
+def _hostile(seed: int, cases: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", _HOSTILE, str(seed), str(cases)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert proc.returncode == 0, f"the process died ({proc.returncode}): {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.openfhe
-def test_resigned_hostile_ciphertexts_never_take_the_client_down():
-    """What a hostile server can send: mutated payloads in envelopes it re-signs. Before the
-    probe, some such payloads killed the process inside OpenFHE's parser (SIGFPE)."""
-    client = ClientContext.create("toy-n12", "openfhe", seed=1, insecure_for_testing=True)
-    env = io.unpack(client.serialize(client.encrypt(np.linspace(-1, 1, 64))), kind="ciphertext")
-    rng = np.random.default_rng(0)
-    outcomes = {"parsed": 0, "refused": 0}
-    for _ in range(60):
-        payload = bytearray(env.payload)
-        for _ in range(int(rng.integers(1, 4))):
-            payload[int(rng.integers(0, 4096))] ^= int(rng.integers(1, 256))
-        forged = io.pack(
-            "ciphertext", env.backend, env.params_fingerprint, bytes(payload), env.meta
-        )
-        try:
-            client.deserialize(forged)
-            outcomes["parsed"] += 1
-        except io.EnvelopeError:
-            outcomes["refused"] += 1
-    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 60
+def test_hostile_ciphertexts_never_take_the_client_or_the_server_down():
+    out = _hostile(seed=7, cases=100)
+    assert sum(out.values()) == 200 and out["refused"] > 0
+
+
+@pytest.mark.openfhe
+@pytest.mark.slow
+def test_many_hostile_ciphertexts_are_isolated_not_fatal():
+    out = _hostile(seed=1, cases=600)
+    assert sum(out.values()) == 1200 and out["isolated"] > 0
