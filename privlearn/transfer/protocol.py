@@ -4,14 +4,16 @@ Everything the two roles exchange is a :class:`Message`: a kind, small public me
 epoch numbers: never data) and a tuple of byte strings (serialized ciphertexts or a public
 bundle). A message travels as one enveloped byte string (``privlearn.he.io``), checked on
 arrival, so the same code runs in one process (two threads), across processes, or over a
-network. Channels can record a transcript of every byte that crossed, which the tests search
-for secret-key bytes.
+network. Between the two roles every frame is authenticated (:mod:`privlearn.transfer.channel`).
+Endpoints can record a transcript of every byte that crossed, which the tests search for
+secret-key bytes.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from privlearn.he import io
+from privlearn.transfer.channel import Channel
 
 KINDS = {
     "setup": "client -> server: public bundle (or a bundle directory's path), the training "
@@ -75,6 +78,11 @@ class Message:
 Handler = Callable[[Message], Message]
 
 
+def link_token() -> bytes:
+    """A fresh secret both ends of one link are given when the session starts them."""
+    return secrets.token_bytes(32)
+
+
 def _reply(data: bytes) -> Message:
     """A reply, or the other side's refusal raised here as a ProtocolError."""
     msg = Message.from_bytes(data)
@@ -113,33 +121,37 @@ class Endpoint:
 
 
 class PipeEndpoint(Endpoint):
-    """One side of a duplex ``multiprocessing`` pipe: frames are b"Q"/b"A" + message bytes,
-    and b"X" ends the other side's :meth:`serve_forever`."""
+    """One side of a duplex ``multiprocessing`` pipe, every frame authenticated
+    (:mod:`privlearn.transfer.channel`; the client is the link's ``initiator``): frames are
+    b"Q"/b"A" + message bytes, and b"X" ends the other side's :meth:`serve_forever`."""
 
     def __init__(
         self,
         conn: Connection,
         handler: Handler | None = None,
+        *,
+        initiator: bool,
+        token: bytes,
         peer_alive: Callable[[], bool] | None = None,
         transcript: list[bytes] | None = None,
     ) -> None:
         super().__init__(handler, transcript)
         self.conn = conn
         self.peer_alive = peer_alive
+        self.channel = Channel(conn, initiator=initiator, token=token, wait=self._wait)
 
-    def _recv(self) -> bytes:
-        """The next frame; raises instead of waiting forever if the peer process died."""
+    def _wait(self) -> None:
+        """Return when a frame is there; raise instead of waiting forever if the peer died."""
         while self.peer_alive is not None and not self.conn.poll(1.0):
             if not self.peer_alive():
                 raise ProtocolError("the other side's process exited before answering")
-        return self.conn.recv_bytes()
 
     def request(self, msg: Message) -> Message:
         out = msg.to_bytes()
-        self.conn.send_bytes(b"Q" + out)
+        self.channel.send(b"Q" + out)
         self.bytes_sent += len(out)
         while True:
-            frame = self._recv()
+            frame = self.channel.recv()
             if frame[:1] == b"A":
                 self.bytes_received += len(frame) - 1
                 self._record(out, frame[1:])
@@ -147,16 +159,24 @@ class PipeEndpoint(Endpoint):
             self._answer(frame)
 
     def serve_forever(self) -> None:
-        while (frame := self._recv()) != b"X":
+        while (frame := self.channel.recv()) != b"X":
             self._answer(frame)
 
     def close(self) -> None:
-        self.conn.send_bytes(b"X")
+        self.channel.send(b"X")
+
+    def send_final(self, msg: Message) -> None:
+        """After :meth:`serve_forever` returned: one last message (a server's final report)."""
+        self.channel.send(b"A" + msg.to_bytes())
+
+    def recv_final(self) -> Message:
+        """After :meth:`close`: the other side's last message."""
+        return _reply(self.channel.recv()[1:])
 
     def _answer(self, frame: bytes) -> None:
         if frame[:1] != b"Q":
             raise ProtocolError(f"unexpected frame type {frame[:1]!r}")
-        self.conn.send_bytes(b"A" + self.handle(frame[1:]))
+        self.channel.send(b"A" + self.handle(frame[1:]))
 
 
 def thread_pair(
@@ -167,8 +187,16 @@ def thread_pair(
     (an in-process link holding the other side let the server reach the secret key by
     attributes). Returns the client's end, the server's end and the (started) thread."""
     a, b = multiprocessing.Pipe()
-    server_end = PipeEndpoint(b, server)
+    token = link_token()
+    server_end = PipeEndpoint(b, server, initiator=False, token=token)
     thread = threading.Thread(target=server_end.serve_forever, name="privlearn-server", daemon=True)
-    client_end = PipeEndpoint(a, client, thread.is_alive, [] if record else None)
+    client_end = PipeEndpoint(
+        a,
+        client,
+        initiator=True,
+        token=token,
+        peer_alive=thread.is_alive,
+        transcript=[] if record else None,
+    )
     thread.start()
     return client_end, server_end, thread

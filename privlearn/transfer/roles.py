@@ -17,6 +17,7 @@ the public spec determines anyway. It never sees a feature, a label, a weight or
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections import deque
@@ -55,16 +56,28 @@ def read_matrix(ctx: _Context, meta: dict, blobs) -> EncMatrix:
         raise ProtocolError(f"encrypted matrix metadata is malformed: {e}") from None
     if len(blobs) != count:
         raise ProtocolError(f"expected {count} ciphertexts, got {len(blobs)}")
-    return EncMatrix(tuple(ctx.deserialize(b) for b in blobs), shape, block, Layout(layout))
+    return EncMatrix(tuple(ctx.deserialize_many(blobs)), shape, block, Layout(layout))
 
 
 # -- the server ---------------------------------------------------------------------------------
+_BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # a file name, never a path
+
+
 class Server:
     """Answers client messages. ``endpoint`` (set by the caller) reaches the client, for
     refresh requests; ``workdir`` holds uploaded batches (a temporary directory by default)."""
 
-    def __init__(self, workdir: str | Path | None = None, *, insecure_for_testing: bool = False):
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        *,
+        bundle_root: str | Path | None = None,
+        insecure_for_testing: bool = False,
+    ):
+        """``bundle_root``: the one directory whose bundles a ``setup`` may name (by a plain
+        name: a client's path is never opened as given)."""
         self.insecure_for_testing = insecure_for_testing  # accept a bundle short of 128 bits
+        self.bundle_root = Path(bundle_root) if bundle_root is not None else None
         self._tmp = None if workdir else tempfile.mkdtemp(prefix="privlearn-server-")
         self.workdir = Path(workdir or self._tmp)
         self.endpoint: Endpoint | None = None
@@ -100,7 +113,7 @@ class Server:
     def _setup(self, msg: Message) -> Message:
         try:
             self.ev = Evaluator.from_bundle(
-                Path(msg.meta["bundle_path"]), insecure_for_testing=self.insecure_for_testing
+                self._bundle(msg.meta["bundle"]), insecure_for_testing=self.insecure_for_testing
             )
             spec = TrainSpec(**msg.meta["spec"])
         except (KeyError, TypeError) as e:
@@ -110,13 +123,20 @@ class Server:
         self.trainer = EncryptedTrainer(self.ev, spec, weights, refresh=refresh)
         return Message("ack", {"backend": self.ev.backend_name, "preset": self.ev.params.name})
 
+    def _bundle(self, name: object) -> Path:
+        if self.bundle_root is None:
+            raise ProtocolError("this server was given no directory to read bundles from")
+        if not isinstance(name, str) or not _BUNDLE_NAME.match(name):
+            raise ProtocolError(f"a bundle is named by a plain name, not {str(name)[:80]!r}")
+        return self.bundle_root / name
+
     def _refresh(self, cts: list[Ciphertext], level: int) -> list[Ciphertext]:
         if self.endpoint is None:
             raise ProtocolError("client refresh mode needs a link to the client")
         reply = self.endpoint.request(
             Message("refresh", {"level": level}, tuple(self.ev.serialize(c) for c in cts))
         )
-        out = [self.ev.deserialize(b) for b in reply.expect("refreshed").blobs]
+        out = self.ev.deserialize_many(reply.expect("refreshed").blobs)
         if len(out) != len(cts) or any(c.level < level for c in out):
             raise ProtocolError("the client's refresh returned the wrong ciphertexts")
         return out
@@ -219,10 +239,11 @@ class Client:
 
     # messages the client sends
     def setup(self, bundle_dir: str | Path) -> Message:
-        """The spec, the initial (zero) weights encrypted, and where the public bundle is:
+        """The spec, the initial (zero) weights encrypted, and which public bundle is its:
         written to ``bundle_dir`` as files, since its keys run to gigabytes at N=2^16 (one
         rotation key is ~100 MB) and would be copied several times over inside a message.
-        The server reads and verifies the files (privlearn.he.io.open_bundle)."""
+        The message names the bundle only (``bundle_dir``'s name): the server reads it from
+        the bundle directory it was given and verifies the files (privlearn.he.io)."""
         rots, conj = self.spec.keys(self.ctx.slots)
         bundle = self.ctx.public_bundle(
             sorted(rots),
@@ -232,7 +253,11 @@ class Client:
         )
         zeros = np.zeros((self.spec.classes, self.spec.features))
         w0 = EncMatrix.encrypt(self.ctx, zeros, self.block, Layout.ROW_TILED)
-        meta = {"spec": self.spec.to_meta(), "weights": matrix_meta(w0), "bundle_path": str(bundle)}
+        meta = {
+            "spec": self.spec.to_meta(),
+            "weights": matrix_meta(w0),
+            "bundle": Path(bundle).name,
+        }
         return Message("setup", meta, matrix_blobs(self.ctx, w0))
 
     def set_model(self, weights: np.ndarray) -> Message:
@@ -346,11 +371,18 @@ class Client:
         per_slot = noise.bootstrap if self.spec.refresh == "bootstrap" else noise.fresh
         return 6 * per_slot * np.sqrt(2 * terms)
 
-    def predictions(self, reply: Message, rows: int) -> np.ndarray:
-        """Decrypted logits, or probabilities if they were asked for."""
+    def predictions(self, request: Message, reply: Message) -> np.ndarray:
+        """Decrypted logits, or probabilities if ``request`` asked for them: what the client
+        asked decides how it reads the reply, never a flag the server sets."""
         meta = reply.expect("predictions").meta
+        probabilities, rows = request.meta["probabilities"], request.meta["rows"]
+        if meta.get("probabilities") is not probabilities:
+            raise ProtocolError(
+                f"asked for {'probabilities' if probabilities else 'logits'}, the server "
+                f"answered with {meta.get('probabilities')!r} for 'probabilities'"
+            )
         z = read_matrix(self.ctx, meta["z"], reply.blobs).decrypt(self.ctx)[:rows]
-        return z if meta["probabilities"] else z / self.spec.weight_scale
+        return z if probabilities else z / self.spec.weight_scale
 
     def weights(self, reply: Message, epoch: int) -> np.ndarray:
         """The decrypted weights (c x (f+1), bias last) of ``epoch``'s snapshot."""
@@ -368,8 +400,8 @@ class Client:
         msg.expect("refresh")
         level = int(msg.meta["level"])
         out = tuple(
-            self.ctx.serialize(self.ctx.refresh(self.ctx.deserialize(b), level=level))
-            for b in msg.blobs
+            self.ctx.serialize(self.ctx.refresh(ct, level=level))
+            for ct in self.ctx.deserialize_many(msg.blobs)
         )
         self.refreshes += len(out)
         return Message("refreshed", {}, out)

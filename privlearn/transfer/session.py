@@ -20,7 +20,7 @@ import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from privlearn.he import ClientContext
-from privlearn.transfer.protocol import Message, PipeEndpoint, thread_pair
+from privlearn.transfer.protocol import Message, PipeEndpoint, link_token, thread_pair
 from privlearn.transfer.reference import epoch_order
 from privlearn.transfer.roles import Client, Server, early_stopping
 from privlearn.transfer.train import TrainSpec
@@ -49,18 +49,15 @@ class EncryptedRun:
         return {k: v for k, v in self.__dict__.items() if k not in ("weights", "transcript")}
 
 
-def _serve(conn, workdir: str | None, insecure_for_testing: bool) -> None:
+def _serve(conn, token: bytes, workdir: str | None, bundle_root: str, insecure: bool) -> None:
     """The server process: answer the client until it hangs up."""
-    server = Server(workdir, insecure_for_testing=insecure_for_testing)
-    endpoint = PipeEndpoint(conn, server.handle)
+    server = Server(workdir, bundle_root=bundle_root, insecure_for_testing=insecure)
+    endpoint = PipeEndpoint(conn, server.handle, initiator=False, token=token)
     server.endpoint = endpoint
     try:
         endpoint.serve_forever()
-        conn.send_bytes(
-            Message(
-                "ack", {"ops": server.ev.cost.total.as_dict(), "peak_gb": _peak_gb()}
-            ).to_bytes()
-        )
+        ops = server.ev.cost.total.as_dict() if server.ev else {}
+        endpoint.send_final(Message("ack", {"ops": ops, "peak_gb": _peak_gb()}))
     finally:
         server.close()
 
@@ -93,21 +90,34 @@ class EncryptedSession:
         self.client = Client(self.ctx, spec, seed=seed)
         self.seconds: dict[str, float] = {"keygen": time.perf_counter() - t0}
         self.server = self.proc = None
+        # the bundle's directory (created 0700, its name random) is the one the server may read
+        self._bundle_tmp = tempfile.TemporaryDirectory(prefix="privlearn-bundle-")
+        root = self._bundle_tmp.name
         if separate_process:
             ctx = mp.get_context("spawn")
             self._conn, child = ctx.Pipe()
+            token = link_token()
             self.proc = ctx.Process(
-                target=_serve, args=(child, workdir, insecure_for_testing), daemon=True
+                target=_serve,
+                args=(child, token, workdir, root, insecure_for_testing),
+                daemon=True,
             )
             self.proc.start()
-            self.link = PipeEndpoint(self._conn, self.client.handle, peer_alive=self.proc.is_alive)
+            self.link = PipeEndpoint(
+                self._conn,
+                self.client.handle,
+                initiator=True,
+                token=token,
+                peer_alive=self.proc.is_alive,
+            )
         else:
-            self.server = Server(workdir, insecure_for_testing=insecure_for_testing)
+            self.server = Server(
+                workdir, bundle_root=root, insecure_for_testing=insecure_for_testing
+            )
             self.link, self.server.endpoint, self._thread = thread_pair(
                 self.client.handle, self.server.handle, record=record_transcript
             )
-        self._bundle_tmp = tempfile.TemporaryDirectory(prefix="privlearn-bundle-")
-        self.bundle_dir = Path(self._bundle_tmp.name) / "bundle"
+        self.bundle_dir = Path(root) / "bundle"
         t = time.perf_counter()
         self.link.request(self.client.setup(self.bundle_dir))
         self.seconds["setup"] = time.perf_counter() - t
@@ -217,13 +227,13 @@ class EncryptedSession:
         logits (or softmax probabilities, computed under encryption), the client decrypts."""
         out = []
         for msg in self.client.encrypt_features(x, self.data_level, probabilities=probabilities):
-            out.append(self.client.predictions(self.link.request(msg), msg.meta["rows"]))
+            out.append(self.client.predictions(msg, self.link.request(msg)))
         return np.vstack(out)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.is_alive():
             self.link.close()
-            final = Message.from_bytes(self.link._recv())
+            final = self.link.recv_final()
             self.server_ops, self.server_peak_gb = final.meta["ops"], final.meta["peak_gb"]
             self.proc.join(60)
         if self.server is not None:

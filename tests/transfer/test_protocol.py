@@ -60,7 +60,7 @@ def test_a_dead_peer_is_reported_not_waited_for():
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_dies, args=(child,))
     proc.start()
-    end = PipeEndpoint(parent, peer_alive=proc.is_alive)
+    end = PipeEndpoint(parent, initiator=True, token=b"t", peer_alive=proc.is_alive)
     with pytest.raises(ProtocolError, match="exited"):
         end.request(Message("validate"))
     proc.join()

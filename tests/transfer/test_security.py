@@ -72,7 +72,7 @@ def test_requests_carry_no_data_derived_metadata(session_and_data):
     no loss, accuracy or label statistic rides in any request's metadata."""
     s, _ = session_and_data
     allowed = {
-        "setup": {"spec", "weights", "bundle_path"},
+        "setup": {"spec", "weights", "bundle"},
         "upload": {"split", "x", "y"},
         "train_step": {"batch", "epoch"},
         "validate": set(),
@@ -86,11 +86,26 @@ def test_requests_carry_no_data_derived_metadata(session_and_data):
             assert set(msg.meta) <= allowed[msg.kind], (msg.kind, msg.meta)
 
 
-def test_malformed_setup_is_refused():
-    server = Server()
+def test_malformed_setup_is_refused(tmp_path):
+    server = Server(bundle_root=tmp_path)
     with pytest.raises(io.EnvelopeError):
-        server.handle(Message("setup", {"spec": {}, "weights": {}, "bundle_path": "/nowhere"}))
+        server.handle(Message("setup", {"spec": {}, "weights": {}, "bundle": "nowhere"}))
     server.close()
+
+
+@pytest.mark.parametrize("name", ["../bundle", "/etc", "a/b", "..", "", 3, None])
+def test_a_setup_names_a_bundle_never_a_path(tmp_path, name):
+    """The client's bundle path was opened as given: any file the server can read was hashed
+    and its existence revealed. Now a setup names a bundle inside the server's bundle root."""
+    server = Server(bundle_root=tmp_path / "root")
+    with pytest.raises(ProtocolError, match="plain name|malformed"):
+        server.handle(Message("setup", {"spec": {}, "weights": {}, "bundle": name}))
+    server.close()
+
+
+def test_a_server_without_a_bundle_root_takes_no_setup(tmp_path):
+    with pytest.raises(ProtocolError, match="no directory"):
+        Server().handle(Message("setup", {"spec": {}, "weights": {}, "bundle": "bundle"}))
 
 
 def test_malformed_requests_get_protocol_errors(session_and_data):
@@ -181,3 +196,23 @@ def test_nothing_reachable_from_the_in_process_server_leads_to_the_client(sessio
     found = [o for o in _reachable(s.server) if isinstance(o, (Client, ClientContext))]
     assert not found
     assert sum(1 for _ in _reachable(s.server)) > 100  # the walk did get somewhere
+
+
+def test_the_client_reads_predictions_as_it_asked_not_as_the_server_says(session_and_data):
+    """The client took the server's 'probabilities' flag: a server could have logits read as
+    probabilities (not divided by the weight scale) or the reverse."""
+    s, (x, _, _, _) = session_and_data
+    request = s.client.encrypt_features(x[:4], s.data_level)[0]
+    reply = s.link.request(request)
+    forged = Message("predictions", {**reply.meta, "probabilities": True}, reply.blobs)
+    with pytest.raises(ProtocolError, match="asked for logits"):
+        s.client.predictions(request, forged)
+    assert len(s.client.predictions(request, reply)) == 4
+
+
+def test_the_sessions_directories_are_private(session_and_data):
+    """Temporary directories get random names and mode 0700 (mkdtemp): their prefix names
+    them, nobody else can list or pre-create what is inside."""
+    s, _ = session_and_data
+    for d in (s.bundle_dir.parent, s.server.workdir):
+        assert d.stat().st_mode & 0o777 == 0o700
