@@ -280,8 +280,8 @@ class ClientContext(_Context):
         scale = max(1.0, float(np.abs(values.real).max(initial=0.0)))
         if np.abs(values.imag).max(initial=0.0) > IMAGINARY_TOLERANCE * scale:
             raise io.CorruptError(
-                "a ciphertext marked real holds imaginary parts beyond CKKS error "
-                f"(up to {np.abs(values.imag).max():.3g}); its header's complex flag is wrong"
+                "a ciphertext marked real holds imaginary parts beyond CKKS error; its "
+                "header's complex flag is wrong"
             )
         return values.real.copy()
 
@@ -307,8 +307,13 @@ class ClientContext(_Context):
         bootstrapping keys at N=2^16, which take gigabytes."""
 
     def refresh(self, ct: Ciphertext, *, level: int | None = None) -> Ciphertext:
-        """Decrypt and encrypt afresh: the client-side alternative to bootstrapping."""
-        return self.encrypt(self.decrypt(ct), level=level)
+        """Decrypt and encrypt afresh: the client-side alternative to bootstrapping. What is
+        decrypted goes back encrypted, unchecked: a check on the values would answer a
+        question about them to whoever sent the ciphertext."""
+        self._check(ct)
+        self.cost.record("decrypt", ct.level)
+        values = self._decrypt(ct)
+        return self.encrypt(values if ct.is_complex else values.real, level=level)
 
     def _levels_ok(self, level: int | None) -> int:
         level = self.params.depth if level is None else level

@@ -48,6 +48,11 @@ class ProtocolError(ValueError):
     """A message is malformed or of a kind the receiver does not take."""
 
 
+class SessionAborted(ProtocolError):
+    """Raised by a handler where any answer, a refusal included, would tell the other side
+    something it must not learn: the link ends instead (the caller's request raises this)."""
+
+
 @dataclass(frozen=True)
 class Message:
     kind: str
@@ -111,6 +116,8 @@ class Endpoint:
             raise ProtocolError("this endpoint answers no requests")
         try:
             answer = self.handler(Message.from_bytes(data))
+        except SessionAborted:
+            raise
         except Exception as e:  # noqa: BLE001 - one bad request must not end this side
             answer = Message("error", {"error": f"{type(e).__name__}: {e}"[:2000]})
         reply = answer.to_bytes()

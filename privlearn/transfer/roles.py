@@ -29,7 +29,7 @@ from privlearn.he import Ciphertext, ClientContext, Evaluator
 from privlearn.he.backend import _Context
 from privlearn.he.flooding import flood, flooding_sigma
 from privlearn.linalg.packing import BlockShape, EncMatrix, Layout, padded_classes
-from privlearn.transfer.protocol import Endpoint, Message, ProtocolError
+from privlearn.transfer.protocol import Endpoint, Message, ProtocolError, SessionAborted
 from privlearn.transfer.reference import EarlyStopping, add_bias, fixed_batches, one_hot
 from privlearn.transfer.train import EncryptedTrainer, TrainSpec, brier_from_squared_errors
 
@@ -397,12 +397,23 @@ class Client:
 
     # requests the client answers
     def handle(self, msg: Message) -> Message:
+        """Answer a refresh request. What can be checked on the bytes alone is refused with an
+        error reply; a failure once decryption has begun ends the session instead: whether a
+        chosen ciphertext decrypts and re-encrypts cleanly (OpenFHE's decoder refuses noisy
+        results) is a bit about the plaintext under the client's key, and a server asking
+        again and again would have a decryption oracle (IND-CPA^D)."""
         msg.expect("refresh")
-        level = int(msg.meta["level"])
-        out = tuple(
-            self.ctx.serialize(self.ctx.refresh(ct, level=level))
-            for ct in self.ctx.deserialize_many(msg.blobs)
-        )
+        level = msg.meta.get("level")
+        if type(level) is not int or not 0 <= level <= self.ctx.params.depth:
+            raise ProtocolError(f"refresh level must be an integer level, got {level!r}")
+        cts = self.ctx.deserialize_many(msg.blobs)
+        try:
+            out = tuple(self.ctx.serialize(self.ctx.refresh(ct, level=level)) for ct in cts)
+        except Exception as e:  # noqa: BLE001 - every failure here depends on decrypted values
+            raise SessionAborted(
+                "a refresh request's ciphertext did not decrypt and re-encrypt cleanly; the "
+                "client ends the session rather than tell the server so"
+            ) from e
         self.refreshes += len(out)
         return Message("refreshed", {}, out)
 

@@ -216,3 +216,26 @@ def test_the_sessions_directories_are_private(session_and_data):
     s, _ = session_and_data
     for d in (s.bundle_dir.parent, s.server.workdir):
         assert d.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_refresh_that_fails_after_decryption_ends_the_session_instead_of_answering(
+    session_and_data, monkeypatch
+):
+    """An error reply to a refresh whose ciphertext failed to decode would tell the server a
+    bit about the plaintext of a ciphertext it chose, as often as it asked."""
+    from privlearn.transfer.protocol import Endpoint, SessionAborted
+
+    s, _ = session_and_data
+    client = Client(s.ctx, s.spec)
+    end = Endpoint(client.handle)
+    msg = Message("refresh", {"level": 1}, (s.ctx.serialize(s.ctx.encrypt([0.5])),))
+    assert Message.from_bytes(end.handle(msg.to_bytes())).kind == "refreshed"
+    bad_level = Message("refresh", {"level": "1"}, msg.blobs)
+    assert Message.from_bytes(end.handle(bad_level.to_bytes())).kind == "error"  # bytes only
+
+    def undecodable(ct, level=None):
+        raise RuntimeError("The decryption failed because the approximation error is too high")
+
+    monkeypatch.setattr(s.ctx, "refresh", undecodable)
+    with pytest.raises(SessionAborted, match="ends the session"):
+        end.handle(msg.to_bytes())
