@@ -111,6 +111,16 @@ def unpack(
         meta = header.get("meta", {})
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CorruptError(f"header of serialized {kind} is unreadable: {e}") from None
+    for field, value, want in (
+        ("length", length, int),
+        ("meta", meta, dict),
+        ("kind", got_kind, str),
+        ("backend", got_backend, str),
+        ("params", fp, str),
+        ("sha256", digest, str),
+    ):
+        if type(value) is not want:
+            raise CorruptError(f"header of serialized {kind} has a {type(value).__name__} {field}")
     if json.dumps(header, sort_keys=True).encode() != data[8 : 8 + hlen]:
         raise CorruptError(f"header of serialized {kind} was edited (not in its written form)")
     if version != FORMAT_VERSION:

@@ -23,6 +23,7 @@ import contextlib
 import faulthandler
 import json
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -41,6 +42,11 @@ LOAD_TIMEOUT_S = 120.0  # a bootstrapping key set at N=2^16 takes tens of second
 # parsing and a single-threaded canary product at N=2^16, with a wide margin: crafted
 # ciphertexts have hung OpenFHE, so this is how long one can hold up its receiver
 CHECK_TIMEOUT_S = 10.0
+
+
+# what a fork may allocate: OpenFHE's keys at N=2^16 peak at ~6x their serialized size
+MEMORY_MARGIN = 2 << 30
+KEY_PARSE_FACTOR = 8
 
 
 def _check_timeout(count: int) -> float:
@@ -171,7 +177,12 @@ def _answer(states: dict, op: str, key: str, *args) -> dict:
         return answer
     payloads, expect, tag = args
     timeout = _check_timeout(len(payloads))
-    return _in_fork(lambda: _canary(states[key], payloads, expect, tag), timeout)
+    memory = MEMORY_MARGIN + KEY_PARSE_FACTOR * sum(len(p) for p in payloads)
+    return _in_fork(lambda: _canary(states[key], payloads, expect, tag), timeout, memory)
+
+
+def _size(sections: dict) -> int:
+    return sum(os.path.getsize(v) if isinstance(v, str) else len(v) for v in sections.values())
 
 
 def _load(sections: dict, *, with_rotations: bool):
@@ -217,12 +228,19 @@ class _Refused(Exception):
         self.index, self.foreign = index, foreign
 
 
-def _in_fork(work, timeout: float) -> dict:
-    """Run ``work()`` in a fork of the worker: {} if it finished, else why it did not."""
+def _in_fork(work, timeout: float, memory: int | None = None) -> dict:
+    """Run ``work()`` in a fork of the worker: {} if it finished, else why it did not.
+    ``memory``: bytes the fork may map beyond what it inherits (a crafted length field has
+    made OpenFHE allocate without bound)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the fork: work, report, leave without running any cleanup
         os.close(read_end)
+        if memory is not None:
+            mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf(
+                "SC_PAGESIZE"
+            )
+            resource.setrlimit(resource.RLIMIT_AS, (mapped + memory, mapped + memory))
         faulthandler.disable()  # its crash is reported by the caller, in one line
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         answer: dict = {}

@@ -276,6 +276,8 @@ def load_relin_key(cc, blob: bytes, tag: str) -> None:
     ofhe.ClearEvalMultKeys()
     try:
         ofhe.DeserializeEvalMultKeyString(blob, SER)
+        if tag not in ofhe.CryptoContext.GetAllEvalMultKeys():
+            raise io.CorruptError("the relinearisation key is under another key pair")
     finally:
         for t, v in others.items():
             cc.InsertEvalMultKey(v, t)

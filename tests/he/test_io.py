@@ -242,3 +242,31 @@ def test_a_real_header_over_complex_slots_is_refused_on_decryption():
         client.decrypt(client.deserialize(forged))
     real = client.encrypt(np.linspace(-1, 1, 8))
     assert np.allclose(client.decrypt(real)[:8], np.linspace(-1, 1, 8), atol=1e-5)
+
+
+@pytest.mark.openfhe
+def test_a_bundle_with_another_clients_relinearisation_key_is_refused():
+    """It loaded, and the first product raised a raw OpenFHE error."""
+    a = ClientContext.create("toy-n12", "openfhe", seed=5, insecure_for_testing=True)
+    b = ClientContext.create("toy-n12", "openfhe", seed=6, insecure_for_testing=True)
+    env = io.unpack(a.public_bundle(), kind="public_bundle")
+    sections = io.unpack_sections(env.payload)
+    sections["relin_key"] = io.unpack_sections(
+        io.unpack(b.public_bundle(), kind="public_bundle").payload
+    )["relin_key"]
+    forged = io.pack(
+        "public_bundle", env.backend, env.params_fingerprint, io.pack_sections(sections), env.meta
+    )
+    with pytest.raises(io.CorruptError, match="another key pair"):
+        Evaluator.from_bundle(forged, insecure_for_testing=True)
+
+
+@pytest.mark.parametrize("field", ["meta", "length", "kind"])
+def test_header_fields_of_the_wrong_type_are_corrupt_not_type_errors(field):
+    data = io.pack("ciphertext", "simulator", "fp", b"abc", {"level": 1})
+    hlen = int.from_bytes(data[4:8], "big")
+    header = json.loads(data[8 : 8 + hlen])
+    header[field] = {"meta": [1], "length": "3", "kind": 7}[field]
+    h = json.dumps(header, sort_keys=True).encode()
+    with pytest.raises(io.CorruptError, match="header"):
+        io.unpack(b"PLHE" + len(h).to_bytes(4, "big") + h + b"abc", kind="ciphertext")
