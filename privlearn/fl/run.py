@@ -631,12 +631,17 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                     "train_loss": stats.train_loss,
                     "seconds": round(stats.seconds, 4),
                     "rejected": [str(x) for x in stats.rejected],
+                    "skipped": stats.skipped,
                     "dropped_stragglers": len(plan.dropped),
                     "partial_stragglers": len(plan.stragglers),
                     **round_report(exp.scenario, stats),
                 }
                 for rej in stats.rejected:
                     console.print(f"[yellow]round {r + 1}: rejected update from {rej}[/]")
+                if stats.skipped:
+                    console.print(
+                        f"[yellow]round {r + 1} left the model unchanged: {stats.skipped}[/]"
+                    )
                 if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
                     t0 = time.perf_counter()
                     entry.update(exp.evaluate(server, bank))
@@ -677,6 +682,13 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
         )
         raise
     doc["status"] = "complete"
+    skipped = [e["round"] for e in doc["rounds"] if e.get("skipped")]
+    if skipped:
+        console.print(
+            f"[yellow]warning: {len(skipped)} of {cfg.rounds} rounds applied no update "
+            f"(rounds {', '.join(map(str, skipped[:10]))}{' ...' if len(skipped) > 10 else ''}); "
+            "see 'skipped' in metrics.json[/]"
+        )
     _write_json(doc, out / METRICS)
     plot_metrics(doc["rounds"], out / PLOT, title)
     return doc

@@ -374,6 +374,97 @@ def test_weights_outside_what_the_server_knows_are_rejected(engine, weight, digi
     assert len(stats[0].rejected) == len(stats[0].clients)
     assert all("weight" in r.reason and "outside (0," in r.reason for r in stats[0].rejected)
     assert all(torch.isfinite(t).all() for t in T.leaves(server)) and stats[0].train_loss is None
+    assert stats[0].skipped == "no valid update: all 6 were rejected"
+
+
+def _every_client(algo, edit):
+    """`algo` whose every client uploads `edit(update)`."""
+    from dataclasses import replace
+
+    def client_final(s, lo):
+        up, cs = algo.client_final(s, lo)
+        return edit(up), cs
+
+    return replace(algo, client_final=client_final)
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vectorised"])
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (
+            lambda d: d.double(),
+            "delta['fc.weight'] has dtype torch.float64, expected torch.float32",
+        ),
+        (lambda d: d.long(), "delta['fc.weight'] has dtype torch.int64, expected torch.float32"),
+        (lambda d: torch.full_like(d, 1e30), "values beyond ±1.8e+19"),
+    ],
+    ids=["float64", "int64", "1e30"],
+)
+def test_every_client_sending_a_bad_delta_skips_the_round_by_name(engine, edit, reason, digits_dir):
+    """A float64 delta from the whole cohort crashed the next round, an int64 one was
+    truncated silently, finite 1e30 deltas made FedAdam's model Inf; each is now rejected
+    (the server computes in the model's precision, and squares of values beyond sqrt(max)
+    overflow) and a round with nothing left says so and leaves the model as it was."""
+    from dataclasses import replace
+
+    from privlearn.fl.engine import make_engine
+
+    model, algo = make("fedadam", digits_dir)
+    bad = _every_client(algo, lambda up: replace(up, delta=T.tree_map(edit, up.delta)))
+    server, _, stats = run(
+        bad, model, digits_dir, make_engine(engine), 2, Sampling("all"), LocalWork(1, 16)
+    )
+    init = algo.server_init(*model.init(torch.Generator().manual_seed(0)), torch.Generator())
+    assert all(len(s.rejected) == 6 and reason in s.rejected[0].reason for s in stats)
+    assert [s.skipped for s in stats] == ["no valid update: all 6 were rejected"] * 2
+    assert T.leaves(server) and all(map(torch.equal, T.leaves(server), T.leaves(init)))
+
+
+def test_a_server_step_that_overflows_is_discarded_not_applied(digits_dir):
+    """Screened inputs can still overflow in the server's step (here a server learning rate
+    of 1e39): the round is skipped by name and neither the model nor any client state moves."""
+    from privlearn.fl.aggregate import chain, sgd, weighted_mean
+    from privlearn.fl.engine import make_engine
+
+    model, algo = make("scaffold", digits_dir, server=chain(weighted_mean(), sgd(1e39)))
+    server, bank, stats = run(
+        algo, model, digits_dir, make_engine("vectorised"), 1, Sampling("all"), LocalWork(1, 16)
+    )
+    assert stats[0].rejected == [] and stats[0].skipped.startswith("the aggregate is not finite")
+    assert all(torch.isfinite(t).all() for t in T.leaves(server))
+    assert (bank["c"]["fc.weight"] == 0).all()  # no client's control variate was written
+
+
+def test_a_1e30_attacker_is_rejected_and_the_run_still_learns(tmp_path):
+    """Finite 1e30 updates once set the test loss to 2.6e29 in a run that "completed"."""
+    cfg = RunConfig(
+        **{**SMALL, "algorithm": "fedavg", "clients_per_round": 6},
+        attack="sign-flip",
+        attackers=0.34,
+        attack_params={"scale": 1e30},
+        rounds=2,
+        out=str(tmp_path),
+    )
+    doc = run_experiment(cfg, progress=False)
+    for e in doc["rounds"]:
+        assert len(e["rejected"]) == 2 and all("beyond ±1.8e+19" in r for r in e["rejected"])
+    assert doc["rounds"][-1]["test_loss"] < 3 and doc["rounds"][-1]["skipped"] is None
+
+
+def test_rounds_that_apply_no_update_are_recorded_and_reported(tmp_path, monkeypatch, capsys):
+    import privlearn.fl.run as fl_run
+    from privlearn.fl.rounds import RoundStats
+
+    def nothing_valid(algo, engine, server, bank, plan, *a):
+        return server, RoundStats(
+            plan.clients.tolist(), skipped="no valid update: all 4 were rejected"
+        )
+
+    monkeypatch.setattr(fl_run, "run_round", nothing_valid)
+    doc = run_experiment(RunConfig(**SMALL, rounds=2, out=str(tmp_path)), progress=False)
+    assert [e["skipped"] for e in doc["rounds"]] == ["no valid update: all 4 were rejected"] * 2
+    assert "2 of 2 rounds applied no update" in capsys.readouterr().out
 
 
 def test_an_update_of_another_dtype_is_malformed(digits_dir):
