@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
+import re
+import reprlib
 import time
 import types
 import typing
@@ -105,7 +109,11 @@ def _opt(default: Any, help: str, unset: str | None = None) -> Any:
 
 
 def _positive(v: Any) -> bool:
-    return v > 0 and np.isfinite(v)
+    return v > 0 and math.isfinite(v)
+
+
+INT_LIMIT = 2**63  # ints reach torch and numpy as int64
+MAX_EPOCHS, MAX_WIDTH = 1_000, 2**16  # beyond these a plan or a model does not fit in memory
 
 
 _RANGES: tuple[tuple[str, Any, str], ...] = (
@@ -115,7 +123,6 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "n_clients",
             "rounds",
             "clients_per_round",
-            "epochs",
             "batch_size",
             "eval_every",
             "partition_max_tries",
@@ -137,16 +144,67 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "defence_f",
         )
     ),
+    ("epochs", lambda v: 1 <= v <= MAX_EPOCHS, f"must be in 1..{MAX_EPOCHS}"),
+    ("hidden", lambda v: all(1 <= w <= MAX_WIDTH for w in v), f"widths must be in 1..{MAX_WIDTH}"),
     ("momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("stragglers", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
     ("sample_rate", lambda v: 0 < v <= 1, "must be a fraction in (0, 1]"),
     ("local_test_fraction", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
-    ("epochs_range", lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "must be [a, b], 1 <= a <= b"),
+    (
+        "epochs_range",
+        lambda v: len(v) == 2 and 1 <= v[0] <= v[1] <= MAX_EPOCHS,
+        f"must be [a, b], 1 <= a <= b <= {MAX_EPOCHS}",
+    ),
     ("attackers", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
     ("attack_window", lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "must be [a, b], 1 <= a <= b"),
     ("attack", lambda v: v in ATTACKS, f"must be one of {', '.join(sorted(ATTACKS))}"),
     ("defence", lambda v: v in DEFENCES, f"must be one of {', '.join(sorted(DEFENCES))}"),
+    ("device", lambda v: re.fullmatch(r"cpu|cuda(:\d+)?", v), "must be cpu, cuda or cuda:N"),
+    *((k, lambda v: v.strip() != "", "must not be empty") for k in ("out", "data_root")),
 )
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def _checked(key: str, value: Any, hint: Any) -> Any:
+    """`value` if it has the field's type (floats given as ints become floats), else a
+    ValueError naming the key: a bool is no int, a string no number, a list no scalar."""
+    if not _is_a(value, hint):
+        raise ValueError(f"config key {key}: expected {_type_name(hint)}, got {_shown(value)}")
+    if isinstance(value, list):
+        return [_number(key, v, typing.get_args(_inner(hint))[0]) for v in value]
+    return _number(key, value, _inner(hint))
+
+
+def _inner(hint: Any) -> Any:
+    """`X` of `X | None`."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: short, even for a YAML bomb."""
+    r = reprlib.Repr()  # Python 3.10 has no keyword arguments here
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother, r.maxlong = 3, 4, 4, 40, 40, 24
+    return r.repr(value)
+
+
+def _number(key: str, value: Any, hint: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return value
+    if hint is float:
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"config key {key}: {_shown(value)} is too large for a float"
+            ) from None
+    if not -INT_LIMIT <= value < INT_LIMIT:
+        raise ValueError(f"config key {key}: {_shown(value)} does not fit in 64 bits")
+    return value
 
 
 @dataclass
@@ -192,7 +250,11 @@ class RunConfig:
     # rounds and sampling
     rounds: int = _opt(20, "communication rounds")
     sampling: str = _opt("uniform", "client sampling: uniform, poisson or all")
-    clients_per_round: int = _opt(10, "clients per round (uniform sampling)")
+    clients_per_round: int | None = _opt(
+        None,
+        "clients per round (uniform sampling), at most n_clients",
+        unset="10, or n_clients if fewer",
+    )
     sample_rate: float = _opt(0.1, "inclusion probability per client (poisson sampling)")
     # local work
     epochs: int = _opt(10, "local epochs per round")
@@ -251,12 +313,20 @@ class RunConfig:
     out: str = _opt("results/fl-run", "output folder (metrics.json, metrics.png, checkpoint)")
 
     def __post_init__(self) -> None:
-        """Ranges, checked in one place for YAML, flags and Python alike (NaN fails them all)."""
+        """Types, then ranges, checked in one place for YAML, flags and Python alike (NaN
+        fails every range)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked(f.name, getattr(self, f.name), _hints()[f.name]))
         for key, ok, accepted in _RANGES:
             value = getattr(self, key)
             if value is not None and not ok(value):
-                raise ValueError(f"config key {key}: {accepted}, got {value!r}")
-        active = round(min(self.clients_per_round, self.n_clients) * (1 - self.stragglers))
+                raise ValueError(f"config key {key}: {accepted}, got {_shown(value)}")
+        if self.clients_per_round is not None and self.clients_per_round > self.n_clients:
+            raise ValueError(
+                f"config key clients_per_round: {self.clients_per_round} is more than the "
+                f"{self.n_clients} clients (n_clients)"
+            )
+        active = round(self.cohort_size * (1 - self.stragglers))
         if (self.attack is None) != (self.attackers == 0):
             raise ValueError(
                 "config keys attack and attackers go together: name an attack and give "
@@ -266,21 +336,20 @@ class RunConfig:
         if self.sampling == "uniform" and self.straggler_policy == "drop" and active < 1:
             raise ValueError(
                 f"config key stragglers: {self.stragglers} drops every one of the "
-                f"{min(self.clients_per_round, self.n_clients)} clients a round; lower it"
+                f"{self.cohort_size} clients a round; lower it"
             )
+
+    @property
+    def cohort_size(self) -> int:
+        """Clients a round under uniform sampling (clients_per_round, or up to 10 if unset)."""
+        return min(10, self.n_clients) if self.clients_per_round is None else self.clients_per_round
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        for key, value in d.items():
-            if not _is_a(value, hints[key]):
-                raise ValueError(
-                    f"config key {key}: expected {_type_name(hints[key])}, got {value!r}"
-                )
         return cls(**d)
 
     @classmethod
@@ -295,6 +364,8 @@ class RunConfig:
             raise ValueError(
                 f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})"
             ) from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a config (nested too deeply to read)") from None
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path}: expected a mapping of config keys, got {type(data).__name__}"
@@ -326,9 +397,7 @@ class RunConfig:
         )
 
     def sampling_spec(self) -> Sampling:
-        return Sampling(
-            self.sampling, min(self.clients_per_round, self.n_clients), self.sample_rate
-        )
+        return Sampling(self.sampling, self.cohort_size, self.sample_rate)
 
     def work(self) -> LocalWork:
         er = tuple(self.epochs_range) if self.epochs_range else None
@@ -350,10 +419,6 @@ class Experiment:
 
     @classmethod
     def build(cls, cfg: RunConfig) -> Experiment:
-        if cfg.rounds < 1 or cfg.eval_every < 1:
-            raise ValueError(
-                f"rounds and eval_every must be >= 1 (got {cfg.rounds}, {cfg.eval_every})"
-            )
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(
                 f"device {cfg.device!r} requested but CUDA is not available; use --device cpu"

@@ -335,11 +335,62 @@ def test_corrupt_or_inconsistent_checkpoints_are_refused(tmp_path):
         ("sample_rate", 0.0),
         ("stragglers", 0.99),  # of 10 clients a round, none would stay
         ("epochs_range", [3, 1]),
+        # types, checked for Python callers and flags as for YAML
+        ("batch_size", True),
+        ("rounds", True),
+        ("eval_every", 1.5),
+        ("eval_every", float("nan")),
+        ("epochs", 2.5),
+        ("weight_decay", float("inf")),
+        ("lr", "0.1"),
+        ("lr", [0.1]),
+        ("synthetic_iid", 1),
+        # sizes that were clamped silently, overflowed or never finished planning
+        ("clients_per_round", 10**12),
+        ("epochs", 10**20),
+        ("hidden", [10**12]),
+        ("beta", 10**400),
+        ("seed", 10**30),
+        ("device", ""),
+        ("out", ""),
     ],
 )
 def test_config_values_out_of_range_are_refused_naming_the_key(key, value):
     with pytest.raises(ValueError, match=f"config key {key}:"):
         RunConfig(**{key: value})
+
+
+def test_an_unset_clients_per_round_is_ten_or_every_client():
+    assert RunConfig(n_clients=5).sampling_spec().clients_per_round == 5
+    assert RunConfig(n_clients=50).sampling_spec().clients_per_round == 10
+    assert RunConfig(lr=1).lr == 1.0 and isinstance(RunConfig(lr=1).lr, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("batch_size: true\n", "config key batch_size: expected int, got True"),
+        ("rounds: [1\n", "line 2, column 1: not valid YAML"),
+        ("hidden: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        ("beta: 1" + "0" * 400 + "\n", "config key beta: "),
+        ("1: 2\nbogus: 3\n", "unknown config keys ['1', 'bogus']"),
+        (
+            "algo_params:\n  a0: &a0 [x, x, x, x, x, x, x, x]\n"  # a billion laughs
+            + "".join(f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 8)}]\n" for i in range(1, 8))
+            + "hidden: *a7\n",
+            "config key hidden: expected a list of int, got [[[[...], ",
+        ),
+    ],
+    ids=["bool", "syntax", "deep", "huge", "int-key", "laughs"],
+)
+def test_bad_yaml_configs_end_in_one_line_through_the_cli(tmp_path, text, says):
+    """145 of 435 fuzzed configs once ended in tracebacks."""
+    (tmp_path / "c.yaml").write_text(text)
+    out = CliRunner().invoke(
+        app, ["fl", "run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")]
+    )
+    assert out.exit_code == 2 and out.stderr.strip().count("\n") == 0, out.output
+    assert says in out.stderr and len(out.stderr) < 1000  # a YAML bomb is not echoed
 
 
 def test_cli_refuses_a_nan_learning_rate_in_one_line(tmp_path):
