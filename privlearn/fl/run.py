@@ -21,7 +21,6 @@ import pickle
 import re
 import reprlib
 import time
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +37,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch.utils import _pytree as pytree
 
+from privlearn.fl import hints
 from privlearn.fl import tree as T
+from privlearn.fl.aggregate.screening import magnitude_limit
 from privlearn.fl.algorithms import ALGORITHMS, PERSONALISED, LocalSGD, build_algorithm
 from privlearn.fl.data import (
     DATASETS,
@@ -65,39 +67,6 @@ CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
     "partition.png",
 )
 RESUMABLE = ("rounds", "eval_every", "out", "threads")  # what may change when resuming
-
-
-def _is_a(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a field's type (an int fits a float; a bool is not an int)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_a(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is Any:
-        return True
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if hint is type(None):
-        return "null"
-    if origin is list:
-        return f"a list of {_type_name(args[0])}"
-    if origin is dict:
-        return "a mapping"
-    return getattr(hint, "__name__", str(hint))
 
 
 def _opt(default: Any, help: str, unset: str | None = None) -> Any:
@@ -165,24 +134,18 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
 
 
 @functools.cache
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(RunConfig)
+def _kinds() -> dict[str, hints.Kind]:
+    return {k: hints.kind_of(h) for k, h in typing.get_type_hints(RunConfig).items()}
 
 
-def _checked(key: str, value: Any, hint: Any) -> Any:
+def _checked(key: str, value: Any, kind: hints.Kind) -> Any:
     """`value` if it has the field's type (floats given as ints become floats), else a
     ValueError naming the key: a bool is no int, a string no number, a list no scalar."""
-    if not _is_a(value, hint):
-        raise ValueError(f"config key {key}: expected {_type_name(hint)}, got {_shown(value)}")
+    if not hints.fits(value, kind):
+        raise ValueError(f"config key {key}: expected {hints.name(kind)}, got {_shown(value)}")
     if isinstance(value, list):
-        return [_number(key, v, typing.get_args(_inner(hint))[0]) for v in value]
-    return _number(key, value, _inner(hint))
-
-
-def _inner(hint: Any) -> Any:
-    """`X` of `X | None`."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+        return [_number(key, v, kind.elem) for v in value]
+    return _number(key, value, kind.elem)
 
 
 def _shown(value: Any) -> str:
@@ -192,10 +155,10 @@ def _shown(value: Any) -> str:
     return r.repr(value)
 
 
-def _number(key: str, value: Any, hint: Any) -> Any:
+def _number(key: str, value: Any, elem: type | None) -> Any:
     if isinstance(value, bool) or not isinstance(value, int):
         return value
-    if hint is float:
+    if elem is float:
         try:
             return float(value)
         except OverflowError:
@@ -316,7 +279,7 @@ class RunConfig:
         """Types, then ranges, checked in one place for YAML, flags and Python alike (NaN
         fails every range)."""
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _checked(f.name, getattr(self, f.name), _hints()[f.name]))
+            setattr(self, f.name, _checked(f.name, getattr(self, f.name), _kinds()[f.name]))
         for key, ok, accepted in _RANGES:
             value = getattr(self, key)
             if value is not None and not ok(value):
@@ -523,6 +486,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
             f"{path} is not a privlearn checkpoint of plain tensors and containers; refusing to "
             f"load it ({first})"
         ) from None
+    except Exception as e:  # a payload re-signed after corruption: torch's reader gives up
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ValueError(f"{path} is not a readable checkpoint ({first})") from None
     problem = _inconsistency(ckpt)
     if problem:
         raise ValueError(f"{path} is inconsistent: {problem}")
@@ -534,14 +500,77 @@ def _inconsistency(ckpt: Any) -> str | None:
     keys = {"config", "round", "threads", "server", "bank", "rounds", "defence"}
     if not isinstance(ckpt, dict) or set(ckpt) != keys:
         return f"expected the fields {sorted(keys)}"
-    cfg, r = ckpt["config"], ckpt["round"]
-    if not isinstance(cfg, dict) or type(r) is not int:
-        return "config or round has the wrong type"
-    if not 1 <= r <= cfg.get("rounds", 0) or len(ckpt["rounds"]) != r:
-        return f"round {r} of {cfg.get('rounds')} with {len(ckpt['rounds'])} rounds of history"
+    cfg, r, history = ckpt["config"], ckpt["round"], ckpt["rounds"]
+    if not isinstance(cfg, dict) or type(r) is not int or not isinstance(history, list):
+        return "config, round or rounds has the wrong type"
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    if set(cfg) != fields:
+        return f"config keys {sorted(map(str, set(cfg) ^ fields))} missing or unknown"
+    try:
+        RunConfig.from_dict(cfg)
+    except ValueError as e:
+        return str(e)
+    if not 1 <= r <= cfg["rounds"] or len(history) != r:
+        return f"round {r} of {cfg['rounds']} with {len(history)} rounds of history"
+    for i, entry in enumerate(history):
+        problem = _entry_problem(entry, i + 1)
+        if problem:
+            return f"rounds[{i}]: {problem}"
     rows = {leaf.shape[0] for leaf in T.leaves(ckpt["bank"]) if isinstance(leaf, torch.Tensor)}
     if rows and rows != {cfg.get("n_clients")}:
         return f"a client bank of {sorted(rows)} rows for {cfg.get('n_clients')} clients"
+    return None
+
+
+_NUMBERS = ("clients", "train_loss", "seconds", "dropped_stragglers", "partial_stragglers")
+_EVALUATION = ("test_acc", "test_loss", "personal_acc", "eval_seconds")  # written together
+
+
+def _entry_problem(entry: Any, round_no: int) -> str | None:
+    """Why a metrics entry of a checkpoint's history is not one `_run` wrote for that round."""
+    if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+        return "not a mapping of names"
+    if type(entry.get("round")) is not int or entry["round"] != round_no:
+        return f"round {entry.get('round')!r} where {round_no} belongs"
+    missing = [k for k in ("rejected", *_NUMBERS) if k not in entry]
+    evaluated = [k for k in _EVALUATION if k in entry]
+    if missing or evaluated and len(evaluated) != len(_EVALUATION):
+        return f"fields missing ({', '.join(missing) or set(_EVALUATION) - set(evaluated)})"
+    for key in (*_NUMBERS, *evaluated):
+        v = entry[key]
+        if v is not None and (type(v) not in (int, float) or not math.isfinite(v)):
+            return f"{key} is {_shown(v)}, not a finite number"
+    if not _plain(entry):
+        return "holds something other than numbers, strings, lists and mappings"
+    return None
+
+
+def _plain(v: Any) -> bool:
+    """JSON's values: what a metrics entry holds."""
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    if isinstance(v, list):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _state_mismatch(saved: Any, fresh: Any, name: str) -> str | None:
+    """Where a checkpoint's server state or client bank differs from the fresh one the config
+    builds, in structure, shape or dtype, or holds values no round can produce."""
+    try:
+        got, got_spec = pytree.tree_flatten(saved)
+    except Exception:  # noqa: BLE001 - a structure pytree cannot walk is just wrong
+        return f"{name} is not a tree of tensors"
+    want, want_spec = pytree.tree_flatten(fresh)
+    if got_spec != want_spec:
+        return f"{name} has other fields than this config's {name}"
+    paths = [pytree.keystr(p) for p, _ in pytree.tree_flatten_with_path(fresh)[0]]
+    for path, g, w in zip(paths, got, want, strict=True):
+        if not isinstance(g, torch.Tensor) or g.shape != w.shape or g.dtype != w.dtype:
+            what = f"{g.dtype} {tuple(g.shape)}" if isinstance(g, torch.Tensor) else _shown(g)
+            return f"{name}{path} is {what}, expected {w.dtype} {tuple(w.shape)}"
+        if g.is_floating_point() and not (g.abs() <= magnitude_limit(g.dtype)).all():
+            return f"{name}{path} holds NaN, Inf or values beyond ±{magnitude_limit(g.dtype):.2g}"
     return None
 
 
@@ -648,6 +677,11 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
     if resume:
         ckpt = load_checkpoint(ckpt_path, cfg.device)
         _check_resume(ckpt["config"], cfg)
+        fresh_server, fresh_bank = exp.init_state()
+        for name, fresh in (("server", fresh_server), ("bank", fresh_bank)):
+            problem = _state_mismatch(ckpt[name], fresh, name)
+            if problem:
+                raise ValueError(f"{ckpt_path} is inconsistent: {problem}")
         saved_threads = ckpt.get("threads")
         if saved_threads is not None and cfg.threads is None:
             set_threads(saved_threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -320,6 +321,72 @@ def test_corrupt_or_inconsistent_checkpoints_are_refused(tmp_path):
             pytest.fail(f"a checkpoint with a changed {what} was accepted")
     path.write_bytes(good)
     assert load_checkpoint(path)["round"] == 2
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    """A finished 2-round run's checkpoint (bytes) and its loaded form."""
+    out = tmp_path_factory.mktemp("two") / "run"
+    run_experiment(RunConfig(**SMALL, rounds=2, out=str(out)), progress=False)
+    return (out / "checkpoint.pt").read_bytes(), load_checkpoint(out / "checkpoint.pt")
+
+
+def _scaled(tree, k):
+    return T.tree_map(lambda t: t * k, tree)
+
+
+CHECKPOINT_EDITS = {  # what `privlearn bench fuzz` re-signed into checkpoints
+    "config key deleted": lambda c: c["config"].pop("root_size"),
+    "config device empty": lambda c: c["config"].update(device=""),
+    "config rounds a bool": lambda c: c["config"].update(rounds=True),
+    "server buffers an int": lambda c: c["server"].update(buffers=-1),
+    "server param a float": lambda c: c["server"]["params"].update({"fc.weight": 0.5}),
+    "server wrapped in a list": lambda c: c.update(server=[c["server"]]),
+    "server field added": lambda c: c["server"].update(extra=torch.zeros(1)),
+    "server param deleted": lambda c: c["server"]["params"].pop("fc.bias"),
+    "server control float64": lambda c: c["server"]["c"].update(
+        {"fc.weight": c["server"]["c"]["fc.weight"].double()}
+    ),
+    "server param empty": lambda c: c["server"]["params"].update({"fc.bias": torch.empty(0)}),
+    "server params NaN": lambda c: c["server"]["params"]["fc.bias"].fill_(float("nan")),
+    "server params 1e30": lambda c: c["server"].update(params=_scaled(c["server"]["params"], 1e30)),
+    "bank a bool": lambda c: c["bank"].update(c=False),
+    "bank int64": lambda c: c["bank"]["c"].update({"fc.bias": c["bank"]["c"]["fc.bias"].long()}),
+    "history entry a bool": lambda c: c["rounds"].__setitem__(1, True),
+    "history loss a mapping": lambda c: c["rounds"][1].update(train_loss={"a": 1}),
+    "history round renumbered": lambda c: c["rounds"][1].update(round=-3),
+    "history evaluation cut": lambda c: c["rounds"][0].pop("test_acc"),
+}
+
+
+@pytest.mark.parametrize("edit", list(CHECKPOINT_EDITS))
+def test_resuming_a_resigned_checkpoint_that_disagrees_with_its_config_is_refused(
+    two_rounds, tmp_path, edit
+):
+    """Re-signed fields once resumed silently to another history or ended in tracebacks
+    (KeyError, TypeError, RuntimeError) deep in an algorithm."""
+    good, ckpt = two_rounds
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(good)
+    c = load_checkpoint(out / "checkpoint.pt")
+    CHECKPOINT_EDITS[edit](c)
+    _atomic_save(c, out / "checkpoint.pt")
+    with pytest.raises(ValueError, match="is inconsistent: "):
+        cfg = RunConfig(**{**ckpt["config"], "rounds": 3, "out": str(out)})
+        run_experiment(cfg, resume=True, progress=False)
+
+
+def test_a_resigned_payload_torch_cannot_read_is_refused_in_one_line(two_rounds, tmp_path):
+    from privlearn.fl.run import CHECKPOINT_MAGIC
+
+    good, _ = two_rounds
+    head = len(CHECKPOINT_MAGIC) + 32
+    path = tmp_path / "checkpoint.pt"
+    for cut in (good[head : head + 374] + good[head + 378 :], good[head : len(good) // 2]):
+        path.write_bytes(CHECKPOINT_MAGIC + hashlib.sha256(cut).digest() + cut)
+        with pytest.raises(ValueError, match="is not a (readable|privlearn) checkpoint"):
+            load_checkpoint(path)
 
 
 @pytest.mark.parametrize(
