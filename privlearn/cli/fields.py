@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import types
 import typing
-from typing import Any, Union
+from typing import Any
 
 import click
 import typer
 import yaml
 
 from privlearn.cli.errors import UsageError
+from privlearn.fl.hints import kind_of
 
 
 def flag(name: str) -> str:
@@ -28,20 +28,8 @@ def flag(name: str) -> str:
 
 def _kind(hint: Any) -> tuple[str, type | None]:
     """('scalar' | 'bool' | 'list' | 'dict', element type) of a field's type hint."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _kind(inner[0])
-    if hint is bool:
-        return "bool", bool
-    if hint in (int, float, str):
-        return "scalar", hint
-    if origin is list and args and args[0] in (int, float, str):
-        return "list", args[0]
-    if origin is dict:
-        return "dict", None
-    raise TypeError(f"no command-line form for a field of type {hint}")
+    k = kind_of(hint)
+    return ("bool" if k.kind == "scalar" and k.elem is bool else k.kind), k.elem
 
 
 def _default(f: dataclasses.Field) -> Any:

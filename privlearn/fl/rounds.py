@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils import _pytree as pytree
 
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import Rejection, screen
@@ -27,6 +28,7 @@ class RoundStats:
     seconds: float = 0.0
     attackers: list[int] = field(default_factory=list)  # attacker clients in the cohort
     verdict: Verdict = field(default_factory=Verdict)  # what the defence decided
+    skipped: str | None = None  # why a round with a cohort left the model as it was
 
 
 def server_rng(seed: int, round_idx: int) -> torch.Generator:
@@ -78,20 +80,35 @@ def run_round(
     result = engine.run_clients(run_algo, server, cohort_states, plan, data)
     if scenario is not None:
         result.updates = scenario.forge(result.updates, plan.clients, server, round_idx)
-    keep, rejected = screen(result.updates, plan.clients, max_weight=plan.n)
+    keep, rejected = screen(result.updates, plan.clients, max_weight=plan.n, dtype=data.dtype)
     named = {r.client: r for r in rejected}
     for row, reason in result.rejected.items():  # the engine's reason is the more precise one
         named[int(plan.clients[row])] = Rejection(int(plan.clients[row]), reason)
         keep[row] = False
     stats.rejected = [named[c] for c in sorted(named)]
-    if keep.any():
+    if not keep.any():
+        stats.skipped = f"no valid update: all {len(plan)} were rejected"
+    else:
         kept = torch.nonzero(keep).flatten()
         updates: ClientUpdate = T.rows(result.updates, kept)
         w = updates.weight.to(torch.float64)
         stats.train_loss = float((updates.loss.to(torch.float64) * w).sum() / w.sum())
         if scenario is not None:
             updates, stats.verdict = scenario.defend(updates, plan.clients[kept], server, round_idx)
-        server = algo.server_update(server, updates, rng)
-        T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
+        new = algo.server_update(server, updates, rng)
+        broken = non_finite(new)
+        if broken:  # screened inputs can still overflow in a server step: keep the last model
+            stats.skipped = f"the aggregate is not finite in {broken}; the updates were discarded"
+        else:
+            server = new
+            T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
     stats.seconds = time.perf_counter() - t0
     return server, stats
+
+
+def non_finite(state: Any) -> str | None:
+    """The first field of a server state that holds NaN or Inf, or None."""
+    for path, leaf in pytree.tree_flatten_with_path(state)[0]:
+        if leaf.is_floating_point() and not torch.isfinite(leaf).all():
+            return pytree.keystr(path)
+    return None

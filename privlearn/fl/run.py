@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
+import re
+import reprlib
 import time
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,8 +37,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch.utils import _pytree as pytree
 
+from privlearn.fl import hints
 from privlearn.fl import tree as T
+from privlearn.fl.aggregate.screening import magnitude_limit
 from privlearn.fl.algorithms import ALGORITHMS, PERSONALISED, LocalSGD, build_algorithm
 from privlearn.fl.data import (
     DATASETS,
@@ -63,39 +69,6 @@ CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
 RESUMABLE = ("rounds", "eval_every", "out", "threads")  # what may change when resuming
 
 
-def _is_a(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a field's type (an int fits a float; a bool is not an int)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_a(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is Any:
-        return True
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if hint is type(None):
-        return "null"
-    if origin is list:
-        return f"a list of {_type_name(args[0])}"
-    if origin is dict:
-        return "a mapping"
-    return getattr(hint, "__name__", str(hint))
-
-
 def _opt(default: Any, help: str, unset: str | None = None) -> Any:
     """A config field with the help text its CLI flag shows (`unset`: what None means)."""
     meta = {"help": help, **({"unset": unset} if unset else {})}
@@ -105,7 +78,11 @@ def _opt(default: Any, help: str, unset: str | None = None) -> Any:
 
 
 def _positive(v: Any) -> bool:
-    return v > 0 and np.isfinite(v)
+    return v > 0 and math.isfinite(v)
+
+
+INT_LIMIT = 2**63  # ints reach torch and numpy as int64
+MAX_EPOCHS, MAX_WIDTH = 1_000, 2**16  # beyond these a plan or a model does not fit in memory
 
 
 _RANGES: tuple[tuple[str, Any, str], ...] = (
@@ -115,7 +92,6 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "n_clients",
             "rounds",
             "clients_per_round",
-            "epochs",
             "batch_size",
             "eval_every",
             "partition_max_tries",
@@ -137,16 +113,61 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "defence_f",
         )
     ),
+    ("epochs", lambda v: 1 <= v <= MAX_EPOCHS, f"must be in 1..{MAX_EPOCHS}"),
+    ("hidden", lambda v: all(1 <= w <= MAX_WIDTH for w in v), f"widths must be in 1..{MAX_WIDTH}"),
     ("momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("stragglers", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
     ("sample_rate", lambda v: 0 < v <= 1, "must be a fraction in (0, 1]"),
     ("local_test_fraction", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
-    ("epochs_range", lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "must be [a, b], 1 <= a <= b"),
+    (
+        "epochs_range",
+        lambda v: len(v) == 2 and 1 <= v[0] <= v[1] <= MAX_EPOCHS,
+        f"must be [a, b], 1 <= a <= b <= {MAX_EPOCHS}",
+    ),
     ("attackers", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
     ("attack_window", lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "must be [a, b], 1 <= a <= b"),
     ("attack", lambda v: v in ATTACKS, f"must be one of {', '.join(sorted(ATTACKS))}"),
     ("defence", lambda v: v in DEFENCES, f"must be one of {', '.join(sorted(DEFENCES))}"),
+    ("device", lambda v: re.fullmatch(r"cpu|cuda(:\d+)?", v), "must be cpu, cuda or cuda:N"),
+    *((k, lambda v: v.strip() != "", "must not be empty") for k in ("out", "data_root")),
 )
+
+
+@functools.cache
+def _kinds() -> dict[str, hints.Kind]:
+    return {k: hints.kind_of(h) for k, h in typing.get_type_hints(RunConfig).items()}
+
+
+def _checked(key: str, value: Any, kind: hints.Kind) -> Any:
+    """`value` if it has the field's type (floats given as ints become floats), else a
+    ValueError naming the key: a bool is no int, a string no number, a list no scalar."""
+    if not hints.fits(value, kind):
+        raise ValueError(f"config key {key}: expected {hints.name(kind)}, got {_shown(value)}")
+    if isinstance(value, list):
+        return [_number(key, v, kind.elem) for v in value]
+    return _number(key, value, kind.elem)
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: short, even for a YAML bomb."""
+    r = reprlib.Repr()  # Python 3.10 has no keyword arguments here
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother, r.maxlong = 3, 4, 4, 40, 40, 24
+    return r.repr(value)
+
+
+def _number(key: str, value: Any, elem: type | None) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return value
+    if elem is float:
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"config key {key}: {_shown(value)} is too large for a float"
+            ) from None
+    if not -INT_LIMIT <= value < INT_LIMIT:
+        raise ValueError(f"config key {key}: {_shown(value)} does not fit in 64 bits")
+    return value
 
 
 @dataclass
@@ -192,7 +213,11 @@ class RunConfig:
     # rounds and sampling
     rounds: int = _opt(20, "communication rounds")
     sampling: str = _opt("uniform", "client sampling: uniform, poisson or all")
-    clients_per_round: int = _opt(10, "clients per round (uniform sampling)")
+    clients_per_round: int | None = _opt(
+        None,
+        "clients per round (uniform sampling), at most n_clients",
+        unset="10, or n_clients if fewer",
+    )
     sample_rate: float = _opt(0.1, "inclusion probability per client (poisson sampling)")
     # local work
     epochs: int = _opt(10, "local epochs per round")
@@ -251,12 +276,20 @@ class RunConfig:
     out: str = _opt("results/fl-run", "output folder (metrics.json, metrics.png, checkpoint)")
 
     def __post_init__(self) -> None:
-        """Ranges, checked in one place for YAML, flags and Python alike (NaN fails them all)."""
+        """Types, then ranges, checked in one place for YAML, flags and Python alike (NaN
+        fails every range)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked(f.name, getattr(self, f.name), _kinds()[f.name]))
         for key, ok, accepted in _RANGES:
             value = getattr(self, key)
             if value is not None and not ok(value):
-                raise ValueError(f"config key {key}: {accepted}, got {value!r}")
-        active = round(min(self.clients_per_round, self.n_clients) * (1 - self.stragglers))
+                raise ValueError(f"config key {key}: {accepted}, got {_shown(value)}")
+        if self.clients_per_round is not None and self.clients_per_round > self.n_clients:
+            raise ValueError(
+                f"config key clients_per_round: {self.clients_per_round} is more than the "
+                f"{self.n_clients} clients (n_clients)"
+            )
+        active = round(self.cohort_size * (1 - self.stragglers))
         if (self.attack is None) != (self.attackers == 0):
             raise ValueError(
                 "config keys attack and attackers go together: name an attack and give "
@@ -266,21 +299,20 @@ class RunConfig:
         if self.sampling == "uniform" and self.straggler_policy == "drop" and active < 1:
             raise ValueError(
                 f"config key stragglers: {self.stragglers} drops every one of the "
-                f"{min(self.clients_per_round, self.n_clients)} clients a round; lower it"
+                f"{self.cohort_size} clients a round; lower it"
             )
+
+    @property
+    def cohort_size(self) -> int:
+        """Clients a round under uniform sampling (clients_per_round, or up to 10 if unset)."""
+        return min(10, self.n_clients) if self.clients_per_round is None else self.clients_per_round
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        for key, value in d.items():
-            if not _is_a(value, hints[key]):
-                raise ValueError(
-                    f"config key {key}: expected {_type_name(hints[key])}, got {value!r}"
-                )
         return cls(**d)
 
     @classmethod
@@ -295,6 +327,8 @@ class RunConfig:
             raise ValueError(
                 f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})"
             ) from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a config (nested too deeply to read)") from None
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path}: expected a mapping of config keys, got {type(data).__name__}"
@@ -326,9 +360,7 @@ class RunConfig:
         )
 
     def sampling_spec(self) -> Sampling:
-        return Sampling(
-            self.sampling, min(self.clients_per_round, self.n_clients), self.sample_rate
-        )
+        return Sampling(self.sampling, self.cohort_size, self.sample_rate)
 
     def work(self) -> LocalWork:
         er = tuple(self.epochs_range) if self.epochs_range else None
@@ -350,10 +382,6 @@ class Experiment:
 
     @classmethod
     def build(cls, cfg: RunConfig) -> Experiment:
-        if cfg.rounds < 1 or cfg.eval_every < 1:
-            raise ValueError(
-                f"rounds and eval_every must be >= 1 (got {cfg.rounds}, {cfg.eval_every})"
-            )
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(
                 f"device {cfg.device!r} requested but CUDA is not available; use --device cpu"
@@ -458,6 +486,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
             f"{path} is not a privlearn checkpoint of plain tensors and containers; refusing to "
             f"load it ({first})"
         ) from None
+    except Exception as e:  # a payload re-signed after corruption: torch's reader gives up
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ValueError(f"{path} is not a readable checkpoint ({first})") from None
     problem = _inconsistency(ckpt)
     if problem:
         raise ValueError(f"{path} is inconsistent: {problem}")
@@ -469,14 +500,77 @@ def _inconsistency(ckpt: Any) -> str | None:
     keys = {"config", "round", "threads", "server", "bank", "rounds", "defence"}
     if not isinstance(ckpt, dict) or set(ckpt) != keys:
         return f"expected the fields {sorted(keys)}"
-    cfg, r = ckpt["config"], ckpt["round"]
-    if not isinstance(cfg, dict) or type(r) is not int:
-        return "config or round has the wrong type"
-    if not 1 <= r <= cfg.get("rounds", 0) or len(ckpt["rounds"]) != r:
-        return f"round {r} of {cfg.get('rounds')} with {len(ckpt['rounds'])} rounds of history"
+    cfg, r, history = ckpt["config"], ckpt["round"], ckpt["rounds"]
+    if not isinstance(cfg, dict) or type(r) is not int or not isinstance(history, list):
+        return "config, round or rounds has the wrong type"
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    if set(cfg) != fields:
+        return f"config keys {sorted(map(str, set(cfg) ^ fields))} missing or unknown"
+    try:
+        RunConfig.from_dict(cfg)
+    except ValueError as e:
+        return str(e)
+    if not 1 <= r <= cfg["rounds"] or len(history) != r:
+        return f"round {r} of {cfg['rounds']} with {len(history)} rounds of history"
+    for i, entry in enumerate(history):
+        problem = _entry_problem(entry, i + 1)
+        if problem:
+            return f"rounds[{i}]: {problem}"
     rows = {leaf.shape[0] for leaf in T.leaves(ckpt["bank"]) if isinstance(leaf, torch.Tensor)}
     if rows and rows != {cfg.get("n_clients")}:
         return f"a client bank of {sorted(rows)} rows for {cfg.get('n_clients')} clients"
+    return None
+
+
+_NUMBERS = ("clients", "train_loss", "seconds", "dropped_stragglers", "partial_stragglers")
+_EVALUATION = ("test_acc", "test_loss", "personal_acc", "eval_seconds")  # written together
+
+
+def _entry_problem(entry: Any, round_no: int) -> str | None:
+    """Why a metrics entry of a checkpoint's history is not one `_run` wrote for that round."""
+    if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+        return "not a mapping of names"
+    if type(entry.get("round")) is not int or entry["round"] != round_no:
+        return f"round {entry.get('round')!r} where {round_no} belongs"
+    missing = [k for k in ("rejected", *_NUMBERS) if k not in entry]
+    evaluated = [k for k in _EVALUATION if k in entry]
+    if missing or evaluated and len(evaluated) != len(_EVALUATION):
+        return f"fields missing ({', '.join(missing) or set(_EVALUATION) - set(evaluated)})"
+    for key in (*_NUMBERS, *evaluated):
+        v = entry[key]
+        if v is not None and (type(v) not in (int, float) or not math.isfinite(v)):
+            return f"{key} is {_shown(v)}, not a finite number"
+    if not _plain(entry):
+        return "holds something other than numbers, strings, lists and mappings"
+    return None
+
+
+def _plain(v: Any) -> bool:
+    """JSON's values: what a metrics entry holds."""
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    if isinstance(v, list):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _state_mismatch(saved: Any, fresh: Any, name: str) -> str | None:
+    """Where a checkpoint's server state or client bank differs from the fresh one the config
+    builds, in structure, shape or dtype, or holds values no round can produce."""
+    try:
+        got, got_spec = pytree.tree_flatten(saved)
+    except Exception:  # noqa: BLE001 - a structure pytree cannot walk is just wrong
+        return f"{name} is not a tree of tensors"
+    want, want_spec = pytree.tree_flatten(fresh)
+    if got_spec != want_spec:
+        return f"{name} has other fields than this config's {name}"
+    paths = [pytree.keystr(p) for p, _ in pytree.tree_flatten_with_path(fresh)[0]]
+    for path, g, w in zip(paths, got, want, strict=True):
+        if not isinstance(g, torch.Tensor) or g.shape != w.shape or g.dtype != w.dtype:
+            what = f"{g.dtype} {tuple(g.shape)}" if isinstance(g, torch.Tensor) else _shown(g)
+            return f"{name}{path} is {what}, expected {w.dtype} {tuple(w.shape)}"
+        if g.is_floating_point() and not (g.abs() <= magnitude_limit(g.dtype)).all():
+            return f"{name}{path} holds NaN, Inf or values beyond ±{magnitude_limit(g.dtype):.2g}"
     return None
 
 
@@ -583,6 +677,11 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
     if resume:
         ckpt = load_checkpoint(ckpt_path, cfg.device)
         _check_resume(ckpt["config"], cfg)
+        fresh_server, fresh_bank = exp.init_state()
+        for name, fresh in (("server", fresh_server), ("bank", fresh_bank)):
+            problem = _state_mismatch(ckpt[name], fresh, name)
+            if problem:
+                raise ValueError(f"{ckpt_path} is inconsistent: {problem}")
         saved_threads = ckpt.get("threads")
         if saved_threads is not None and cfg.threads is None:
             set_threads(saved_threads)
@@ -631,12 +730,17 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                     "train_loss": stats.train_loss,
                     "seconds": round(stats.seconds, 4),
                     "rejected": [str(x) for x in stats.rejected],
+                    "skipped": stats.skipped,
                     "dropped_stragglers": len(plan.dropped),
                     "partial_stragglers": len(plan.stragglers),
                     **round_report(exp.scenario, stats),
                 }
                 for rej in stats.rejected:
                     console.print(f"[yellow]round {r + 1}: rejected update from {rej}[/]")
+                if stats.skipped:
+                    console.print(
+                        f"[yellow]round {r + 1} left the model unchanged: {stats.skipped}[/]"
+                    )
                 if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
                     t0 = time.perf_counter()
                     entry.update(exp.evaluate(server, bank))
@@ -677,6 +781,13 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
         )
         raise
     doc["status"] = "complete"
+    skipped = [e["round"] for e in doc["rounds"] if e.get("skipped")]
+    if skipped:
+        console.print(
+            f"[yellow]warning: {len(skipped)} of {cfg.rounds} rounds applied no update "
+            f"(rounds {', '.join(map(str, skipped[:10]))}{' ...' if len(skipped) > 10 else ''}); "
+            "see 'skipped' in metrics.json[/]"
+        )
     _write_json(doc, out / METRICS)
     plot_metrics(doc["rounds"], out / PLOT, title)
     return doc

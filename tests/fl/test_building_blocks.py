@@ -82,6 +82,38 @@ def test_screen_names_clients_with_non_finite_rows():
     ]
 
 
+def test_screening_wants_the_models_precision_and_admits_integer_extras_only():
+    from privlearn.fl.algorithms.base import ClientUpdate
+
+    def update(**fields):
+        base = dict(
+            delta={"w": torch.zeros(2, 3)},
+            weight=torch.ones(2),
+            loss=torch.zeros(2),
+            steps=torch.ones(2),
+            buffers={},
+            extras={"id": torch.tensor([4, 5])},  # FedFomo's ids are int64
+        )
+        return ClientUpdate(**{**base, **fields})
+
+    ids = torch.tensor([4, 5])
+    assert A.screen(update(), ids, dtype=torch.float32)[0].all()
+    for bad, reason in [
+        (
+            {"delta": {"w": torch.zeros(2, 3, dtype=torch.int64)}},
+            "delta['w'] has dtype torch.int64",
+        ),
+        ({"extras": {"id": torch.zeros(2, dtype=torch.float64)}}, "extras['id'] has dtype"),
+        ({"steps": torch.ones(2, dtype=torch.float16)}, "steps has dtype torch.float16"),
+    ]:
+        keep, rejected = A.screen(update(**bad), ids, dtype=torch.float32)
+        assert not keep.any() and [r.client for r in rejected] == [4, 5]
+        assert rejected[0].reason.startswith(reason)
+    huge = update(delta={"w": torch.tensor([[0.0, 0.0, 2e19], [0.0, 0.0, 1e19]])})
+    keep, rejected = A.screen(huge, ids, dtype=torch.float32)
+    assert keep.tolist() == [False, True] and "beyond ±1.8e+19" in rejected[0].reason
+
+
 def test_sampling_is_seeded_and_has_the_right_size():
     rng = lambda s: np.random.default_rng(s)  # noqa: E731
     a = sample_cohort(100, Sampling("uniform", 10), rng(1))

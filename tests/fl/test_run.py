@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -322,6 +323,72 @@ def test_corrupt_or_inconsistent_checkpoints_are_refused(tmp_path):
     assert load_checkpoint(path)["round"] == 2
 
 
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    """A finished 2-round run's checkpoint (bytes) and its loaded form."""
+    out = tmp_path_factory.mktemp("two") / "run"
+    run_experiment(RunConfig(**SMALL, rounds=2, out=str(out)), progress=False)
+    return (out / "checkpoint.pt").read_bytes(), load_checkpoint(out / "checkpoint.pt")
+
+
+def _scaled(tree, k):
+    return T.tree_map(lambda t: t * k, tree)
+
+
+CHECKPOINT_EDITS = {  # what `privlearn bench fuzz` re-signed into checkpoints
+    "config key deleted": lambda c: c["config"].pop("root_size"),
+    "config device empty": lambda c: c["config"].update(device=""),
+    "config rounds a bool": lambda c: c["config"].update(rounds=True),
+    "server buffers an int": lambda c: c["server"].update(buffers=-1),
+    "server param a float": lambda c: c["server"]["params"].update({"fc.weight": 0.5}),
+    "server wrapped in a list": lambda c: c.update(server=[c["server"]]),
+    "server field added": lambda c: c["server"].update(extra=torch.zeros(1)),
+    "server param deleted": lambda c: c["server"]["params"].pop("fc.bias"),
+    "server control float64": lambda c: c["server"]["c"].update(
+        {"fc.weight": c["server"]["c"]["fc.weight"].double()}
+    ),
+    "server param empty": lambda c: c["server"]["params"].update({"fc.bias": torch.empty(0)}),
+    "server params NaN": lambda c: c["server"]["params"]["fc.bias"].fill_(float("nan")),
+    "server params 1e30": lambda c: c["server"].update(params=_scaled(c["server"]["params"], 1e30)),
+    "bank a bool": lambda c: c["bank"].update(c=False),
+    "bank int64": lambda c: c["bank"]["c"].update({"fc.bias": c["bank"]["c"]["fc.bias"].long()}),
+    "history entry a bool": lambda c: c["rounds"].__setitem__(1, True),
+    "history loss a mapping": lambda c: c["rounds"][1].update(train_loss={"a": 1}),
+    "history round renumbered": lambda c: c["rounds"][1].update(round=-3),
+    "history evaluation cut": lambda c: c["rounds"][0].pop("test_acc"),
+}
+
+
+@pytest.mark.parametrize("edit", list(CHECKPOINT_EDITS))
+def test_resuming_a_resigned_checkpoint_that_disagrees_with_its_config_is_refused(
+    two_rounds, tmp_path, edit
+):
+    """Re-signed fields once resumed silently to another history or ended in tracebacks
+    (KeyError, TypeError, RuntimeError) deep in an algorithm."""
+    good, ckpt = two_rounds
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(good)
+    c = load_checkpoint(out / "checkpoint.pt")
+    CHECKPOINT_EDITS[edit](c)
+    _atomic_save(c, out / "checkpoint.pt")
+    with pytest.raises(ValueError, match="is inconsistent: "):
+        cfg = RunConfig(**{**ckpt["config"], "rounds": 3, "out": str(out)})
+        run_experiment(cfg, resume=True, progress=False)
+
+
+def test_a_resigned_payload_torch_cannot_read_is_refused_in_one_line(two_rounds, tmp_path):
+    from privlearn.fl.run import CHECKPOINT_MAGIC
+
+    good, _ = two_rounds
+    head = len(CHECKPOINT_MAGIC) + 32
+    path = tmp_path / "checkpoint.pt"
+    for cut in (good[head : head + 374] + good[head + 378 :], good[head : len(good) // 2]):
+        path.write_bytes(CHECKPOINT_MAGIC + hashlib.sha256(cut).digest() + cut)
+        with pytest.raises(ValueError, match="is not a (readable|privlearn) checkpoint"):
+            load_checkpoint(path)
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -335,11 +402,62 @@ def test_corrupt_or_inconsistent_checkpoints_are_refused(tmp_path):
         ("sample_rate", 0.0),
         ("stragglers", 0.99),  # of 10 clients a round, none would stay
         ("epochs_range", [3, 1]),
+        # types, checked for Python callers and flags as for YAML
+        ("batch_size", True),
+        ("rounds", True),
+        ("eval_every", 1.5),
+        ("eval_every", float("nan")),
+        ("epochs", 2.5),
+        ("weight_decay", float("inf")),
+        ("lr", "0.1"),
+        ("lr", [0.1]),
+        ("synthetic_iid", 1),
+        # sizes that were clamped silently, overflowed or never finished planning
+        ("clients_per_round", 10**12),
+        ("epochs", 10**20),
+        ("hidden", [10**12]),
+        ("beta", 10**400),
+        ("seed", 10**30),
+        ("device", ""),
+        ("out", ""),
     ],
 )
 def test_config_values_out_of_range_are_refused_naming_the_key(key, value):
     with pytest.raises(ValueError, match=f"config key {key}:"):
         RunConfig(**{key: value})
+
+
+def test_an_unset_clients_per_round_is_ten_or_every_client():
+    assert RunConfig(n_clients=5).sampling_spec().clients_per_round == 5
+    assert RunConfig(n_clients=50).sampling_spec().clients_per_round == 10
+    assert RunConfig(lr=1).lr == 1.0 and isinstance(RunConfig(lr=1).lr, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("batch_size: true\n", "config key batch_size: expected int, got True"),
+        ("rounds: [1\n", "line 2, column 1: not valid YAML"),
+        ("hidden: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        ("beta: 1" + "0" * 400 + "\n", "config key beta: "),
+        ("1: 2\nbogus: 3\n", "unknown config keys ['1', 'bogus']"),
+        (
+            "algo_params:\n  a0: &a0 [x, x, x, x, x, x, x, x]\n"  # a billion laughs
+            + "".join(f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 8)}]\n" for i in range(1, 8))
+            + "hidden: *a7\n",
+            "config key hidden: expected a list of int, got [[[[...], ",
+        ),
+    ],
+    ids=["bool", "syntax", "deep", "huge", "int-key", "laughs"],
+)
+def test_bad_yaml_configs_end_in_one_line_through_the_cli(tmp_path, text, says):
+    """145 of 435 fuzzed configs once ended in tracebacks."""
+    (tmp_path / "c.yaml").write_text(text)
+    out = CliRunner().invoke(
+        app, ["fl", "run", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")]
+    )
+    assert out.exit_code == 2 and out.stderr.strip().count("\n") == 0, out.output
+    assert says in out.stderr and len(out.stderr) < 1000  # a YAML bomb is not echoed
 
 
 def test_cli_refuses_a_nan_learning_rate_in_one_line(tmp_path):
@@ -374,6 +492,97 @@ def test_weights_outside_what_the_server_knows_are_rejected(engine, weight, digi
     assert len(stats[0].rejected) == len(stats[0].clients)
     assert all("weight" in r.reason and "outside (0," in r.reason for r in stats[0].rejected)
     assert all(torch.isfinite(t).all() for t in T.leaves(server)) and stats[0].train_loss is None
+    assert stats[0].skipped == "no valid update: all 6 were rejected"
+
+
+def _every_client(algo, edit):
+    """`algo` whose every client uploads `edit(update)`."""
+    from dataclasses import replace
+
+    def client_final(s, lo):
+        up, cs = algo.client_final(s, lo)
+        return edit(up), cs
+
+    return replace(algo, client_final=client_final)
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vectorised"])
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (
+            lambda d: d.double(),
+            "delta['fc.weight'] has dtype torch.float64, expected torch.float32",
+        ),
+        (lambda d: d.long(), "delta['fc.weight'] has dtype torch.int64, expected torch.float32"),
+        (lambda d: torch.full_like(d, 1e30), "values beyond ±1.8e+19"),
+    ],
+    ids=["float64", "int64", "1e30"],
+)
+def test_every_client_sending_a_bad_delta_skips_the_round_by_name(engine, edit, reason, digits_dir):
+    """A float64 delta from the whole cohort crashed the next round, an int64 one was
+    truncated silently, finite 1e30 deltas made FedAdam's model Inf; each is now rejected
+    (the server computes in the model's precision, and squares of values beyond sqrt(max)
+    overflow) and a round with nothing left says so and leaves the model as it was."""
+    from dataclasses import replace
+
+    from privlearn.fl.engine import make_engine
+
+    model, algo = make("fedadam", digits_dir)
+    bad = _every_client(algo, lambda up: replace(up, delta=T.tree_map(edit, up.delta)))
+    server, _, stats = run(
+        bad, model, digits_dir, make_engine(engine), 2, Sampling("all"), LocalWork(1, 16)
+    )
+    init = algo.server_init(*model.init(torch.Generator().manual_seed(0)), torch.Generator())
+    assert all(len(s.rejected) == 6 and reason in s.rejected[0].reason for s in stats)
+    assert [s.skipped for s in stats] == ["no valid update: all 6 were rejected"] * 2
+    assert T.leaves(server) and all(map(torch.equal, T.leaves(server), T.leaves(init)))
+
+
+def test_a_server_step_that_overflows_is_discarded_not_applied(digits_dir):
+    """Screened inputs can still overflow in the server's step (here a server learning rate
+    of 1e39): the round is skipped by name and neither the model nor any client state moves."""
+    from privlearn.fl.aggregate import chain, sgd, weighted_mean
+    from privlearn.fl.engine import make_engine
+
+    model, algo = make("scaffold", digits_dir, server=chain(weighted_mean(), sgd(1e39)))
+    server, bank, stats = run(
+        algo, model, digits_dir, make_engine("vectorised"), 1, Sampling("all"), LocalWork(1, 16)
+    )
+    assert stats[0].rejected == [] and stats[0].skipped.startswith("the aggregate is not finite")
+    assert all(torch.isfinite(t).all() for t in T.leaves(server))
+    assert (bank["c"]["fc.weight"] == 0).all()  # no client's control variate was written
+
+
+def test_a_1e30_attacker_is_rejected_and_the_run_still_learns(tmp_path):
+    """Finite 1e30 updates once set the test loss to 2.6e29 in a run that "completed"."""
+    cfg = RunConfig(
+        **{**SMALL, "algorithm": "fedavg", "clients_per_round": 6},
+        attack="sign-flip",
+        attackers=0.34,
+        attack_params={"scale": 1e30},
+        rounds=2,
+        out=str(tmp_path),
+    )
+    doc = run_experiment(cfg, progress=False)
+    for e in doc["rounds"]:
+        assert len(e["rejected"]) == 2 and all("beyond ±1.8e+19" in r for r in e["rejected"])
+    assert doc["rounds"][-1]["test_loss"] < 3 and doc["rounds"][-1]["skipped"] is None
+
+
+def test_rounds_that_apply_no_update_are_recorded_and_reported(tmp_path, monkeypatch, capsys):
+    import privlearn.fl.run as fl_run
+    from privlearn.fl.rounds import RoundStats
+
+    def nothing_valid(algo, engine, server, bank, plan, *a):
+        return server, RoundStats(
+            plan.clients.tolist(), skipped="no valid update: all 4 were rejected"
+        )
+
+    monkeypatch.setattr(fl_run, "run_round", nothing_valid)
+    doc = run_experiment(RunConfig(**SMALL, rounds=2, out=str(tmp_path)), progress=False)
+    assert [e["skipped"] for e in doc["rounds"]] == ["no valid update: all 4 were rejected"] * 2
+    assert "2 of 2 rounds applied no update" in capsys.readouterr().out
 
 
 def test_an_update_of_another_dtype_is_malformed(digits_dir):

@@ -66,7 +66,7 @@ def build_scenario(cfg: Any, data: Any, model: Any, algo: Any) -> tuple[Any, Sce
         root=root,
     )
     if defence is not None and cfg.sampling != "poisson":
-        k = cfg.n_clients if cfg.sampling == "all" else min(cfg.clients_per_round, cfg.n_clients)
+        k = cfg.n_clients if cfg.sampling == "all" else cfg.cohort_size
         k = int(round(k * (1 - cfg.stragglers))) if cfg.straggler_policy == "drop" else k
         scenario.check(k, scenario.most_f(k))
     return data, scenario
