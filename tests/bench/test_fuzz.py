@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -74,7 +76,8 @@ def test_runner_classifies_each_outcome():
     assert got == expected
     assert part["counts"]["clean"] == part["counts"]["benign"] == 1
     by = {f["mutation"]: f for f in part["findings"]}
-    assert by["crash"]["detail"] == "SIGSEGV"
+    assert by["crash"]["detail"] == "SIGSEGV" and "_crash" in by["crash"]["raised_at"]
+    assert "sleep" in by["hang"]["raised_at"] or "<lambda>" in by["hang"]["raised_at"]
     assert by["key-error"]["detail"].startswith("builtins.KeyError")
     assert "numpy" in by["numpy-value-error"]["raised_at"]
 
@@ -93,6 +96,33 @@ def test_mutations_are_reproducible_and_change_something():
     tree = {"a": {"b": [1, 2]}, "c": "x"}
     desc, new = mutate_tree(np.random.default_rng(3), tree)
     assert new != tree and tree == {"a": {"b": [1, 2]}, "c": "x"}  # the input is not touched
+
+
+def test_the_pickle_payload_runs_code_where_a_loader_lets_it(tmp_path):
+    """The checkpoint format's payload is live: unpickled as torch.load(weights_only=False)
+    did, it writes its marker; so a clean verdict on it means the loader refused it."""
+    from privlearn.bench.fuzz.fl_formats import _Payload
+
+    for how in ("system", "open"):
+        marker = tmp_path / how
+        pickle.loads(pickle.dumps(_Payload(marker, how)))
+        assert marker.exists()
+
+
+def test_a_config_unlike_its_yaml_is_silent_wrong(tmp_path):
+    from privlearn.bench.fuzz.fl_formats import YamlConfig
+
+    fmt = YamlConfig()
+    fmt.setup(tmp_path)
+    cfg = dict(fmt.defaults)
+    assert fmt.judge("t", {"cfg": cfg, "parsed": {}}, None) is None
+    assert "rounds" in fmt.judge(
+        "t", {"cfg": {**cfg, "rounds": True}, "parsed": {"rounds": 1}}, None
+    )
+    assert "non-finite" in fmt.judge(
+        "t", {"cfg": {**cfg, "lr": math.nan}, "parsed": {"lr": math.nan}}, None
+    )
+    assert "epochs" in fmt.judge("t", {"cfg": cfg, "parsed": {"epochs": 3}}, None)
 
 
 @pytest.mark.openfhe

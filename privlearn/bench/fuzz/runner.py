@@ -24,6 +24,7 @@ import faulthandler
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -178,8 +179,11 @@ def run_child(
     timeout: float = TIMEOUT_S,
     memory_bytes: int | None = None,
     quiet: bool = True,
+    stack_file: Path | None = None,
 ) -> dict:
-    """Run ``fn`` in a forked child; returns {"status": "value"|"error"|"crash"|"hang", ...}."""
+    """Run ``fn`` in a forked child; returns {"status": "value"|"error"|"crash"|"hang", ...}.
+    With ``stack_file``, the child's Python stack at a fatal signal or at the timeout is
+    written there, and a crash or hang names the frame it happened in."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -193,6 +197,10 @@ def run_child(
                 null = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(null, 1)
                 os.dup2(null, 2)
+            if stack_file is not None:
+                stacks = open(stack_file, "w")  # noqa: SIM115 - open until the child exits
+                faulthandler.enable(stacks)
+                faulthandler.dump_traceback_later(max(timeout - 1, 0.5), file=stacks)
             try:
                 msg = {"status": "value", "value": fn()}
             except BaseException as e:  # noqa: BLE001 - the point is to see every failure
@@ -239,14 +247,36 @@ def run_child(
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     if timed_out:
-        return {"status": "hang", "message": f"no answer after {timeout:.0f} s"}
+        return {
+            "status": "hang",
+            "message": f"no answer after {timeout:.0f} s",
+            **_stack(stack_file),
+        }
     if os.WIFSIGNALED(status):
-        return {"status": "crash", "message": signal.Signals(os.WTERMSIG(status)).name}
+        name = signal.Signals(os.WTERMSIG(status)).name
+        return {"status": "crash", "message": name, **_stack(stack_file)}
     try:
         return json.loads(b"".join(chunks))
     except ValueError:
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
         return {"status": "crash", "message": f"exited with status {code} and no report"}
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+)')
+
+
+def _stack(path: Path | None) -> dict:
+    """Where a crashed or hung child was, from faulthandler's dump (most recent call first)."""
+    try:
+        text = path.read_text() if path is not None else ""
+    except OSError:
+        text = ""
+    frames = [traceback.FrameSummary(f, int(n), name) for f, n, name in _FRAME.findall(text)]
+    own = [f for f in frames if _own(f.filename)]
+    return {
+        "raised_at": _frame(frames[0]) if frames else "",
+        "privlearn_frame": _frame(own[0]) if own else "",
+    }
 
 
 def classify(fmt: Format, target: str, result: dict, reference: Any) -> tuple[str, str]:
@@ -324,6 +354,7 @@ def run_format(
                 timeout=timeout,
                 memory_bytes=memory,
                 quiet=only is None,
+                stack_file=casedir / "stack.txt",
             )
             cls, detail = classify(fmt, target, result, refs[target])
             if fmt.marker is not None and fmt.marker.exists():
