@@ -313,9 +313,10 @@ def run_format(
     timeout: float = TIMEOUT_S,
     memory_gb: float = MEMORY_GB,
     progress: Callable[[str], None] | None = None,
+    partial: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run ``cases`` cases of ``fmt`` (or only case ``only``); counts and every case that is
-    neither clean nor benign."""
+    neither clean nor benign. ``partial`` gets the summary so far every 50 cases."""
     work = Path(tempfile.mkdtemp(prefix=f"privlearn-fuzz-{fmt.name}-"))
     try:
         t0 = time.perf_counter()
@@ -339,6 +340,20 @@ def run_format(
         findings, third_party = [], 0
         indices = [only] if only is not None else range(cases)
         t1 = time.perf_counter()
+
+        def summary(done: int) -> dict:
+            elapsed = time.perf_counter() - t1
+            return {
+                "format": fmt.name,
+                "seed": seed,
+                "cases": done,
+                "counts": dict(counts),
+                "clean_raised_outside_privlearn": third_party,
+                "cases_per_s": round(done / elapsed, 2) if elapsed else None,
+                "setup_s": round(setup_s, 1),
+                "findings": list(findings),
+            }
+
         for i in indices:
             rng = case_rng(fmt.name, seed, i)
             target = fmt.targets[int(rng.integers(0, len(fmt.targets)))]
@@ -378,19 +393,12 @@ def run_format(
             if cls not in ("clean", "benign") or only is not None:
                 findings.append(record)
             shutil.rmtree(casedir, ignore_errors=True)
-            if progress and (i + 1) % 50 == 0:
-                progress(f"{fmt.name}: {i + 1}/{cases} " + _line(counts))
-        elapsed = time.perf_counter() - t1
-        return {
-            "format": fmt.name,
-            "seed": seed,
-            "cases": len(indices),
-            "counts": counts,
-            "clean_raised_outside_privlearn": third_party,
-            "cases_per_s": round(len(indices) / elapsed, 2) if elapsed else None,
-            "setup_s": round(setup_s, 1),
-            "findings": findings,
-        }
+            if (i + 1) % 50 == 0:
+                if progress:
+                    progress(f"{fmt.name}: {i + 1}/{cases} " + _line(counts))
+                if partial:
+                    partial(summary(i + 1))
+        return summary(len(indices))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -429,24 +437,34 @@ def run(
     progress: Callable[[str], None] | None = print,
 ) -> dict:
     """Run the formats in this process, which must have OMP_NUM_THREADS=1 (see run_fresh);
-    with ``out``, the document is rewritten after every format."""
+    with ``out``, the document is rewritten every 50 cases (a stopped run keeps its part)."""
     from privlearn.bench.fuzz import FORMATS, PRESET
 
     if os.environ.get("OMP_NUM_THREADS") != "1":
         raise RuntimeError("fuzz cases fork: run them via run_fresh (OMP_NUM_THREADS=1)")
     doc = {**environment(PRESET), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "formats": {}}
+
+    def save(part: dict) -> None:
+        doc["formats"][part["format"]] = part
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(doc, indent=1, default=repr))
+
     for name in formats:
         part = run_format(
-            FORMATS[name](), cases, seed=seed, only=only, timeout=timeout, progress=progress
+            FORMATS[name](),
+            cases,
+            seed=seed,
+            only=only,
+            timeout=timeout,
+            progress=progress,
+            partial=save,
         )
-        doc["formats"][name] = part
+        save(part)
         if progress:
             progress(
                 f"{name}: {part['cases']} cases, {part['cases_per_s']}/s, " + _line(part["counts"])
             )
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(doc, indent=1, default=repr))
     return doc
 
 
