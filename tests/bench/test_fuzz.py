@@ -125,15 +125,28 @@ def test_a_config_unlike_its_yaml_is_silent_wrong(tmp_path):
     assert "epochs" in fmt.judge("t", {"cfg": cfg, "parsed": {"epochs": 3}}, None)
 
 
+SESSION_FORMATS = ["client-reply", "server-request"]  # each sets up a training session (~20 s)
+
+
+def _runs(tmp_path, formats):
+    doc = run_fresh(formats, 2, tmp_path / "fuzz.json", timeout=60)
+    assert list(doc["formats"]) == formats
+    for name, part in doc["formats"].items():
+        assert sum(part["counts"].values()) == part["cases"] == 2, name
+    assert doc["openfhe"] and doc["preset"] == "toy-n12"
+
+
 @pytest.mark.openfhe
-def test_every_format_runs_a_few_cases(tmp_path):
+def test_every_quick_format_runs_a_few_cases(tmp_path):
     """In a fresh interpreter with one OpenMP thread, as the command runs them: OpenFHE
     operations in forked children hang otherwise."""
-    doc = run_fresh(list(FORMATS), 3, tmp_path / "fuzz.json", timeout=60)
-    assert set(doc["formats"]) == set(FORMATS)
-    for name, part in doc["formats"].items():
-        assert sum(part["counts"].values()) == part["cases"] == 3, name
-    assert doc["openfhe"] and doc["preset"] == "toy-n12"
+    _runs(tmp_path, [f for f in FORMATS if f not in SESSION_FORMATS])
+
+
+@pytest.mark.slow
+@pytest.mark.openfhe
+def test_the_session_formats_run_a_few_cases(tmp_path):
+    _runs(tmp_path, SESSION_FORMATS)
 
 
 @pytest.mark.slow
