@@ -380,7 +380,7 @@ def run_format(
                 "target": target,
                 "mutation": mutation,
                 "class": cls,
-                "detail": detail[:600],
+                "detail": detail.replace(str(work), "<work>")[:600],
                 "seconds": round(time.perf_counter() - started, 3),
             }
             for key in ("raised_at", "privlearn_frame"):
