@@ -161,3 +161,20 @@ def test_a_thousand_cases_per_format_end_in_no_crash_hang_unclean_error_or_code_
         for name, part in doc["formats"].items()
     }
     assert not any(bad.values()), bad
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--format", "pdf"], ["--format 'pdf'", "yaml-config"]),
+        (["--case", "3"], ["--case re-runs one case", "--format"]),
+    ],
+)
+def test_bad_options_are_one_line_errors(args, words):
+    from typer.testing import CliRunner
+
+    from privlearn.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "fuzz", *args], terminal_width=200)
+    assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
+    assert all(w in result.stderr for w in words), result.stderr
