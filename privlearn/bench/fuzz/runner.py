@@ -407,7 +407,7 @@ def _line(counts: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in counts.items() if v)
 
 
-def environment(preset: str) -> dict:
+def environment(preset: str, timeout: float) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -421,7 +421,7 @@ def environment(preset: str) -> dict:
         "torch": version("torch"),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "timeout_s": TIMEOUT_S,
+        "timeout_s": timeout,
         "memory_limit_gb": MEMORY_GB,
     }
 
@@ -442,7 +442,11 @@ def run(
 
     if os.environ.get("OMP_NUM_THREADS") != "1":
         raise RuntimeError("fuzz cases fork: run them via run_fresh (OMP_NUM_THREADS=1)")
-    doc = {**environment(PRESET), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "formats": {}}
+    doc = {
+        **environment(PRESET, timeout),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "formats": {},
+    }
 
     def save(part: dict) -> None:
         doc["formats"][part["format"]] = part
