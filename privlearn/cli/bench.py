@@ -428,3 +428,48 @@ def robustness(
         (out / f"cost-{device}.json").write_text(json.dumps(doc, indent=1))
         bench.print_cost(doc, console)
     console.print(f"wrote {out}/")
+
+
+@app.command("fuzz")
+def fuzz(
+    formats: list[str] = typer.Option(
+        [], "--format", help="input formats, repeatable", show_default="all"
+    ),
+    cases: int = typer.Option(1000, min=1, help="cases per format"),
+    case: int = typer.Option(
+        None, min=0, help="re-run only this case of one --format, with its traceback"
+    ),
+    seed: int = typer.Option(0, help="seed of the mutations (a case is format, seed, index)"),
+    timeout: float = typer.Option(30.0, min=1, help="seconds a case may run before it hangs"),
+    out: Path = typer.Option(
+        Path("results/bench-fuzz.json"),
+        help="JSON output (and the Markdown table and findings beside it)",
+        callback=check_out_file,
+    ),
+) -> None:
+    """Mutated ciphertexts, bundles, messages, checkpoints and configs, each in a forked child:
+    clean / unclean / crash / hang / silent wrong / code execution per format."""
+    import tempfile
+
+    from privlearn.bench.fuzz import FORMATS
+    from privlearn.bench.fuzz.report import findings, table
+    from privlearn.bench.fuzz.runner import run_fresh
+
+    names = formats or list(FORMATS)
+    choices("format", names, FORMATS)
+    if case is not None:
+        if len(names) != 1:
+            raise UsageError("--case re-runs one case: name its --format")
+        with tempfile.TemporaryDirectory() as tmp:
+            doc = run_fresh(
+                names, 1, Path(tmp) / "case.json", seed=seed, only=case, timeout=timeout
+            )
+        record = doc["formats"][names[0]]["findings"][0]
+        console.print(json.dumps({k: v for k, v in record.items() if k != "traceback"}, indent=1))
+        console.print(record.get("traceback") or "")
+        return
+    doc = run_fresh(names, cases, out, seed=seed, timeout=timeout)
+    md = table(doc)
+    out.with_suffix(".md").write_text(md + "\n\n" + findings(doc))
+    console.print(md)
+    console.print(f"wrote {out} and {out.with_suffix('.md')}")
