@@ -437,7 +437,10 @@ def fuzz(
     ),
     cases: int = typer.Option(1000, min=1, help="cases per format"),
     case: int = typer.Option(
-        None, min=0, help="re-run only this case of one --format, with its traceback"
+        None,
+        min=0,
+        show_default="every case",
+        help="re-run only this case of one --format, with its traceback",
     ),
     seed: int = typer.Option(0, help="seed of the mutations (a case is format, seed, index)"),
     timeout: float = typer.Option(30.0, min=1, help="seconds a case may run before it hangs"),

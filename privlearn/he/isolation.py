@@ -94,14 +94,20 @@ class _Worker:
 
 _lock = threading.Lock()  # one request at a time: a session's client and server share the worker
 _worker: _Worker | None = None
+_owner = 0  # the process that started it: a fork of the caller starts its own
+_generation = 0  # which worker this is, so that material is loaded again into a new one
 
 
-def _ask(request: tuple, timeout: float) -> dict:
-    global _worker
+def _ask(request: tuple, timeout: float, material: Material | None = None) -> dict:
+    global _worker, _owner, _generation
     with _lock:
-        if _worker is None or not _worker.alive():
-            _worker = _Worker()
+        if _worker is None or _owner != os.getpid() or not _worker.alive():
+            _worker, _owner, _generation = _Worker(), os.getpid(), _generation + 1
         try:
+            if material is not None and material.generation != _generation:
+                load = ("load", material.key, material.public, False)
+                _raise_for(_worker.ask(load, LOAD_TIMEOUT_S), "public material")
+                material.generation = _generation
             return _worker.ask(request, timeout)
         except (EOFError, OSError):
             _worker = None
@@ -121,7 +127,8 @@ def _raise_for(answer: dict, what: str) -> None:
 
 class Material:
     """A context's public material loaded in the worker, for :meth:`check`; dropped from the
-    worker when this object is collected."""
+    worker when this object is collected, loaded again if the worker had to be restarted (or
+    the caller forked)."""
 
     def __init__(self, sections: dict[str, bytes | Path], *, trusted: bool, what: str) -> None:
         """``sections``: "context", "public_key", "relin_key" and optionally
@@ -130,19 +137,21 @@ class Material:
         self.key = uuid.uuid4().hex
         plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in sections.items()}
         _raise_for(_ask(("load", self.key, plain, not trusted), LOAD_TIMEOUT_S), what)
+        self.public = {k: plain[k] for k in ("context", "public_key", "relin_key")}
+        self.generation = _generation
         weakref.finalize(self, _drop, self.key)
 
     def check(self, payloads: Sequence[bytes], expect: Sequence[tuple[int, int]], tag: str):
         """Parse ``payloads`` (OpenFHE ciphertexts) and run the canary on each in a fork; raise
         if one is refused. ``expect``: each one's (OpenFHE level, noise scale degree)."""
         timeout = _check_timeout(len(payloads))
-        answer = _ask(("check", self.key, list(payloads), list(expect), tag), timeout)
+        answer = _ask(("check", self.key, list(payloads), list(expect), tag), timeout, self)
         what = "ciphertext" if len(payloads) == 1 else f"ciphertext {answer.get('index', '?')}"
         _raise_for(answer, what)
 
 
 def _drop(key: str) -> None:
-    if _worker is not None and _worker.alive():
+    if _worker is not None and _owner == os.getpid() and _worker.alive():
         with contextlib.suppress(CorruptError):
             _ask(("drop", key), 10)
 

@@ -85,3 +85,29 @@ def test_hostile_ciphertexts_never_take_the_client_or_the_server_down():
 def test_many_hostile_ciphertexts_are_isolated_not_fatal():
     out = _hostile(seed=1, cases=600)
     assert sum(out.values()) == 1200 and out["isolated"] > 0
+
+
+@pytest.mark.openfhe
+def test_a_fork_of_the_caller_gets_a_worker_of_its_own_with_the_material_loaded():
+    """A forked child saw the parent's worker as gone, started a new one without the
+    parent's material, and refused every ciphertext."""
+    import numpy as np
+
+    from privlearn.he import ClientContext, Evaluator
+
+    client = ClientContext.create("toy-n12", "openfhe", seed=8, insecure_for_testing=True)
+    ev = Evaluator.from_bundle(client.public_bundle(), insecure_for_testing=True)
+    blob = client.serialize(client.encrypt(np.ones(4)))
+    ev.deserialize(blob)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ev.deserialize(blob)
+            os.write(write_end, b"ok")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read_end, 2) == b"ok"
+    ev.deserialize(blob)  # the parent's worker is still its own
