@@ -171,6 +171,7 @@ class Client(_OpenFHEMixin, ClientContext):
         self._public_key, self._secret_key = keys.publicKey, keys.secretKey
         self._tag = self.key_id = self._secret_key.GetKeyTag()
         self._cc.EvalMultKeyGen(self._secret_key)
+        self._relin = self._cc.GetEvalMultKeyVector(self._tag)
         self._bootstrap_ready = False
         self._material: isolation.Material | None = None
 
@@ -180,7 +181,7 @@ class Client(_OpenFHEMixin, ClientContext):
             sections = {
                 "context": ofhe.Serialize(self._cc, SER),
                 "public_key": ofhe.Serialize(self._public_key, SER),
-                "relin_key": ofhe.SerializeEvalMultKeyString(SER, self._tag),
+                "relin_key": self._relin_key_bytes(),
             }
             self._material = isolation.Material(sections, trusted=True, what="own keys")
         return self._material
@@ -217,7 +218,7 @@ class Client(_OpenFHEMixin, ClientContext):
         sections: dict[str, bytes | Path] = {
             "context": ofhe.Serialize(cc, SER),
             "public_key": ofhe.Serialize(self._public_key, SER),
-            "relin_key": ofhe.SerializeEvalMultKeyString(SER, tag),
+            "relin_key": self._relin_key_bytes(),
         }
         if rotations or conjugation or bootstrap:
             if path is None:
@@ -243,6 +244,14 @@ class Client(_OpenFHEMixin, ClientContext):
         return io.pack(
             "public_bundle", BACKEND, self.params.fingerprint(), io.pack_sections(sections), meta
         )
+
+    def _relin_key_bytes(self) -> bytes:
+        """This client's relinearisation key as OpenFHE's table holds it, put back from the
+        client's own copy if the table has none for its tag (a bundle that failed to load in
+        this process may have emptied it)."""
+        if self._tag not in ofhe.CryptoContext.GetAllEvalMultKeys():
+            self._cc.InsertEvalMultKey(self._relin, self._tag)
+        return ofhe.SerializeEvalMultKeyString(SER, self._tag)
 
     def _secret_key_bytes(self) -> bytes:
         """For tests that prove the secret key never leaves: its serialized form."""
@@ -271,16 +280,23 @@ def load_relin_key(cc, blob: bytes, tag: str) -> None:
     """Make ``blob``'s relinearisation key the one OpenFHE's process-wide table holds for key
     tag ``tag``. The table takes one key vector per tag and refuses a second, so in one process
     a bundle's key was never used (the client's, generated first, stayed). Other tags' keys are
-    put back."""
-    others = {t: v for t, v in ofhe.CryptoContext.GetAllEvalMultKeys().items() if t != tag}
+    put back, and on failure the table is left as it was."""
+    before = dict(ofhe.CryptoContext.GetAllEvalMultKeys())
     ofhe.ClearEvalMultKeys()
     try:
         ofhe.DeserializeEvalMultKeyString(blob, SER)
         if tag not in ofhe.CryptoContext.GetAllEvalMultKeys():
             raise io.CorruptError("the relinearisation key is under another key pair")
-    finally:
-        for t, v in others.items():
-            cc.InsertEvalMultKey(v, t)
+    except BaseException:
+        ofhe.ClearEvalMultKeys()
+        _insert_relin_keys(cc, before)
+        raise
+    _insert_relin_keys(cc, {t: v for t, v in before.items() if t != tag})
+
+
+def _insert_relin_keys(cc, keys: dict) -> None:
+    for t, v in keys.items():
+        cc.InsertEvalMultKey(v, t)
 
 
 class Evaluator(_OpenFHEMixin, _EvaluatorBase):

@@ -270,3 +270,19 @@ def test_header_fields_of_the_wrong_type_are_corrupt_not_type_errors(field):
     h = json.dumps(header, sort_keys=True).encode()
     with pytest.raises(io.CorruptError, match="header"):
         io.unpack(b"PLHE" + len(h).to_bytes(4, "big") + h + b"abc", kind="ciphertext")
+
+
+@pytest.mark.openfhe
+def test_a_bundle_that_fails_to_load_leaves_the_clients_keys_as_they_were():
+    client = ClientContext.create("toy-n12", "openfhe", seed=9, insecure_for_testing=True)
+    env = io.unpack(client.public_bundle(), kind="public_bundle")
+    sections = io.unpack_sections(env.payload)
+    sections["relin_key"] = sections["relin_key"][:-64]  # truncated inside OpenFHE's format
+    forged = io.pack(
+        "public_bundle", env.backend, env.params_fingerprint, io.pack_sections(sections), env.meta
+    )
+    with pytest.raises(io.CorruptError):
+        Evaluator.from_bundle(forged, insecure_for_testing=True)
+    ev = Evaluator.from_bundle(client.public_bundle(), insecure_for_testing=True)
+    x = client.encrypt(np.full(4, 0.5))
+    assert np.allclose(client.decrypt(ev.mul(x, x))[:4], 0.25, atol=1e-4)
