@@ -20,14 +20,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import deque
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from privlearn.he import Ciphertext, ClientContext, Evaluator
 from privlearn.he.backend import _Context
-from privlearn.he.flooding import flood, flooding_sigma
-from privlearn.linalg.packing import BlockShape, EncMatrix, Layout, padded_classes
+from privlearn.he.flooding import flood, flooding_sigma, security_bits
+from privlearn.linalg.packing import BlockShape, EncMatrix, Layout
 from privlearn.transfer.protocol import Endpoint, Message, ProtocolError
 from privlearn.transfer.reference import EarlyStopping, add_bias, fixed_batches, one_hot
 from privlearn.transfer.train import EncryptedTrainer, TrainSpec, brier_from_squared_errors
@@ -307,18 +308,26 @@ class Client:
         return msgs
 
     # replies the client reads
+    # The flooding's error bound (_error_bound): _FLOOD_SIGMAS standard deviations of the error
+    # estimated from _FLOOD_TRIALS simulated validations, at that std's 99.9 % upper confidence
+    # limit (4 squared normal errors sum to over 0.0908 σ² with probability 99.9 %: χ²₄).
+    _FLOOD_SIGMAS = 6.0
+    _FLOOD_TRIALS = 4
+    _CHI2_4_AT_0001 = 0.0908
+
     def validation(self, reply: Message, y: np.ndarray) -> dict[str, float]:
         """Decrypt a ``validate`` reply: the Brier score computed under encryption, its
         flooded copy (only that may steer a decision the server learns: IND-CPA^D, see
-        privlearn.he.flooding), and the accuracy of the decrypted probabilities."""
+        privlearn.he.flooding), the accuracy of the decrypted probabilities, and what the
+        flooding covers: the error bound, σ and the statistical security they give."""
         reply.expect("squared_errors")
         count, n = reply.meta["count"], len(y)
         sums = [self.ctx.decrypt(self.ctx.deserialize(b)) for b in reply.blobs[:count]]
         loss = brier_from_squared_errors(sums, n, self.block, self.spec.classes)
-        copies = self.block.s1 // padded_classes(self.spec.classes)  # as the loss divides
-        bound = self._error_bound(sum(s.size for s in sums)) / copies / n
+        bound = self._error_bound(n)
         kw = {"statistical_security": self.flood_security, "queries": self.spec.epochs}
         noisy = float(flood(np.array(loss), bound, rng=self._flood_rng, **kw))
+        sigma = flooding_sigma(bound, **kw)
         probs, start = [], count
         for meta in reply.meta["probabilities"]:
             p = read_matrix(self.ctx, meta, reply.blobs[start : start + meta["count"]])
@@ -329,22 +338,70 @@ class Client:
             "val_brier": loss,
             "val_brier_flooded": noisy,
             "val_accuracy": float(np.mean(pred == y)),
-            "flooding_sigma": flooding_sigma(bound, **kw),
+            "flooding_bound": bound,
+            "flooding_sigma": sigma,
+            "flooding_bits": security_bits(sigma, bound, queries=self.spec.epochs),
         }
 
-    def _error_bound(self, terms: int) -> float:
-        """A bound on the CKKS error of a sum of ``terms`` decrypted slots: 6 standard
-        deviations of the calibrated per-slot error of a fresh (or bootstrapped) ciphertext.
+    def _error_bound(self, rows: int) -> float:
+        """An estimated upper bound on the CKKS error of the Brier score over ``rows``
+        validation rows: everything the validation computation accumulates (encryption,
+        key switches, rescales, refreshes or bootstraps, amplified by the products, the
+        softmax polynomial and the squares), not only this decryption's noise.
 
-        It covers the noise of this decryption, not the error the encrypted computation
-        accumulated before it (~1e-8 on a validation loss here): a flooding that covered that
-        too (σ ≈ 2^15 · 1e-8 · √epochs) would drown the differences early stopping compares.
-        What protects the key is that the server gets one bit per epoch; see the README."""
-        from privlearn.he.simulator import NoiseModel
+        Estimated, not proven: :attr:`_batch_error_std` runs the same validation on the
+        simulator, whose per-operation noise is calibrated on OpenFHE for this preset. The
+        bound is ``_FLOOD_SIGMAS`` of that std's 99.9 % upper confidence limit per batch,
+        and batches add (triangle inequality): ⌈rows/b⌉ of them over ``rows``. The error the
+        weights carry from training is not simulated; the margin has to absorb it (see
+        docs/transfer.md for the figures measured against real runs)."""
+        b = self.spec.batch_size
+        return self._FLOOD_SIGMAS * self._batch_error_std * -(-rows // b) * b / rows
 
-        noise = NoiseModel.for_params(self.ctx.params)
-        per_slot = noise.bootstrap if self.spec.refresh == "bootstrap" else noise.fresh
-        return 6 * per_slot * np.sqrt(2 * terms)
+    @cached_property
+    def _batch_error_std(self) -> float:
+        """The 99.9 % upper confidence limit of the std of the Brier error of one full
+        validation batch, from ``_FLOOD_TRIALS`` validations on the simulator at this preset and
+        spec, each with fresh noise and public worst-case inputs: rows of norm 1 (the scaled
+        features' limit), logits reaching ±0.99 of the spec's range, random labels. All of
+        it is public, so it is seeded: the server could recompute it."""
+        from privlearn.he import simulator
+        from privlearn.transfer.reference import brier
+
+        spec, c, b = self.spec, self.spec.classes, self.spec.batch_size
+        bootstrap = spec.refresh == "bootstrap"
+        rng = np.random.default_rng(0)
+        errors = []
+        for _ in range(self._FLOOD_TRIALS):
+            ctx = simulator.Client(self.ctx.params, seed=int(rng.integers(2**62)))
+            rots, conj = spec.keys(ctx.slots)
+            ev = simulator.Evaluator(
+                self.ctx.params, rots, conj, bootstrap, ctx.key_id, seed=int(rng.integers(2**62))
+            )
+            x = rng.normal(size=(b, spec.features - 1))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            y = rng.integers(0, c, b)
+            w = rng.normal(size=(c, spec.features))
+            w *= 0.99 * spec.logit_range / np.abs(add_bias(x) @ w.T).max()
+            enc_w = EncMatrix.encrypt(ctx, w * spec.weight_scale, self.block, Layout.ROW_TILED)
+            refresh = (
+                None
+                if bootstrap
+                else (lambda cts, lvl, ctx=ctx: [ctx.refresh(ct, level=lvl) for ct in cts])
+            )
+            trainer = EncryptedTrainer(ev, spec, enc_w, refresh=refresh)
+            (up,) = Client(ctx, spec).batches(
+                x, y, "val", spec.data_level(ctx.slots, 1 if bootstrap else 0)
+            )
+            nx = up.meta["x"]["count"]
+            batch = (
+                read_matrix(ev, up.meta["x"], up.blobs[:nx]),
+                read_matrix(ev, up.meta["y"], up.blobs[nx:]),
+            )
+            sums, _ = trainer.validate([batch])
+            loss = brier_from_squared_errors([ctx.decrypt(s) for s in sums], b, self.block, c)
+            errors.append(loss - brier(spec.softmax_method().reference(add_bias(x) @ w.T), y))
+        return float(np.sqrt(np.sum(np.square(errors)) / self._CHI2_4_AT_0001))
 
     def predictions(self, reply: Message, rows: int) -> np.ndarray:
         """Decrypted logits, or probabilities if they were asked for."""
