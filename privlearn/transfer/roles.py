@@ -352,9 +352,12 @@ class Client:
         Estimated, not proven: :attr:`_batch_error_std` runs the same validation on the
         simulator, whose per-operation noise is calibrated on OpenFHE for this preset. The
         bound is ``_FLOOD_SIGMAS`` of that std's 99.9 % upper confidence limit per batch,
-        and batches add (triangle inequality): ⌈rows/b⌉ of them over ``rows``. The error the
-        weights carry from training is not simulated; the margin has to absorb it (see
-        docs/transfer.md for the figures measured against real runs)."""
+        and batches add (triangle inequality): ⌈rows/b⌉ of them over ``rows``.
+
+        Not covered: the error the weights carry from training. Early epochs at a high
+        learning rate can exceed the bound with it (wine, n15-d11: 2.5 times in epoch 2, so
+        27 bits there, not 30); a σ covering it would be ~10 times larger and would spoil
+        early stopping. docs/transfer.md has the figures."""
         b = self.spec.batch_size
         return self._FLOOD_SIGMAS * self._batch_error_std * -(-rows // b) * b / rows
 

@@ -4,6 +4,8 @@ The released value is the Brier score the server computed under encryption; its 
 its difference from the plaintext reference running the same algorithm (same approximation,
 same batches). The error bound the client floods with must cover that error, so that σ gives
 the configured statistical security against it, not only against the last decryption's noise.
+The bound covers the validation computation; these problems (lr 4) add little training error
+to it, unlike wine's first epochs at lr 8 (docs/transfer.md), which exceed it.
 """
 
 from __future__ import annotations
