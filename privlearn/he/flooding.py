@@ -21,6 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 
+class FloodingWarning(UserWarning):
+    """Flooding gives less statistical security than configured against an error bound."""
+
+
 def flooding_sigma(
     error_bound: float, *, statistical_security: int = 30, queries: int = 1
 ) -> float:
