@@ -337,8 +337,8 @@ class Client:
             warnings.warn(
                 f"noise flooding gives {bits_with_training:.1f} bits of statistical security "
                 f"against the CKKS error the weights bring from training (estimated), short of "
-                f"the configured {self.flood_security}: a σ covering it would stall early "
-                f"stopping (see docs/transfer.md, 'Flooding: what σ covers')",
+                f"the configured {self.flood_security}: flooding for it as well would make "
+                f"early stopping's choices noisy (docs/transfer.md, 'Flooding: what σ covers')",
                 FloodingWarning,
                 stacklevel=2,
             )
@@ -365,7 +365,7 @@ class Client:
         encryption, key switches, rescales, refreshes or bootstraps, amplified by the
         products, the softmax polynomial and the squares; σ is sized for this one), and of
         that plus the error the weights bring from training (reported, not flooded: a σ
-        covering it would be ~10 times larger, enough to spoil early stopping).
+        covering it would be 4–7 times larger, enough to blur early stopping).
 
         Estimated, not proven: :attr:`_simulated_error_stds` runs the same computations on
         the simulator, whose per-operation noise is calibrated on OpenFHE for this preset.
