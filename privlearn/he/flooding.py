@@ -8,6 +8,10 @@ decrypted values restores security (IND-CPA^D), with a standard deviation of ord
 and a bound ``B`` on the CKKS error of each value. That is the Gaussian mechanism's Rényi
 divergence argument: a shift by at most ``B`` under noise ``σ`` costs ``q·B²/(2σ²)``.
 
+``B`` must bound the error the whole computation accumulated, not only the noise of the last
+decryption: the attack reads the key out of the difference between the decrypted value and the
+exact one. :func:`security_bits` inverts the formula, for reporting what a given σ achieves.
+
 Use :func:`flood` on anything decrypted that another party will see (a decision derived from a
 decrypted value counts). Values the client keeps need no flooding.
 """
@@ -15,6 +19,10 @@ decrypted value counts). Values the client keeps need no flooding.
 from __future__ import annotations
 
 import numpy as np
+
+
+class FloodingWarning(UserWarning):
+    """Flooding gives less statistical security than configured against an error bound."""
 
 
 def flooding_sigma(
@@ -25,6 +33,14 @@ def flooding_sigma(
     if error_bound <= 0 or queries < 1 or statistical_security < 1:
         raise ValueError("need error_bound > 0, queries >= 1, statistical_security >= 1")
     return float(2.0 ** (statistical_security / 2) * np.sqrt(queries) * error_bound)
+
+
+def security_bits(sigma: float, error_bound: float, *, queries: int = 1) -> float:
+    """The statistical security ``s`` that noise of standard deviation ``sigma`` gives values
+    with CKKS error at most ``error_bound`` over ``queries`` releases (flooding_sigma inverted)."""
+    if sigma <= 0 or error_bound <= 0 or queries < 1:
+        raise ValueError("need sigma > 0, error_bound > 0, queries >= 1")
+    return float(2 * np.log2(sigma / (np.sqrt(queries) * error_bound)))
 
 
 def flood(

@@ -20,15 +20,18 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import warnings
 from collections import deque
+from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from privlearn.he import Ciphertext, ClientContext, Evaluator
 from privlearn.he.backend import _Context
-from privlearn.he.flooding import flood, flooding_sigma
-from privlearn.linalg.packing import BlockShape, EncMatrix, Layout, padded_classes
+from privlearn.he.flooding import FloodingWarning, flood, flooding_sigma, security_bits
+from privlearn.linalg.packing import BlockShape, EncMatrix, Layout
 from privlearn.transfer.protocol import Endpoint, Message, ProtocolError, SessionAborted
 from privlearn.transfer.reference import EarlyStopping, add_bias, fixed_batches, one_hot
 from privlearn.transfer.train import EncryptedTrainer, TrainSpec, brier_from_squared_errors
@@ -332,18 +335,38 @@ class Client:
         return msgs
 
     # replies the client reads
+    # The flooding's error bounds (_error_bounds): _FLOOD_SIGMAS standard deviations of errors
+    # estimated from _FLOOD_TRIALS simulated runs, at that std's 99.9 % upper confidence limit
+    # (4 squared normal errors sum to over 0.0908 σ² with probability 99.9 %: χ²₄).
+    _FLOOD_SIGMAS = 6.0
+    _FLOOD_TRIALS = 4
+    _CHI2_4_AT_0001 = 0.0908
+
     def validation(self, reply: Message, y: np.ndarray) -> dict[str, float]:
         """Decrypt a ``validate`` reply: the Brier score computed under encryption, its
         flooded copy (only that may steer a decision the server learns: IND-CPA^D, see
-        privlearn.he.flooding), and the accuracy of the decrypted probabilities."""
+        privlearn.he.flooding), the accuracy of the decrypted probabilities, and what the
+        flooding covers: the bound on the validation computation's error σ is sized for,
+        σ, the security against that bound, and the security against the bound with the
+        weights' training error added (warned about when below ``flood_security``)."""
         reply.expect("squared_errors")
         count, n = reply.meta["count"], len(y)
         sums = [self.ctx.decrypt(self.ctx.deserialize(b)) for b in reply.blobs[:count]]
         loss = brier_from_squared_errors(sums, n, self.block, self.spec.classes)
-        copies = self.block.s1 // padded_classes(self.spec.classes)  # as the loss divides
-        bound = self._error_bound(sum(s.size for s in sums)) / copies / n
+        bound, with_training = self._error_bounds(n)
         kw = {"statistical_security": self.flood_security, "queries": self.spec.epochs}
         noisy = float(flood(np.array(loss), bound, rng=self._flood_rng, **kw))
+        sigma = flooding_sigma(bound, **kw)
+        bits_with_training = security_bits(sigma, with_training, queries=self.spec.epochs)
+        if bits_with_training < self.flood_security:
+            warnings.warn(
+                f"noise flooding gives {bits_with_training:.1f} bits of statistical security "
+                f"against the CKKS error the weights bring from training (estimated), short of "
+                f"the configured {self.flood_security}: flooding for it as well would make "
+                f"early stopping's choices noisy (docs/transfer.md, 'Flooding: what σ covers')",
+                FloodingWarning,
+                stacklevel=2,
+            )
         probs, start = [], count
         for meta in reply.meta["probabilities"]:
             p = read_matrix(self.ctx, meta, reply.blobs[start : start + meta["count"]])
@@ -354,22 +377,106 @@ class Client:
             "val_brier": loss,
             "val_brier_flooded": noisy,
             "val_accuracy": float(np.mean(pred == y)),
-            "flooding_sigma": flooding_sigma(bound, **kw),
+            "flooding_bound": bound,
+            "flooding_sigma": sigma,
+            "flooding_bits": security_bits(sigma, bound, queries=self.spec.epochs),
+            "flooding_bound_with_training": with_training,
+            "flooding_bits_with_training": bits_with_training,
         }
 
-    def _error_bound(self, terms: int) -> float:
-        """A bound on the CKKS error of a sum of ``terms`` decrypted slots: 6 standard
-        deviations of the calibrated per-slot error of a fresh (or bootstrapped) ciphertext.
+    def _error_bounds(self, rows: int) -> tuple[float, float]:
+        """Estimated upper bounds on the CKKS error of the Brier score over ``rows``
+        validation rows: of the validation computation (everything it accumulates:
+        encryption, key switches, rescales, refreshes or bootstraps, amplified by the
+        products, the softmax polynomial and the squares; σ is sized for this one), and of
+        that plus the error the weights bring from training (reported, not flooded: a σ
+        covering it would be 4–7 times larger, enough to blur early stopping).
 
-        It covers the noise of this decryption, not the error the encrypted computation
-        accumulated before it (~1e-8 on a validation loss here): a flooding that covered that
-        too (σ ≈ 2^15 · 1e-8 · √epochs) would drown the differences early stopping compares.
-        What protects the key is that the server gets one bit per epoch; see the README."""
-        from privlearn.he.simulator import NoiseModel
+        Estimated, not proven: :attr:`_simulated_error_stds` runs the same computations on
+        the simulator, whose per-operation noise is calibrated on OpenFHE for this preset.
+        Each bound is ``_FLOOD_SIGMAS`` of a std's 99.9 % upper confidence limit per batch,
+        and batches add (triangle inequality): ⌈rows/b⌉ of them over ``rows``.
+        docs/transfer.md compares them with the errors of real runs."""
+        b = self.spec.batch_size
+        scale = self._FLOOD_SIGMAS * -(-rows // b) * b / rows
+        validation, training = self._simulated_error_stds
+        return scale * validation, scale * (validation + training)
 
-        noise = NoiseModel.for_params(self.ctx.params)
-        per_slot = noise.bootstrap if self.spec.refresh == "bootstrap" else noise.fresh
-        return 6 * per_slot * np.sqrt(2 * terms)
+    @cached_property
+    def _simulated_error_stds(self) -> tuple[float, float]:
+        """99.9 % upper confidence limits of the std of the Brier error of one validation
+        batch, each from ``_FLOOD_TRIALS`` simulator runs at this preset and spec against the
+        exact computation: (1) validation alone, on public worst-case inputs (rows of norm 1,
+        the scaled features' limit; logits reaching ±0.99 of the spec's range; random
+        labels); (2) training from zero weights for up to 3 epochs of 2 batches, on
+        synthetic clustered data, validated after each epoch (the largest error counts).
+        All of it is public, so it is seeded: the server could recompute it."""
+        from privlearn.he import simulator
+        from privlearn.transfer.reference import brier, epoch_order, train_reference
+
+        spec, c, b, f = self.spec, self.spec.classes, self.spec.batch_size, self.spec.features
+        bootstrap = spec.refresh == "bootstrap"
+        params, rng = self.ctx.params, np.random.default_rng(0)
+
+        def trainer(w: np.ndarray, s: TrainSpec):
+            ctx = simulator.Client(params, seed=int(rng.integers(2**62)))
+            rots, conj = s.keys(ctx.slots)
+            ev = simulator.Evaluator(
+                params, rots, conj, bootstrap, ctx.key_id, seed=int(rng.integers(2**62))
+            )
+            enc_w = EncMatrix.encrypt(ctx, w * s.weight_scale, self.block, Layout.ROW_TILED)
+            refresh = (
+                None if bootstrap else lambda cts, lvl: [ctx.refresh(x, level=lvl) for x in cts]
+            )
+            level = s.data_level(ctx.slots, 1 if bootstrap else 0)
+
+            def upload(x, y, split):
+                for up in Client(ctx, s).batches(x, y, split, level):
+                    nx = up.meta["x"]["count"]
+                    yield (
+                        read_matrix(ev, up.meta["x"], up.blobs[:nx]),
+                        read_matrix(ev, up.meta["y"], up.blobs[nx:]),
+                    )
+
+            def loss(tr, val, y):
+                sums, _ = tr.validate(val)
+                return brier_from_squared_errors(
+                    [ctx.decrypt(x) for x in sums], len(y), self.block, c
+                )
+
+            return EncryptedTrainer(ev, s, enc_w, refresh=refresh), upload, loss
+
+        def validation_error() -> float:
+            x = rng.normal(size=(b, f - 1))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            y = rng.integers(0, c, b)
+            w = rng.normal(size=(c, f))
+            w *= 0.99 * spec.logit_range / np.abs(add_bias(x) @ w.T).max()
+            tr, upload, loss = trainer(w, spec)
+            exact = brier(spec.softmax_method().reference(add_bias(x) @ w.T), y)
+            return loss(tr, list(upload(x, y, "val")), y) - exact
+
+        def training_error() -> float:
+            s = replace(spec, epochs=min(spec.epochs, 3), early_stopping=False)
+            y = rng.integers(0, c, 3 * b)
+            x = rng.normal(size=(c, f - 1))[y] + 0.8 * rng.normal(size=(3 * b, f - 1))
+            x = (x - x.mean(0)) / x.std(0)
+            x /= np.linalg.norm(x, axis=1).max()
+            ref = train_reference(x[b:], y[b:], x[:b], y[:b], s)
+            tr, upload, loss = trainer(np.zeros((c, f)), s)
+            train, val = list(upload(x[b:], y[b:], "train")), list(upload(x[:b], y[:b], "val"))
+            worst = 0.0
+            for epoch, exact in enumerate(ref.val_losses):
+                for i in epoch_order(len(train), epoch, 0):
+                    tr.step(*train[i])
+                worst = max(worst, abs(loss(tr, val, y[:b]) - exact))
+            return worst
+
+        def upper_std(draw) -> float:
+            errors = [draw() for _ in range(self._FLOOD_TRIALS)]
+            return float(np.sqrt(np.sum(np.square(errors)) / self._CHI2_4_AT_0001))
+
+        return upper_std(validation_error), upper_std(training_error)
 
     def predictions(self, request: Message, reply: Message) -> np.ndarray:
         """Decrypted logits, or probabilities if ``request`` asked for them: what the client

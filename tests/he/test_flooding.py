@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privlearn.he.flooding import flood, flooding_sigma
+from privlearn.he.flooding import flood, flooding_sigma, security_bits
 
 
 def test_sigma_grows_with_security_and_queries():
@@ -30,3 +30,11 @@ def test_flooded_values_hide_an_error_shift():
 def test_complex_values_get_noise_on_both_parts():
     out = flood(np.zeros(1000, complex), 1e-6, rng=np.random.default_rng(1))
     assert out.real.std() > 0 and out.imag.std() > 0
+
+
+def test_security_bits_inverts_the_sigma():
+    sigma = flooding_sigma(3e-9, statistical_security=30, queries=10)
+    assert security_bits(sigma, 3e-9, queries=10) == pytest.approx(30)
+    assert security_bits(sigma, 6e-9, queries=10) == pytest.approx(28)  # twice the error: -2 bits
+    with pytest.raises(ValueError):
+        security_bits(sigma, 0.0)

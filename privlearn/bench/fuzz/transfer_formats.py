@@ -59,7 +59,7 @@ class _Session(Format):
         )
         self.ctx = ClientContext.create(PRESET, "openfhe", insecure_for_testing=True)
         self.client = Client(self.ctx, self.spec, seed=0)
-        self.server = Server(workdir / "server", insecure_for_testing=True)
+        self.server = Server(workdir / "server", bundle_root=workdir, insecure_for_testing=True)
         self.server.endpoint = _Direct(self.client.handle)
         self.level = self.spec.data_level(self.ctx.slots, spare=0)
         self.server.handle(self.client.setup(workdir / "bundle"))
@@ -145,7 +145,7 @@ class ServerRequest(_Session):
 
     def follow_up(self) -> Any:
         reply = self.server.handle(self.probe)
-        return vector(self.client.predictions(reply, 8).reshape(-1))
+        return vector(self.client.predictions(self.probe, reply).reshape(-1))
 
     def base(self, target):
         return self.msgs[target].to_bytes()
@@ -214,5 +214,5 @@ class ClientReply(_Session):
             v = self.client.validation(msg, self.yv)
             return {k: v[k] for k in ("val_brier", "val_accuracy", "flooding_sigma")}
         if target == "predictions":
-            return vector(self.client.predictions(msg, 8).reshape(-1))
+            return vector(self.client.predictions(self.probe, msg).reshape(-1))
         return vector(self.client.weights(msg, self.epoch).reshape(-1))
