@@ -85,6 +85,17 @@ def _positive(v: Any) -> bool:
     return v > 0 and math.isfinite(v)
 
 
+def _finite_values(v: Any) -> bool:
+    """What a hyper-parameter mapping may hold (mu: .inf once passed as a value)."""
+    if isinstance(v, dict):
+        return all(_finite_values(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_finite_values(x) for x in v)
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return v is None or isinstance(v, (bool, int, str))
+
+
 INT_LIMIT = 2**63  # ints reach torch and numpy as int64
 MAX_WIDTH = 2**16  # a model with wider layers does not fit in memory
 
@@ -124,6 +135,10 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("defence", lambda v: v in DEFENCES, f"must be one of {', '.join(sorted(DEFENCES))}"),
     ("device", lambda v: re.fullmatch(r"cpu|cuda(:\d+)?", v), "must be cpu, cuda or cuda:N"),
     *((k, lambda v: v.strip() != "", "must not be empty") for k in ("out", "data_root")),
+    *(
+        (k, _finite_values, "values must be finite numbers, strings, lists or mappings")
+        for k in ("algo_params", "attack_params", "defence_params")
+    ),
 )
 
 

@@ -415,6 +415,8 @@ def test_a_resigned_payload_torch_cannot_read_is_refused_in_one_line(two_rounds,
         ("lr", "0.1"),
         ("lr", [0.1]),
         ("synthetic_iid", 1),
+        ("algo_params", {"mu": float("inf")}),
+        ("defence_params", {"beta": [float("nan")]}),
         # sizes that were clamped silently, overflowed or never finished planning
         ("clients_per_round", 10**12),
         ("epochs", 10**20),
