@@ -134,7 +134,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("attack", lambda v: v in ATTACKS, f"must be one of {', '.join(sorted(ATTACKS))}"),
     ("defence", lambda v: v in DEFENCES, f"must be one of {', '.join(sorted(DEFENCES))}"),
     ("device", lambda v: re.fullmatch(r"cpu|cuda(:\d+)?", v), "must be cpu, cuda or cuda:N"),
-    *((k, lambda v: v.strip() != "", "must not be empty") for k in ("out", "data_root")),
+    ("data_root", lambda v: v.strip() != "", "must not be empty (leave it unset)"),
     *(
         (k, _finite_values, "values must be finite numbers, strings, lists or mappings")
         for k in ("algo_params", "attack_params", "defence_params")

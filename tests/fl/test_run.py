@@ -425,7 +425,7 @@ def test_a_resigned_payload_torch_cannot_read_is_refused_in_one_line(two_rounds,
         ("beta", 10**30),  # no float is 10^30 exactly
         ("seed", 10**30),
         ("device", ""),
-        ("out", ""),
+        ("data_root", ""),
     ],
 )
 def test_config_values_out_of_range_are_refused_naming_the_key(key, value):
