@@ -18,11 +18,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+MAX_EPOCHS = 1_000  # a plan holds every epoch's sample order: beyond this it never fits
+
+
+def _refuse(field: str, accepted: str, value) -> None:
+    """One message form for a field out of range, naming the field as the config does
+    (`RunConfig` relies on these checks and prefixes "config key ")."""
+    raise ValueError(f"{field}: {accepted}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class Sampling:
     """Client sampling: `uniform` (a fixed number without replacement), `poisson` (each
-    client independently with probability `rate`), or `all`."""
+    client independently with probability `rate`, the config's sample_rate), or `all`.
+    Checks are written so that NaN fails them."""
 
     kind: str = "uniform"
     clients_per_round: int = 10
@@ -30,11 +39,11 @@ class Sampling:
 
     def __post_init__(self):
         if self.kind not in ("uniform", "poisson", "all"):
-            raise ValueError(f"sampling must be uniform, poisson or all, got {self.kind!r}")
-        if self.kind == "uniform" and self.clients_per_round < 1:
-            raise ValueError(f"clients_per_round must be >= 1, got {self.clients_per_round}")
-        if self.kind == "poisson" and not 0 < self.rate <= 1:
-            raise ValueError(f"poisson sampling rate must be in (0, 1], got {self.rate}")
+            _refuse("sampling", "must be uniform, poisson or all", self.kind)
+        if not self.clients_per_round >= 1:
+            _refuse("clients_per_round", "must be >= 1", self.clients_per_round)
+        if not 0 < self.rate <= 1:
+            _refuse("sample_rate", "must be a fraction in (0, 1]", self.rate)
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class LocalWork:
     (FedNova's heterogeneous work). stragglers: the fraction of the cohort that cannot finish
     (FedProx: round(K (1 - s)) clients stay active); policy `drop` leaves them out of the
     round (FedAvg in the FedProx paper), `partial` keeps their partial work: U{1..E-1}
-    epochs, or U{1..nb-1} steps when E = 1."""
+    epochs, or U{1..nb-1} steps when E = 1. Checks are written so that NaN fails them."""
 
     epochs: int = 1
     batch_size: int = 10
@@ -55,20 +64,17 @@ class LocalWork:
     drop_last: bool = False
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
-            )
-        if self.epochs_range is not None:
-            a, b = self.epochs_range
-            if not 1 <= a <= b:
-                raise ValueError(f"epochs_range must be (a, b) with 1 <= a <= b, got {(a, b)}")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            _refuse("epochs", f"must be in 1..{MAX_EPOCHS}", self.epochs)
+        if not self.batch_size >= 1:
+            _refuse("batch_size", "must be >= 1", self.batch_size)
+        er = self.epochs_range
+        if er is not None and not (len(er) == 2 and 1 <= er[0] <= er[1] <= MAX_EPOCHS):
+            _refuse("epochs_range", f"must be [a, b] with 1 <= a <= b <= {MAX_EPOCHS}", er)
         if not 0 <= self.stragglers < 1:
-            raise ValueError(f"stragglers must be a fraction in [0, 1), got {self.stragglers}")
+            _refuse("stragglers", "must be a fraction in [0, 1)", self.stragglers)
         if self.straggler_policy not in ("drop", "partial"):
-            raise ValueError(
-                f"straggler_policy must be drop or partial, got {self.straggler_policy!r}"
-            )
+            _refuse("straggler_policy", "must be drop or partial", self.straggler_policy)
 
 
 def sample_cohort(n_clients: int, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:

@@ -4,6 +4,10 @@ Every round writes `metrics.json` and a checkpoint (`checkpoint.pt`, replaced at
 into the output folder. Round r's cohort, batches and server randomness derive from
 (seed, r) alone, so a run resumed from round r's checkpoint continues exactly as if it
 had never stopped; Ctrl-C loses at most the round in progress, which is then redone.
+
+A round whose every update is rejected, or whose aggregate is not finite, leaves the model
+and client states as they were and is recorded, with why, as `skipped` in its metrics entry
+(and warned about): a run never writes or checkpoints a NaN model.
 """
 
 from __future__ import annotations
@@ -81,8 +85,19 @@ def _positive(v: Any) -> bool:
     return v > 0 and math.isfinite(v)
 
 
+def _finite_values(v: Any) -> bool:
+    """What a hyper-parameter mapping may hold (mu: .inf once passed as a value)."""
+    if isinstance(v, dict):
+        return all(_finite_values(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_finite_values(x) for x in v)
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return v is None or isinstance(v, (bool, int, str))
+
+
 INT_LIMIT = 2**63  # ints reach torch and numpy as int64
-MAX_EPOCHS, MAX_WIDTH = 1_000, 2**16  # beyond these a plan or a model does not fit in memory
+MAX_WIDTH = 2**16  # a model with wider layers does not fit in memory
 
 
 _RANGES: tuple[tuple[str, Any, str], ...] = (
@@ -91,8 +106,6 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
         for k in (
             "n_clients",
             "rounds",
-            "clients_per_round",
-            "batch_size",
             "eval_every",
             "partition_max_tries",
             "chunk_size",
@@ -113,23 +126,19 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "defence_f",
         )
     ),
-    ("epochs", lambda v: 1 <= v <= MAX_EPOCHS, f"must be in 1..{MAX_EPOCHS}"),
     ("hidden", lambda v: all(1 <= w <= MAX_WIDTH for w in v), f"widths must be in 1..{MAX_WIDTH}"),
     ("momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    ("stragglers", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
-    ("sample_rate", lambda v: 0 < v <= 1, "must be a fraction in (0, 1]"),
     ("local_test_fraction", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
-    (
-        "epochs_range",
-        lambda v: len(v) == 2 and 1 <= v[0] <= v[1] <= MAX_EPOCHS,
-        f"must be [a, b], 1 <= a <= b <= {MAX_EPOCHS}",
-    ),
     ("attackers", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
     ("attack_window", lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "must be [a, b], 1 <= a <= b"),
     ("attack", lambda v: v in ATTACKS, f"must be one of {', '.join(sorted(ATTACKS))}"),
     ("defence", lambda v: v in DEFENCES, f"must be one of {', '.join(sorted(DEFENCES))}"),
     ("device", lambda v: re.fullmatch(r"cpu|cuda(:\d+)?", v), "must be cpu, cuda or cuda:N"),
-    *((k, lambda v: v.strip() != "", "must not be empty") for k in ("out", "data_root")),
+    ("data_root", lambda v: v.strip() != "", "must not be empty (leave it unset)"),
+    *(
+        (k, _finite_values, "values must be finite numbers, strings, lists or mappings")
+        for k in ("algo_params", "attack_params", "defence_params")
+    ),
 )
 
 
@@ -158,13 +167,13 @@ def _shown(value: Any) -> str:
 def _number(key: str, value: Any, elem: type | None) -> Any:
     if isinstance(value, bool) or not isinstance(value, int):
         return value
-    if elem is float:
-        try:
-            return float(value)
-        except OverflowError:
+    if elem is float:  # an int a float cannot hold exactly would change silently
+        if abs(value) > 2**1023 or float(value) != value:
             raise ValueError(
-                f"config key {key}: {_shown(value)} is too large for a float"
-            ) from None
+                f"config key {key}: the integer {_shown(value)} has no exact float value; "
+                "write it as a float (e.g. 1.0e+30)"
+            )
+        return float(value)
     if not -INT_LIMIT <= value < INT_LIMIT:
         raise ValueError(f"config key {key}: {_shown(value)} does not fit in 64 bits")
     return value
@@ -284,6 +293,10 @@ class RunConfig:
             value = getattr(self, key)
             if value is not None and not ok(value):
                 raise ValueError(f"config key {key}: {accepted}, got {_shown(value)}")
+        try:  # the sampling and local-work fields: the plan's own checks name them
+            self.sampling_spec(), self.work()
+        except ValueError as e:
+            raise ValueError(f"config key {e}") from None
         if self.clients_per_round is not None and self.clients_per_round > self.n_clients:
             raise ValueError(
                 f"config key clients_per_round: {self.clients_per_round} is more than the "
@@ -363,7 +376,7 @@ class RunConfig:
         return Sampling(self.sampling, self.cohort_size, self.sample_rate)
 
     def work(self) -> LocalWork:
-        er = tuple(self.epochs_range) if self.epochs_range else None
+        er = None if self.epochs_range is None else tuple(self.epochs_range)
         return LocalWork(
             self.epochs, self.batch_size, er, self.stragglers, self.straggler_policy, self.drop_last
         )
@@ -386,7 +399,6 @@ class Experiment:
             raise ValueError(
                 f"device {cfg.device!r} requested but CUDA is not available; use --device cpu"
             )
-        cfg.sampling_spec(), cfg.work()  # validate before loading data
         if cfg.threads is not None:
             set_threads(cfg.threads)
         data = build_federated(cfg.data_spec(), cfg.seed).to(cfg.device)
@@ -470,7 +482,12 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
     """Read a checkpoint without running code, and only one that is whole and consistent: its
     SHA-256 catches corruption (bit flips resumed silently to another model), `weights_only`
     admits tensors and plain containers only (a crafted pickle ran a shell command), and its
-    round, history and client bank must agree with its config."""
+    config, round, history and client bank must agree (resuming also checks the states
+    against what the config builds).
+
+    The checksum is no signature: whoever can write the run folder can re-sign a changed
+    checkpoint, and values changed within their types, shapes and ranges (a bit flipped in a
+    weight) resume undetected. Keep run folders as private as the data."""
     data = Path(path).read_bytes()
     n = len(CHECKPOINT_MAGIC)
     if not data.startswith(CHECKPOINT_MAGIC):
@@ -536,10 +553,13 @@ def _entry_problem(entry: Any, round_no: int) -> str | None:
     evaluated = [k for k in _EVALUATION if k in entry]
     if missing or evaluated and len(evaluated) != len(_EVALUATION):
         return f"fields missing ({', '.join(missing) or set(_EVALUATION) - set(evaluated)})"
-    for key in (*_NUMBERS, *evaluated):
+    for key in (*_NUMBERS, *evaluated, *(["backdoor_acc"] if "backdoor_acc" in entry else [])):
         v = entry[key]
         if v is not None and (type(v) not in (int, float) or not math.isfinite(v)):
             return f"{key} is {_shown(v)}, not a finite number"
+        low, high = (0, 1) if key.endswith("_acc") else (0, math.inf)
+        if v is not None and "loss" not in key and not low <= v <= high:
+            return f"{key} is {v}, outside [{low}, {high}]"  # accuracies, counts and seconds
     if not _plain(entry):
         return "holds something other than numbers, strings, lists and mappings"
     return None

@@ -179,20 +179,6 @@ def test_stragglers_heterogeneous_epochs_and_determinism():
     assert not torch.equal(het.order, other.order)
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"epochs": 0}, "epochs and batch_size must be >= 1"),
-        ({"epochs_range": (3, 2)}, "epochs_range must be"),
-        ({"stragglers": 1.0}, "stragglers must be a fraction"),
-        ({"straggler_policy": "wait"}, "drop or partial"),
-    ],
-)
-def test_local_work_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        LocalWork(**kwargs)
-
-
 def test_batch_mask_takes_the_features_precision():
     from privlearn.fl.engine.base import TrainData
 
@@ -223,3 +209,30 @@ def test_client_updates_are_typed_and_the_round_loss_is_sample_weighted(name, en
     _, stats = run_round(algo, eng, server, bank, plan, data, server_rng(0, 0))
     n = plan.n.double()
     assert stats.train_loss == pytest.approx(float((up.loss.double() * n).sum() / n.sum()))
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("make_it", "field"),
+    [
+        (lambda: LocalWork(epochs=0), "epochs"),
+        (lambda: LocalWork(epochs=NAN), "epochs"),
+        (lambda: LocalWork(epochs=1001), "epochs"),
+        (lambda: LocalWork(batch_size=NAN), "batch_size"),
+        (lambda: LocalWork(epochs_range=(1, NAN)), "epochs_range"),
+        (lambda: LocalWork(epochs_range=()), "epochs_range"),
+        (lambda: LocalWork(epochs_range=(3, 2)), "epochs_range"),
+        (lambda: LocalWork(stragglers=NAN), "stragglers"),
+        (lambda: LocalWork(stragglers=1.0), "stragglers"),
+        (lambda: LocalWork(straggler_policy="wait"), "straggler_policy"),
+        (lambda: Sampling("uniform", clients_per_round=NAN), "clients_per_round"),
+        (lambda: Sampling("poisson", rate=NAN), "sample_rate"),
+        (lambda: Sampling("some"), "sampling"),
+    ],
+)
+def test_the_plans_checks_name_the_config_field_and_refuse_nan(make_it, field):
+    """NaN epochs or batch sizes passed `< 1`; RunConfig relies on these checks."""
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        make_it()

@@ -356,6 +356,7 @@ CHECKPOINT_EDITS = {  # what `privlearn bench fuzz` re-signed into checkpoints
     "history loss a mapping": lambda c: c["rounds"][1].update(train_loss={"a": 1}),
     "history round renumbered": lambda c: c["rounds"][1].update(round=-3),
     "history evaluation cut": lambda c: c["rounds"][0].pop("test_acc"),
+    "history accuracy negative": lambda c: c["rounds"][0].update(test_acc=-0.25),
 }
 
 
@@ -402,6 +403,8 @@ def test_a_resigned_payload_torch_cannot_read_is_refused_in_one_line(two_rounds,
         ("sample_rate", 0.0),
         ("stragglers", 0.99),  # of 10 clients a round, none would stay
         ("epochs_range", [3, 1]),
+        ("epochs_range", []),  # once read as "unset"
+        ("sample_rate", 5.0),  # checked whatever the sampling
         # types, checked for Python callers and flags as for YAML
         ("batch_size", True),
         ("rounds", True),
@@ -412,14 +415,17 @@ def test_a_resigned_payload_torch_cannot_read_is_refused_in_one_line(two_rounds,
         ("lr", "0.1"),
         ("lr", [0.1]),
         ("synthetic_iid", 1),
+        ("algo_params", {"mu": float("inf")}),
+        ("defence_params", {"beta": [float("nan")]}),
         # sizes that were clamped silently, overflowed or never finished planning
         ("clients_per_round", 10**12),
         ("epochs", 10**20),
         ("hidden", [10**12]),
         ("beta", 10**400),
+        ("beta", 10**30),  # no float is 10^30 exactly
         ("seed", 10**30),
         ("device", ""),
-        ("out", ""),
+        ("data_root", ""),
     ],
 )
 def test_config_values_out_of_range_are_refused_naming_the_key(key, value):
