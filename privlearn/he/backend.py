@@ -560,7 +560,15 @@ def bundle_header(
     if params.fingerprint() != env.params_fingerprint:
         raise io.CorruptError("public bundle's parameters do not match its fingerprint")
     params.validate(insecure_for_testing=insecure_for_testing)
-    return params, [int(r) for r in rotations], bool(conj), bool(boot)
+    if not (isinstance(rotations, list) and all(type(r) is int for r in rotations)):
+        raise io.CorruptError(
+            f"public bundle's rotations are not a list of integers: {rotations!r:.80}"
+        )
+    if any(not 0 < r < params.slots for r in rotations):
+        raise io.CorruptError(f"public bundle's rotations must lie in 1..{params.slots - 1}")
+    if type(conj) is not bool or type(boot) is not bool:
+        raise io.CorruptError("public bundle's conjugation and bootstrap flags must be booleans")
+    return params, rotations, conj, boot
 
 
 def _is_cplx(c: Any) -> bool:

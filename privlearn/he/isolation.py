@@ -38,7 +38,8 @@ from typing import Any
 
 from privlearn.he.io import CorruptError, ForeignParametersError
 
-LOAD_TIMEOUT_S = 120.0  # a bootstrapping key set at N=2^16 takes tens of seconds to parse
+# a bootstrapping key set at N=2^16 (6.5 GB) takes tens of seconds to parse
+LOAD_TIMEOUT_S, LOAD_S_PER_GB = 10.0, 20.0
 # parsing and a single-threaded canary product at N=2^16, with a wide margin: crafted
 # ciphertexts have hung OpenFHE, so this is how long one can hold up its receiver
 CHECK_TIMEOUT_S = 10.0
@@ -106,7 +107,8 @@ def _ask(request: tuple, timeout: float, material: Material | None = None) -> di
         try:
             if material is not None and material.generation != _generation:
                 load = ("load", material.key, material.public, False)
-                _raise_for(_worker.ask(load, LOAD_TIMEOUT_S), "public material")
+                timeout = LOAD_TIMEOUT_S + LOAD_S_PER_GB * _size(material.public) / 2**30
+                _raise_for(_worker.ask(load, timeout), "public material")
                 material.generation = _generation
             return _worker.ask(request, timeout)
         except (EOFError, OSError):
@@ -136,7 +138,8 @@ class Material:
         in a fork first; ``trusted`` ones (the client's own) are loaded directly."""
         self.key = uuid.uuid4().hex
         plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in sections.items()}
-        _raise_for(_ask(("load", self.key, plain, not trusted), LOAD_TIMEOUT_S), what)
+        timeout = LOAD_TIMEOUT_S + LOAD_S_PER_GB * _size(plain) / 2**30
+        _raise_for(_ask(("load", self.key, plain, not trusted), timeout), what)
         self.public = {k: plain[k] for k in ("context", "public_key", "relin_key")}
         self.generation = _generation
         weakref.finalize(self, _drop, self.key)
@@ -178,9 +181,12 @@ def _answer(states: dict, op: str, key: str, *args) -> dict:
         return {}
     if op == "load":
         sections, probe = args
-        answer = (
-            _in_fork(lambda: _load(sections, with_rotations=True), LOAD_TIMEOUT_S) if probe else {}
-        )
+        answer = {}
+        if probe:
+            size = _size(sections)
+            timeout = LOAD_TIMEOUT_S + LOAD_S_PER_GB * size / 2**30
+            memory = MEMORY_MARGIN + KEY_PARSE_FACTOR * size
+            answer = _in_fork(lambda: _load(sections, with_rotations=True), timeout, memory)
         if not answer:
             states[key] = _load(sections, with_rotations=False)
         return answer

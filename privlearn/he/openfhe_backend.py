@@ -14,6 +14,7 @@ Facts this backend relies on, measured on OpenFHE 1.6 (wheel 1.6.1.0.22.4):
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import weakref
@@ -299,6 +300,23 @@ def _insert_relin_keys(cc, keys: dict) -> None:
         cc.InsertEvalMultKey(v, t)
 
 
+class OperationError(HEError, RuntimeError):
+    """OpenFHE refused an operation with keys from a bundle (a key it lacks or cannot use)."""
+
+
+def _openfhe_op(primitive):
+    """Primitives that use evaluation keys: OpenFHE's refusal becomes an OperationError."""
+
+    @functools.wraps(primitive)
+    def run(self, *args):
+        try:
+            return primitive(self, *args)
+        except RuntimeError as e:
+            raise OperationError(f"OpenFHE refused {primitive.__name__[3:]}: {e}") from None
+
+    return run
+
+
 class Evaluator(_OpenFHEMixin, _EvaluatorBase):
     @classmethod
     def load(
@@ -348,8 +366,23 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
             if keys is not None:
                 self._keys = self._cc.GetEvalAutomorphismKeyMap(self._tag)
                 _ACTIVE[self._tag] = weakref.ref(self)
+            self._check_claimed_keys()
         except RuntimeError as e:
             raise io.CorruptError(f"OpenFHE could not read the public bundle: {e}") from None
+
+    def _check_claimed_keys(self) -> None:
+        """Every rotation and the conjugation the header grants must have its key."""
+        wanted = set(self._cc.FindAutomorphismIndices(sorted(self.rotation_keys)))
+        if self.has_conjugation_key:
+            wanted.add(self._conj_index)
+        have = set()
+        if self._keys is not None:
+            have = set(self._cc.GetExistingEvalAutomorphismKeyIndices(self._tag))
+        if wanted - have:
+            raise io.CorruptError(
+                f"public bundle grants {len(wanted)} rotation/conjugation keys but holds "
+                f"{len(wanted & have)} of them"
+            )
 
     def _activate(self) -> None:
         """Put this evaluator's keys back in OpenFHE's table if another context replaced them."""
@@ -384,6 +417,7 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
                 base = cc.EvalAdd(base, base)
         return cc.EvalNegate(acc) if c < 0 else (acc if acc is not a.raw else acc.Clone())
 
+    @_openfhe_op
     def _p_mul_ct(self, a, b, level):
         if a is b:
             return self._cc.EvalSquare(a.raw)
@@ -398,15 +432,18 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
     def _p_rescale(self, ct):
         return self._cc.Compress(ct.raw, ct.level)  # towers left = new level + 1
 
+    @_openfhe_op
     def _p_rotate(self, ct, r):
         self._activate()
         return self._cc.EvalRotate(ct.raw, r)
 
+    @_openfhe_op
     def _p_rotate_hoisted(self, ct, rs):
         self._activate()
         digits = self._cc.EvalFastRotationPrecompute(ct.raw)
         return [self._cc.EvalFastRotation(ct.raw, r, self._m, digits) for r in rs]
 
+    @_openfhe_op
     def _p_conjugate(self, ct):
         self._activate()
         return self._cc.EvalAutomorphism(ct.raw, self._conj_index, self._keys)
@@ -414,6 +451,7 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
     def _p_level_down(self, ct, level):
         return self._cc.Compress(ct.raw, level + 1)
 
+    @_openfhe_op
     def _p_bootstrap(self, ct):
         self._activate()
         out = self._cc.EvalBootstrap(ct.raw)  # FLEXIBLEAUTO leaves a rescale pending: do it now

@@ -286,3 +286,41 @@ def test_a_bundle_that_fails_to_load_leaves_the_clients_keys_as_they_were():
     ev = Evaluator.from_bundle(client.public_bundle(), insecure_for_testing=True)
     x = client.encrypt(np.full(4, 0.5))
     assert np.allclose(client.decrypt(ev.mul(x, x))[:4], 0.25, atol=1e-4)
+
+
+def _forge_bundle(bundle: bytes, *, meta=None, drop=()) -> bytes:
+    env = io.unpack(bundle, kind="public_bundle")
+    sections = {k: v for k, v in io.unpack_sections(env.payload).items() if k not in drop}
+    return io.pack(
+        "public_bundle",
+        env.backend,
+        env.params_fingerprint,
+        io.pack_sections(sections),
+        {**env.meta, **(meta or {})},
+    )
+
+
+@pytest.mark.openfhe
+@pytest.mark.parametrize(
+    "meta",
+    [{"rotations": 0}, {"rotations": [[1]]}, {"rotations": [-1]}, {"bootstrap": "true"}],
+)
+def test_a_bundle_header_of_the_wrong_shape_is_corrupt(meta):
+    """These ended in TypeErrors (rotations not a list) or were read as truthy flags."""
+    client = ClientContext.create("toy-n12", "openfhe", seed=10, insecure_for_testing=True)
+    with pytest.raises(io.CorruptError, match="public bundle"):
+        Evaluator.from_bundle(
+            _forge_bundle(client.public_bundle([1]), meta=meta), insecure_for_testing=True
+        )
+
+
+@pytest.mark.openfhe
+def test_a_bundle_that_grants_rotations_it_has_no_keys_for_is_corrupt():
+    """It loaded, and the first rotation raised OpenFHE's 'keys are not generated'."""
+    client = ClientContext.create("toy-n12", "openfhe", seed=11, insecure_for_testing=True)
+    lacking = _forge_bundle(client.public_bundle([1]), drop=("automorphism_keys",))
+    with pytest.raises(io.CorruptError, match="grants 1 rotation/conjugation keys but holds 0"):
+        Evaluator.from_bundle(lacking, insecure_for_testing=True)
+    other_keys = _forge_bundle(client.public_bundle([2]), meta={"rotations": [1]})
+    with pytest.raises(io.CorruptError, match="holds 0"):
+        Evaluator.from_bundle(other_keys, insecure_for_testing=True)
