@@ -268,13 +268,15 @@ class ClientContext(_Context):
         the top). A lower level makes a smaller ciphertext; use the lowest a computation needs."""
 
     def decrypt(self, ct: Ciphertext) -> np.ndarray:
-        """All slots, as float64 for a real ciphertext and complex128 for a complex one. A
-        ciphertext marked real whose slots hold more than CKKS error in their imaginary parts
-        is refused: the mark comes from a header its sender wrote, and dropping the imaginary
-        part would silently lose half of what it holds."""
+        """All slots, as float64 for a real ciphertext and complex128 for a complex one.
+        Refused: values that are not finite, and a ciphertext marked real whose slots hold
+        more than CKKS error in their imaginary parts (the mark comes from a header its sender
+        wrote; dropping the imaginary part would silently lose half of what it holds)."""
         self._check(ct)
         self.cost.record("decrypt", ct.level)
         values = self._decrypt(ct)
+        if not np.isfinite(values).all():
+            raise io.CorruptError("a ciphertext decrypted to values that are not finite")
         if ct.is_complex:
             return values
         scale = max(1.0, float(np.abs(values.real).max(initial=0.0)))

@@ -53,13 +53,34 @@ def matrix_blobs(ctx: _Context, m: EncMatrix) -> tuple[bytes, ...]:
 
 def read_matrix(ctx: _Context, meta: dict, blobs) -> EncMatrix:
     try:
-        shape, block, layout = tuple(meta["shape"]), BlockShape(*meta["block"]), meta["layout"]
-        count = meta["count"]
+        shape, block, count = meta["shape"], meta["block"], meta["count"]
+        sizes = [*shape, *block]
+        if len(shape) != 2 or len(block) != 2 or any(type(v) is not int or v < 1 for v in sizes):
+            raise ValueError(f"shape {shape} and block {block} must be two positive integers each")
+        if type(count) is not int:
+            raise ValueError(f"count {count!r} is not an integer")
+        layout = Layout(meta["layout"])
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"encrypted matrix metadata is malformed: {e}") from None
     if len(blobs) != count:
         raise ProtocolError(f"expected {count} ciphertexts, got {len(blobs)}")
-    return EncMatrix(tuple(ctx.deserialize_many(blobs)), shape, block, Layout(layout))
+    return EncMatrix(tuple(ctx.deserialize_many(blobs)), tuple(shape), BlockShape(*block), layout)
+
+
+def read_matrices(ctx: _Context, metas: object, blobs) -> list[EncMatrix]:
+    """Consecutive encrypted matrices of one message, one meta each, using up ``blobs``."""
+    if not isinstance(metas, list) or not all(isinstance(m, dict) for m in metas):
+        raise ProtocolError("a message's matrix list is malformed")
+    out, start = [], 0
+    for meta in metas:
+        count = meta.get("count")
+        if type(count) is not int or not 0 <= count <= len(blobs) - start:
+            raise ProtocolError(f"a matrix claims {count!r} of the message's ciphertexts")
+        out.append(read_matrix(ctx, meta, blobs[start : start + count]))
+        start += count
+    if start != len(blobs):
+        raise ProtocolError(f"the message carries {len(blobs) - start} unclaimed ciphertexts")
+    return out
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -350,8 +371,10 @@ class Client:
         σ, the security against that bound, and the security against the bound with the
         weights' training error added (warned about when below ``flood_security``)."""
         reply.expect("squared_errors")
-        count, n = reply.meta["count"], len(y)
-        sums = [self.ctx.decrypt(self.ctx.deserialize(b)) for b in reply.blobs[:count]]
+        count, n = reply.meta.get("count"), len(y)
+        if type(count) is not int or not 0 < count <= len(reply.blobs):
+            raise ProtocolError(f"the reply claims {count!r} sums of squared errors")
+        sums = [self.ctx.decrypt(c) for c in self.ctx.deserialize_many(reply.blobs[:count])]
         loss = brier_from_squared_errors(sums, n, self.block, self.spec.classes)
         bound, with_training = self._error_bounds(n)
         kw = {"statistical_security": self.flood_security, "queries": self.spec.epochs}
@@ -367,12 +390,11 @@ class Client:
                 FloodingWarning,
                 stacklevel=2,
             )
-        probs, start = [], count
-        for meta in reply.meta["probabilities"]:
-            p = read_matrix(self.ctx, meta, reply.blobs[start : start + meta["count"]])
-            probs.append(p.decrypt(self.ctx)[:, : self.spec.classes])
-            start += meta["count"]
-        pred = np.vstack(probs)[:n].argmax(axis=1)
+        probs = read_matrices(self.ctx, reply.meta.get("probabilities"), reply.blobs[count:])
+        if sum(p.shape[0] for p in probs) < n:
+            raise ProtocolError(f"the reply holds probabilities for fewer than {n} rows")
+        p = np.vstack([m.decrypt(self.ctx)[:, : self.spec.classes] for m in probs])
+        pred = p[:n].argmax(axis=1)
         return {
             "val_brier": loss,
             "val_brier_flooded": noisy,
@@ -493,14 +515,12 @@ class Client:
 
     def weights(self, reply: Message, epoch: int) -> np.ndarray:
         """The decrypted weights (c x (f+1), bias last) of ``epoch``'s snapshot."""
-        start = 0
-        for meta in reply.expect("model").meta["snapshots"]:
-            count = meta["count"]
-            if meta["epoch"] == epoch:
-                w = read_matrix(self.ctx, meta, reply.blobs[start : start + count])
-                return w.decrypt(self.ctx) / self.spec.weight_scale
-            start += count
-        raise ProtocolError(f"the server kept no snapshot of epoch {epoch}")
+        metas = reply.expect("model").meta.get("snapshots")
+        snapshots = read_matrices(self.ctx, metas, reply.blobs)
+        chosen = [w for meta, w in zip(metas, snapshots, strict=True) if meta.get("epoch") == epoch]
+        if len(chosen) != 1:
+            raise ProtocolError(f"the server holds {len(chosen)} snapshots of epoch {epoch}")
+        return chosen[0].decrypt(self.ctx) / self.spec.weight_scale
 
     # requests the client answers
     def handle(self, msg: Message) -> Message:
@@ -513,6 +533,8 @@ class Client:
         level = msg.meta.get("level")
         if type(level) is not int or not 0 <= level <= self.ctx.params.depth:
             raise ProtocolError(f"refresh level must be an integer level, got {level!r}")
+        if not msg.blobs:
+            raise ProtocolError("a refresh request carries no ciphertext")
         cts = self.ctx.deserialize_many(msg.blobs)
         try:
             out = tuple(self.ctx.serialize(self.ctx.refresh(ct, level=level)) for ct in cts)

@@ -239,3 +239,32 @@ def test_a_refresh_that_fails_after_decryption_ends_the_session_instead_of_answe
     monkeypatch.setattr(s.ctx, "refresh", undecodable)
     with pytest.raises(SessionAborted, match="ends the session"):
         end.handle(msg.to_bytes())
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"snapshots": [[{"epoch": 0}]]},  # a snapshot wrapped in a list: TypeError
+        {"snapshots": "x"},
+        {"snapshots": [{"epoch": 0, "count": 0.5}]},  # a slice by 0.5: TypeError
+    ],
+)
+def test_malformed_model_replies_are_protocol_errors(session_and_data, meta):
+    s, _ = session_and_data
+    with pytest.raises(ProtocolError):
+        s.client.weights(Message("model", meta, ()), 0)
+
+
+def test_malformed_validation_replies_are_protocol_errors(session_and_data):
+    s, (_, _, _, yv) = session_and_data
+    good = s.link.request(Message("validate"))
+    layout_in_a_list = [{**m, "layout": [m["layout"]]} for m in good.meta["probabilities"]]
+    for meta in (
+        {**good.meta, "probabilities": layout_in_a_list},  # ValueError from the Layout enum
+        {**good.meta, "probabilities": [float("nan")]},  # TypeError: float not subscriptable
+        {**good.meta, "count": 10**6},
+    ):
+        with pytest.raises(ProtocolError):
+            s.client.validation(Message("squared_errors", meta, good.blobs), yv)
+    with pytest.raises(ProtocolError, match="no ciphertext"):
+        s.client.handle(Message("refresh", {"level": 1}))
