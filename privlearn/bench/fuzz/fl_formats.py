@@ -37,10 +37,13 @@ SMALL = {
 }
 
 
-def _user_error(e: BaseException) -> bool:
-    from privlearn.cli.errors import USER_ERRORS
+class _CliFormat(Format):
+    """A file the CLI reads: clean is what it reports in one line (see the module docstring)."""
 
-    return isinstance(e, USER_ERRORS) and bool(str(e).strip())
+    def clean(self, e: BaseException) -> bool:
+        from privlearn.cli.errors import USER_ERRORS
+
+        return isinstance(e, USER_ERRORS) and bool(str(e).strip())
 
 
 # -- YAML configs -------------------------------------------------------------------------------
@@ -95,7 +98,7 @@ def _raw_yaml(marker: Path) -> list[tuple[str, str]]:
     ]
 
 
-class YamlConfig(Format):
+class YamlConfig(_CliFormat):
     """`privlearn fl run --config FILE`: `RunConfig.from_yaml`, then the re-check the CLI
     does. Silent wrong: a config that is not what the YAML says (a field of another type or
     value, a default where the YAML gave a value) or holds a non-finite number."""
@@ -133,9 +136,6 @@ class YamlConfig(Format):
         path.write_bytes(data)
         cfg = dataclasses.replace(RunConfig.from_yaml(path))  # as `fl run` re-checks
         return {"cfg": dataclasses.asdict(cfg), "parsed": yaml.safe_load(data.decode())}
-
-    def clean(self, e):
-        return _user_error(e)
 
     def judge(self, target, value, reference):
         parsed = value["parsed"] or {}
@@ -184,7 +184,7 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-class Checkpoint(Format):
+class Checkpoint(_CliFormat):
     """`privlearn fl run --resume DIR --rounds 3` on a 2-round run's folder with a mutated
     `checkpoint.pt`. Raw mutations hit the checksum; re-signed ones (the SHA-256 recomputed)
     and field mutations (loaded, changed, saved, re-signed) reach the loader's checks.
@@ -276,9 +276,6 @@ class Checkpoint(Format):
             "params": torch.cat(params).tolist() if params else [],
             "non_tensor_leaves": odd,
         }
-
-    def clean(self, e):
-        return _user_error(e)
 
     def judge(self, target, value, reference):
         from privlearn.bench.fuzz.runner import differs
