@@ -228,7 +228,9 @@ class Server:
 
     def _predict(self, msg: Message) -> Message:
         x = read_matrix(self.ev, msg.meta["x"], msg.blobs)
-        probs = bool(msg.meta.get("probabilities"))
+        probs = msg.meta.get("probabilities", False)
+        if type(probs) is not bool:  # "../.." or 2**63 were read as True
+            raise ProtocolError(f"'probabilities' must be a boolean, got {probs!r:.40}")
         z = self.trainer.probabilities(x) if probs else self.trainer.logits(x)
         return Message(
             "predictions", {"z": matrix_meta(z), "probabilities": probs}, matrix_blobs(self.ev, z)

@@ -122,6 +122,7 @@ def test_malformed_requests_get_protocol_errors(session_and_data):
         Message("train_step", {"batch": True, "epoch": 0}),  # was batch 1
         Message("upload", {**good.meta, "split": ["train"]}, good.blobs),
         Message("upload", good.meta, (b"garbage",) + good.blobs[1:]),  # refused on arrival
+        Message("predict", {"x": good.meta["x"], "probabilities": "../.."}, good.blobs),  # was True
     ]
     stored = len(server.batches["train"])
     for msg in cases:
