@@ -570,6 +570,10 @@ def bundle_header(
         raise io.CorruptError(f"public bundle's rotations must lie in 1..{params.slots - 1}")
     if type(conj) is not bool or type(boot) is not bool:
         raise io.CorruptError("public bundle's conjugation and bootstrap flags must be booleans")
+    if boot and not params.bootstrappable:
+        raise io.CorruptError(
+            f"public bundle grants bootstrapping under {params.name}, which has none"
+        )
     return params, rotations, conj, boot
 
 

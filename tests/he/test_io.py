@@ -303,7 +303,13 @@ def _forge_bundle(bundle: bytes, *, meta=None, drop=()) -> bytes:
 @pytest.mark.openfhe
 @pytest.mark.parametrize(
     "meta",
-    [{"rotations": 0}, {"rotations": [[1]]}, {"rotations": [-1]}, {"bootstrap": "true"}],
+    [
+        {"rotations": 0},
+        {"rotations": [[1]]},
+        {"rotations": [-1]},
+        {"bootstrap": "true"},
+        {"bootstrap": True},  # toy-n12 has no bootstrapping: a TypeError on its level budget
+    ],
 )
 def test_a_bundle_header_of_the_wrong_shape_is_corrupt(meta):
     """These ended in TypeErrors (rotations not a list) or were read as truthy flags."""
