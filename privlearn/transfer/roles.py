@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import warnings
 from collections import deque
-from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from privlearn.he import Ciphertext, ClientContext, Evaluator
 from privlearn.he.backend import _Context
 from privlearn.he.flooding import FloodingWarning, flood, flooding_sigma, security_bits
 from privlearn.linalg.packing import BlockShape, EncMatrix, Layout
+from privlearn.transfer.flooding_bound import FLOOD_SIGMAS, simulated_error_stds
 from privlearn.transfer.protocol import Endpoint, Message, ProtocolError, SessionAborted
 from privlearn.transfer.reference import EarlyStopping, add_bias, fixed_batches, one_hot
 from privlearn.transfer.train import EncryptedTrainer, TrainSpec, brier_from_squared_errors
@@ -358,13 +358,6 @@ class Client:
         return msgs
 
     # replies the client reads
-    # The flooding's error bounds (_error_bounds): _FLOOD_SIGMAS standard deviations of errors
-    # estimated from _FLOOD_TRIALS simulated runs, at that std's 99.9 % upper confidence limit
-    # (4 squared normal errors sum to over 0.0908 σ² with probability 99.9 %: χ²₄).
-    _FLOOD_SIGMAS = 6.0
-    _FLOOD_TRIALS = 4
-    _CHI2_4_AT_0001 = 0.0908
-
     def validation(self, reply: Message, y: np.ndarray) -> dict[str, float]:
         """Decrypt a ``validate`` reply: the Brier score computed under encryption, its
         flooded copy (only that may steer a decision the server learns: IND-CPA^D, see
@@ -416,91 +409,20 @@ class Client:
         that plus the error the weights bring from training (reported, not flooded: a σ
         covering it would be 4–7 times larger, enough to blur early stopping).
 
-        Estimated, not proven: :attr:`_simulated_error_stds` runs the same computations on
-        the simulator, whose per-operation noise is calibrated on OpenFHE for this preset.
-        Each bound is ``_FLOOD_SIGMAS`` of a std's 99.9 % upper confidence limit per batch,
-        and batches add (triangle inequality): ⌈rows/b⌉ of them over ``rows``.
+        Estimated, not proven: :func:`privlearn.transfer.flooding_bound.simulated_error_stds`
+        runs the same computations on the simulator, whose per-operation noise is
+        calibrated on OpenFHE for this preset. Each bound is ``FLOOD_SIGMAS`` of a std's
+        99.9 % upper confidence limit per batch, and batches add (triangle inequality):
+        ⌈rows/b⌉ of them over ``rows``.
         docs/transfer.md compares them with the errors of real runs."""
         b = self.spec.batch_size
-        scale = self._FLOOD_SIGMAS * -(-rows // b) * b / rows
+        scale = FLOOD_SIGMAS * -(-rows // b) * b / rows
         validation, training = self._simulated_error_stds
         return scale * validation, scale * (validation + training)
 
     @cached_property
     def _simulated_error_stds(self) -> tuple[float, float]:
-        """99.9 % upper confidence limits of the std of the Brier error of one validation
-        batch, each from ``_FLOOD_TRIALS`` simulator runs at this preset and spec against the
-        exact computation: (1) validation alone, on public worst-case inputs (rows of norm 1,
-        the scaled features' limit; logits reaching ±0.99 of the spec's range; random
-        labels); (2) training from zero weights for up to 3 epochs of 2 batches, on
-        synthetic clustered data, validated after each epoch (the largest error counts).
-        All of it is public, so it is seeded: the server could recompute it."""
-        from privlearn.he import simulator
-        from privlearn.transfer.reference import brier, epoch_order, train_reference
-
-        spec, c, b, f = self.spec, self.spec.classes, self.spec.batch_size, self.spec.features
-        bootstrap = spec.refresh == "bootstrap"
-        params, rng = self.ctx.params, np.random.default_rng(0)
-
-        def trainer(w: np.ndarray, s: TrainSpec):
-            ctx = simulator.Client(params, seed=int(rng.integers(2**62)))
-            rots, conj = s.keys(ctx.slots)
-            ev = simulator.Evaluator(
-                params, rots, conj, bootstrap, ctx.key_id, seed=int(rng.integers(2**62))
-            )
-            enc_w = EncMatrix.encrypt(ctx, w * s.weight_scale, self.block, Layout.ROW_TILED)
-            refresh = (
-                None if bootstrap else lambda cts, lvl: [ctx.refresh(x, level=lvl) for x in cts]
-            )
-            level = s.data_level(ctx.slots, 1 if bootstrap else 0)
-
-            def upload(x, y, split):
-                for up in Client(ctx, s).batches(x, y, split, level):
-                    nx = up.meta["x"]["count"]
-                    yield (
-                        read_matrix(ev, up.meta["x"], up.blobs[:nx]),
-                        read_matrix(ev, up.meta["y"], up.blobs[nx:]),
-                    )
-
-            def loss(tr, val, y):
-                sums, _ = tr.validate(val)
-                return brier_from_squared_errors(
-                    [ctx.decrypt(x) for x in sums], len(y), self.block, c
-                )
-
-            return EncryptedTrainer(ev, s, enc_w, refresh=refresh), upload, loss
-
-        def validation_error() -> float:
-            x = rng.normal(size=(b, f - 1))
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            y = rng.integers(0, c, b)
-            w = rng.normal(size=(c, f))
-            w *= 0.99 * spec.logit_range / np.abs(add_bias(x) @ w.T).max()
-            tr, upload, loss = trainer(w, spec)
-            exact = brier(spec.softmax_method().reference(add_bias(x) @ w.T), y)
-            return loss(tr, list(upload(x, y, "val")), y) - exact
-
-        def training_error() -> float:
-            s = replace(spec, epochs=min(spec.epochs, 3), early_stopping=False)
-            y = rng.integers(0, c, 3 * b)
-            x = rng.normal(size=(c, f - 1))[y] + 0.8 * rng.normal(size=(3 * b, f - 1))
-            x = (x - x.mean(0)) / x.std(0)
-            x /= np.linalg.norm(x, axis=1).max()
-            ref = train_reference(x[b:], y[b:], x[:b], y[:b], s)
-            tr, upload, loss = trainer(np.zeros((c, f)), s)
-            train, val = list(upload(x[b:], y[b:], "train")), list(upload(x[:b], y[:b], "val"))
-            worst = 0.0
-            for epoch, exact in enumerate(ref.val_losses):
-                for i in epoch_order(len(train), epoch, 0):
-                    tr.step(*train[i])
-                worst = max(worst, abs(loss(tr, val, y[:b]) - exact))
-            return worst
-
-        def upper_std(draw) -> float:
-            errors = [draw() for _ in range(self._FLOOD_TRIALS)]
-            return float(np.sqrt(np.sum(np.square(errors)) / self._CHI2_4_AT_0001))
-
-        return upper_std(validation_error), upper_std(training_error)
+        return simulated_error_stds(self.ctx.params, self.spec, self.block)
 
     def predictions(self, request: Message, reply: Message) -> np.ndarray:
         """Decrypted logits, or probabilities if ``request`` asked for them: what the client
