@@ -163,7 +163,7 @@ class SymbolicEvaluator(Evaluator):
     def _raw_to_bytes(self, raw: Any) -> bytes:
         raise TypeError("symbolic ciphertexts hold no data")
 
-    def _raw_from_bytes(self, payload: bytes, level: int, scale_deg: int) -> Any:
+    def _raws_from_bytes(self, payloads: list[bytes], shapes: list[tuple[int, int]]) -> list:
         raise TypeError("symbolic ciphertexts hold no data")
 
     def _p_none(self, *args: Any) -> None:
