@@ -788,7 +788,10 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                 bar.update(task, advance=1, acc="" if acc is None else f"acc {acc:.3f}")
     except KeyboardInterrupt:
         # a round interrupted after its entry but before its checkpoint is not saved: the
-        # metrics must not claim it (resuming recomputes it)
+        # metrics must not claim it (resuming recomputes it). The checkpoint on disk decides:
+        # an interrupt just after its atomic rename comes before ``saved`` is updated
+        if ckpt_path.exists():
+            saved = max(saved, load_checkpoint(ckpt_path)["round"])
         doc["rounds"] = [e for e in doc["rounds"] if e["round"] <= saved]
         doc["status"] = "interrupted"
         _write_json(doc, out / METRICS)
