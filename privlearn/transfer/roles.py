@@ -434,8 +434,19 @@ class Client:
                 f"asked for {'probabilities' if probabilities else 'logits'}, the server "
                 f"answered with {meta.get('probabilities')!r} for 'probabilities'"
             )
-        z = read_matrix(self.ctx, meta["z"], reply.blobs).decrypt(self.ctx)[:rows]
+        z = read_matrix(self.ctx, meta["z"], reply.blobs)
+        self._expect(z, (request.meta["x"]["shape"][0], self.spec.classes), "predictions")
+        z = z.decrypt(self.ctx)[:rows]
         return z if probabilities else z / self.spec.weight_scale
+
+    def _expect(self, m: EncMatrix, shape: tuple[int, int], what: str) -> None:
+        """A matrix the client asked for has the shape and packing it knows it must have (a
+        shape from the server's metadata would crop or pad what is decrypted)."""
+        if m.shape != shape or m.block != self.block:
+            raise ProtocolError(
+                f"the server's {what} are {m.shape} in blocks {m.block}; "
+                f"the client expects {shape} in blocks {self.block}"
+            )
 
     def weights(self, reply: Message, epoch: int) -> np.ndarray:
         """The decrypted weights (c x (f+1), bias last) of ``epoch``'s snapshot."""
@@ -444,6 +455,7 @@ class Client:
         chosen = [w for meta, w in zip(metas, snapshots, strict=True) if meta.get("epoch") == epoch]
         if len(chosen) != 1:
             raise ProtocolError(f"the server holds {len(chosen)} snapshots of epoch {epoch}")
+        self._expect(chosen[0], (self.spec.classes, self.spec.features), "weights")
         return chosen[0].decrypt(self.ctx) / self.spec.weight_scale
 
     # requests the client answers

@@ -208,6 +208,9 @@ def test_the_client_reads_predictions_as_it_asked_not_as_the_server_says(session
     forged = Message("predictions", {**reply.meta, "probabilities": True}, reply.blobs)
     with pytest.raises(ProtocolError, match="asked for logits"):
         s.client.predictions(request, forged)
+    narrower = {**reply.meta, "z": {**reply.meta["z"], "shape": [4, 1]}}  # was cropped to it
+    with pytest.raises(ProtocolError, match="expects"):
+        s.client.predictions(request, Message("predictions", narrower, reply.blobs))
     assert len(s.client.predictions(request, reply)) == 4
 
 
