@@ -388,6 +388,8 @@ class Client:
         probs = read_matrices(self.ctx, reply.meta.get("probabilities"), reply.blobs[count:])
         if sum(p.shape[0] for p in probs) < n:
             raise ProtocolError(f"the reply holds probabilities for fewer than {n} rows")
+        for p in probs:
+            self._expect(p, (p.shape[0], self.spec.classes), "validation probabilities")
         p = np.vstack([m.decrypt(self.ctx)[:, : self.spec.classes] for m in probs])
         pred = p[:n].argmax(axis=1)
         return {
@@ -434,7 +436,7 @@ class Client:
                 f"asked for {'probabilities' if probabilities else 'logits'}, the server "
                 f"answered with {meta.get('probabilities')!r} for 'probabilities'"
             )
-        z = read_matrix(self.ctx, meta["z"], reply.blobs)
+        z = read_matrix(self.ctx, meta.get("z"), reply.blobs)
         self._expect(z, (request.meta["x"]["shape"][0], self.spec.classes), "predictions")
         z = z.decrypt(self.ctx)[:rows]
         return z if probabilities else z / self.spec.weight_scale
