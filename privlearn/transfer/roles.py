@@ -182,8 +182,14 @@ class Server:
                     f"upload packed in blocks {m['block']}, the spec says {self.trainer.block}"
                 )
         # parsed on arrival, so garbage is refused here, not later inside a training step
-        read_matrix(self.ev, msg.meta["x"], msg.blobs[:nx])
-        read_matrix(self.ev, msg.meta["y"], msg.blobs[nx:])
+        x = read_matrix(self.ev, msg.meta["x"], msg.blobs[:nx])
+        y = read_matrix(self.ev, msg.meta["y"], msg.blobs[nx:])
+        spec = self.trainer.spec
+        if x.shape[1] != spec.features or y.shape != (x.shape[0], spec.classes):
+            raise ProtocolError(
+                f"upload of {x.shape} features and {y.shape} labels; the spec has "
+                f"{spec.features} columns and {spec.classes} classes"
+            )
         folder = self.workdir / split / str(len(self.batches[split]))
         folder.mkdir(parents=True, exist_ok=True)
         for i, blob in enumerate(msg.blobs):
@@ -237,7 +243,13 @@ class Server:
         )
 
     def _set_model(self, msg: Message) -> Message:
-        self.trainer.w = read_matrix(self.ev, msg.meta["weights"], msg.blobs)
+        w, now = read_matrix(self.ev, msg.meta["weights"], msg.blobs), self.trainer.w
+        if (w.shape, w.block, w.layout) != (now.shape, now.block, now.layout):
+            raise ProtocolError(
+                f"weights of shape {w.shape} in blocks {w.block}; the model is {now.shape} "
+                f"in blocks {now.block}"
+            )
+        self.trainer.w = w
         return Message("ack")
 
     def _get_model(self, msg: Message) -> Message:

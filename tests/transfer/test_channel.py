@@ -58,7 +58,9 @@ def test_sides_with_different_tokens_cannot_talk():
 def test_a_forged_request_never_reaches_the_servers_handler():
     seen = []
     a, b = mp.Pipe()
-    server = PipeEndpoint(b, lambda m: seen.append(m) or Message("ack"), initiator=False, token=b"s")
+    server = PipeEndpoint(
+        b, lambda m: seen.append(m) or Message("ack"), initiator=False, token=b"s"
+    )
     errors = []
     thread = threading.Thread(target=lambda: _catch(server.serve_forever, errors))
     thread.start()

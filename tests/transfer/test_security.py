@@ -123,6 +123,7 @@ def test_malformed_requests_get_protocol_errors(session_and_data):
         Message("upload", {**good.meta, "split": ["train"]}, good.blobs),
         Message("upload", good.meta, (b"garbage",) + good.blobs[1:]),  # refused on arrival
         Message("predict", {"x": good.meta["x"], "probabilities": "../.."}, good.blobs),  # was True
+        Message("upload", {**good.meta, "y": {**good.meta["y"], "shape": [32, 1]}}, good.blobs),
     ]
     stored = len(server.batches["train"])
     for msg in cases:
@@ -272,3 +273,12 @@ def test_malformed_validation_replies_are_protocol_errors(session_and_data):
             s.client.validation(Message("squared_errors", meta, good.blobs), yv)
     with pytest.raises(ProtocolError, match="no ciphertext"):
         s.client.handle(Message("refresh", {"level": 1}))
+
+
+def test_weights_of_another_shape_are_not_served(session_and_data):
+    """set_model took any shape: a one-row model then served wrong predictions silently."""
+    s, _ = session_and_data
+    msg = s.client.set_model(np.zeros((s.spec.classes, s.spec.features)))
+    meta = {"weights": {**msg.meta["weights"], "shape": [1, s.spec.features]}}
+    with pytest.raises(ProtocolError, match="the model is"):
+        s.server.handle(Message("set_model", meta, msg.blobs))
