@@ -42,7 +42,7 @@ from privlearn.he.io import CorruptError, ForeignParametersError
 LOAD_TIMEOUT_S, LOAD_S_PER_GB = 10.0, 20.0
 # parsing and a single-threaded canary product at N=2^16, with a wide margin: crafted
 # ciphertexts have hung OpenFHE, so this is how long one can hold up its receiver
-CHECK_TIMEOUT_S = 10.0
+CHECK_TIMEOUT_S = 5.0
 
 
 # what a fork may allocate: OpenFHE's keys at N=2^16 peak at ~6x their serialized size
