@@ -358,6 +358,10 @@ class Evaluator(_OpenFHEMixin, _EvaluatorBase):
             load_relin_key(self._cc, public["relin_key"], self._tag)
             self._keys = None
             keys = public.get("automorphism_keys")
+            # OpenFHE merges into the table: another evaluator's keys for this tag would pass
+            # for this bundle's (each evaluator puts its own back when it rotates)
+            self._cc.ClearEvalAutomorphismKeys()
+            _ACTIVE.clear()
             if isinstance(keys, Path):
                 if not self._cc.DeserializeEvalAutomorphismKey(str(keys), SER):
                     raise RuntimeError(f"cannot read {keys}")

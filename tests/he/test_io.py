@@ -330,3 +330,10 @@ def test_a_bundle_that_grants_rotations_it_has_no_keys_for_is_corrupt():
     other_keys = _forge_bundle(client.public_bundle([2]), meta={"rotations": [1]})
     with pytest.raises(io.CorruptError, match="holds 0"):
         Evaluator.from_bundle(other_keys, insecure_for_testing=True)
+    # in a process where an evaluator already holds the key for rotation 1 under this tag,
+    # OpenFHE's merged table made the forged bundle look complete
+    honest = Evaluator.from_bundle(client.public_bundle([1]), insecure_for_testing=True)
+    with pytest.raises(io.CorruptError, match="holds 0"):
+        Evaluator.from_bundle(other_keys, insecure_for_testing=True)
+    x = client.encrypt(np.arange(8.0))
+    assert np.allclose(client.decrypt(honest.rotate(x, 1))[:7], np.arange(1.0, 8.0), atol=1e-4)
