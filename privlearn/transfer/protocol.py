@@ -4,7 +4,7 @@ Everything the two roles exchange is a :class:`Message`: a kind, small public me
 epoch numbers: never data) and a tuple of byte strings (serialized ciphertexts or a public
 bundle). A message travels as one enveloped byte string (``privlearn.he.io``), checked on
 arrival, so the same code runs in one process (two threads), across processes, or over a
-network. Between the two roles every frame is authenticated (:mod:`privlearn.transfer.channel`).
+network. Between the two roles every frame is authenticated (:mod:`privlearn.he.channel`).
 Endpoints can record a transcript of every byte that crossed, which the tests search for
 secret-key bytes.
 """
@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from privlearn.he import io
-from privlearn.transfer.channel import Channel
+from privlearn.he.channel import Channel
 
 KINDS = {
     "setup": "client -> server: public bundle (or a bundle directory's path), the training "
@@ -129,7 +129,7 @@ class Endpoint:
 
 class PipeEndpoint(Endpoint):
     """One side of a duplex ``multiprocessing`` pipe, every frame authenticated
-    (:mod:`privlearn.transfer.channel`; the client is the link's ``initiator``): frames are
+    (:mod:`privlearn.he.channel`; the client is the link's ``initiator``): frames are
     b"Q"/b"A" + message bytes, and b"X" ends the other side's :meth:`serve_forever`."""
 
     def __init__(

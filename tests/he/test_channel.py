@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from privlearn.transfer.channel import Channel, ChannelError
+from privlearn.he.channel import Channel, ChannelError
 from privlearn.transfer.protocol import Message, PipeEndpoint
 
 
