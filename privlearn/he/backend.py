@@ -272,9 +272,7 @@ class ClientContext(_Context):
         Refused: values that are not finite, and a ciphertext marked real whose slots hold
         more than CKKS error in their imaginary parts (the mark comes from a header its sender
         wrote; dropping the imaginary part would silently lose half of what it holds)."""
-        self._check(ct)
-        self.cost.record("decrypt", ct.level)
-        values = self._decrypt(ct)
+        values = self._decrypted(ct)
         if not np.isfinite(values).all():
             raise io.CorruptError("a ciphertext decrypted to values that are not finite")
         if ct.is_complex:
@@ -286,6 +284,11 @@ class ClientContext(_Context):
                 "header's complex flag is wrong"
             )
         return values.real.copy()
+
+    def _decrypted(self, ct: Ciphertext) -> np.ndarray:
+        self._check(ct)
+        self.cost.record("decrypt", ct.level)
+        return self._decrypt(ct)
 
     @abstractmethod
     def _decrypt(self, ct: Ciphertext) -> np.ndarray:
@@ -312,9 +315,7 @@ class ClientContext(_Context):
         """Decrypt and encrypt afresh: the client-side alternative to bootstrapping. What is
         decrypted goes back encrypted, unchecked: a check on the values would answer a
         question about them to whoever sent the ciphertext."""
-        self._check(ct)
-        self.cost.record("decrypt", ct.level)
-        values = self._decrypt(ct)
+        values = self._decrypted(ct)
         return self.encrypt(values if ct.is_complex else values.real, level=level)
 
     def _levels_ok(self, level: int | None) -> int:

@@ -54,6 +54,10 @@ def _check_timeout(count: int) -> float:
     return CHECK_TIMEOUT_S * (1 + count)
 
 
+def _load_timeout(sections: dict) -> float:
+    return LOAD_TIMEOUT_S + LOAD_S_PER_GB * _size(sections) / 2**30
+
+
 class IsolationError(CorruptError):
     """Untrusted bytes crashed or hung OpenFHE in the isolated process."""
 
@@ -107,8 +111,7 @@ def _ask(request: tuple, timeout: float, material: Material | None = None) -> di
         try:
             if material is not None and material.generation != _generation:
                 load = ("load", material.key, material.public, False)
-                timeout = LOAD_TIMEOUT_S + LOAD_S_PER_GB * _size(material.public) / 2**30
-                _raise_for(_worker.ask(load, timeout), "public material")
+                _raise_for(_worker.ask(load, _load_timeout(material.public)), "public material")
                 material.generation = _generation
             return _worker.ask(request, timeout)
         except (EOFError, OSError):
@@ -138,8 +141,7 @@ class Material:
         in a fork first; ``trusted`` ones (the client's own) are loaded directly."""
         self.key = uuid.uuid4().hex
         plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in sections.items()}
-        timeout = LOAD_TIMEOUT_S + LOAD_S_PER_GB * _size(plain) / 2**30
-        _raise_for(_ask(("load", self.key, plain, not trusted), timeout), what)
+        _raise_for(_ask(("load", self.key, plain, not trusted), _load_timeout(plain)), what)
         self.public = {k: plain[k] for k in ("context", "public_key", "relin_key")}
         self.generation = _generation
         weakref.finalize(self, _drop, self.key)
@@ -183,10 +185,10 @@ def _answer(states: dict, op: str, key: str, *args) -> dict:
         sections, probe = args
         answer = {}
         if probe:
-            size = _size(sections)
-            timeout = LOAD_TIMEOUT_S + LOAD_S_PER_GB * size / 2**30
-            memory = MEMORY_MARGIN + KEY_PARSE_FACTOR * size
-            answer = _in_fork(lambda: _load(sections, with_rotations=True), timeout, memory)
+            memory = MEMORY_MARGIN + KEY_PARSE_FACTOR * _size(sections)
+            answer = _in_fork(
+                lambda: _load(sections, with_rotations=True), _load_timeout(sections), memory
+            )
         if not answer:
             states[key] = _load(sections, with_rotations=False)
         return answer
