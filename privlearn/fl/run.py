@@ -3,7 +3,8 @@
 Every round writes `metrics.json` and a checkpoint (`checkpoint.pt`, replaced atomically)
 into the output folder. Round r's cohort, batches and server randomness derive from
 (seed, r) alone, so a run resumed from round r's checkpoint continues exactly as if it
-had never stopped; Ctrl-C loses at most the round in progress, which is then redone.
+had never stopped. Ctrl-C stops the run once the round in progress is saved; a second
+Ctrl-C stops it at once, losing that round, which resuming redoes.
 
 A round whose every update is rejected, or whose aggregate is not finite, leaves the model
 and client states as they were and is recorded, with why, as `skipped` in its metrics entry
@@ -24,6 +25,8 @@ import os
 import pickle
 import re
 import reprlib
+import signal
+import threading
 import time
 import typing
 from dataclasses import asdict, dataclass, field
@@ -738,7 +741,7 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
     )
     saved = start  # rounds whose checkpoint is on disk
     try:
-        with bar:
+        with bar, _interrupt_between_rounds(console) as interrupted:
             task = bar.add_task(
                 f"{cfg.algorithm} rounds", total=cfg.rounds, completed=start, acc=""
             )
@@ -786,6 +789,8 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                     else entry.get("personal_acc")
                 )
                 bar.update(task, advance=1, acc="" if acc is None else f"acc {acc:.3f}")
+                if interrupted():
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         # a round interrupted after its entry but before its checkpoint is not saved: the
         # metrics must not claim it (resuming recomputes it). The checkpoint on disk decides:
@@ -814,6 +819,34 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
     _write_json(doc, out / METRICS)
     plot_metrics(doc["rounds"], out / PLOT, title)
     return doc
+
+
+@contextlib.contextmanager
+def _interrupt_between_rounds(console: Console):
+    """Turn the first Ctrl-C into a request honoured after the round's checkpoint.
+
+    A KeyboardInterrupt raised inside torch's function transforms leaves their internal
+    stack inconsistent (torch then fails its own assertion instead of unwinding), so the
+    first SIGINT only sets a flag; a second one interrupts at once, as Python would.
+    """
+    requested = []
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: False  # SIGINT is ignored or owned by someone else: leave it alone
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        console.print("[yellow]stopping after this round; Ctrl-C again to stop now[/]")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def load_checkpoint_config(out: str | Path) -> RunConfig:
