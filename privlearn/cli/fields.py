@@ -4,7 +4,7 @@ and help, so flags and YAML keys cannot drift apart.
 Field ``n_clients`` is the flag ``--n-clients`` and the YAML key ``n_clients``; its help is
 ``field(metadata={"help": ...})``, and ``metadata["unset"]`` says what a ``None`` default means.
 A field added later gets its flag without touching the CLI. Lists are written ``a,b,c``, dicts
-as repeated ``key=value`` (values read as YAML), booleans as ``--name/--no-name``.
+as repeated ``key=value`` (values read as YAML, 1e30 a float), booleans as ``--name/--no-name``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import click
 import typer
-import yaml
 
 from privlearn.cli.errors import UsageError
 from privlearn.fl.hints import kind_of
+from privlearn.fl.yaml_numbers import safe_load
 
 
 def flag(name: str) -> str:
@@ -95,7 +95,7 @@ def _convert(name: str, kind: str, elem: type | None, value: Any) -> Any:
             key, sep, text = item.partition("=")
             if not sep or not key.strip():
                 raise UsageError(f"{flag(name)}: expected key=value, got {item!r} (e.g. mu=0.01)")
-            out[key.strip().replace("-", "_")] = yaml.safe_load(text)
+            out[key.strip().replace("-", "_")] = safe_load(text)
         return out
     return value
 

@@ -335,8 +335,10 @@ class RunConfig:
     def from_yaml(cls, path: str | Path) -> RunConfig:
         import yaml
 
+        from privlearn.fl.yaml_numbers import safe_load
+
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -171,3 +171,16 @@ def test_flags_override_the_yaml_and_merge_algo_params(tmp_path, monkeypatch):
     assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o")]).exit_code == 0
     assert seen[0].rounds == 7 and seen[0].algo_params == {"a": 1, "b": 3}
     assert seen[0].lr == RunConfig().lr  # a flag left at its default does not override
+
+
+def test_numbers_in_exponent_form_are_floats_in_flags_and_yaml(tmp_path, monkeypatch):
+    # YAML 1.1 (PyYAML) reads 1e30 as a string; a user writing it means a number
+    seen = []
+    monkeypatch.setattr(
+        "privlearn.fl.run.run_experiment", lambda cfg, **kw: seen.append(cfg) or {"rounds": []}
+    )
+    (tmp_path / "c.yaml").write_text("algo_params:\n  mu: 1e-2\n")
+    args = ["fl", "run", "--config", str(tmp_path / "c.yaml"), "--algorithm", "fedprox"]
+    args += ["--defence-params", "scale=1e30", "--out", str(tmp_path / "o")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen[0].algo_params == {"mu": 0.01} and seen[0].defence_params == {"scale": 1e30}

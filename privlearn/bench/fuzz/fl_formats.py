@@ -131,11 +131,12 @@ class YamlConfig(_CliFormat):
 
     def observe(self, target, data, casedir):
         from privlearn.fl.run import RunConfig
+        from privlearn.fl.yaml_numbers import safe_load
 
         path = casedir / "config.yaml"
         path.write_bytes(data)
         cfg = dataclasses.replace(RunConfig.from_yaml(path))  # as `fl run` re-checks
-        return {"cfg": dataclasses.asdict(cfg), "parsed": yaml.safe_load(data.decode())}
+        return {"cfg": dataclasses.asdict(cfg), "parsed": safe_load(data.decode())}
 
     def judge(self, target, value, reference):
         parsed = value["parsed"] or {}
