@@ -108,3 +108,15 @@ def test_bad_game_input_is_refused_before_training():
         membership_game(_cfg(sampling="uniform", clients_per_round=2))
     with pytest.raises(ValueError, match="candidates"):
         membership_game(_cfg(), "client", candidates=1000)
+
+
+@pytest.mark.slow
+def test_lira_with_16_replayed_shadows_beats_the_loss_threshold_at_low_fpr():
+    """The recipe of docs/privacy-membership.md (global target; about a minute)."""
+    cfg = _cfg(n_clients=5, hidden=[256], rounds=10, epochs=20)
+    attacks = membership_game(cfg, "global", n_models=17, candidates=600, seed=0)["attacks"]
+    lira, loss = attacks["lira-online-fixed-var"], attacks["loss-threshold"]
+    at, base = lira["tpr_at_fpr"]["0.01"], loss["tpr_at_fpr"]["0.01"]
+    assert lira["shadows"] == 16 and at["n_neg"] == 17 * 300
+    assert at["tpr_ci"][0] > base["tpr_ci"][1]  # intervals apart
+    assert lira["tpr_at_fpr"]["0.001"]["tpr"] > loss["tpr_at_fpr"]["0.001"]["tpr"]

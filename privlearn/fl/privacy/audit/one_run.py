@@ -24,6 +24,7 @@ Two kinds of canary, matching the two guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -151,6 +152,8 @@ def insert_example_canaries(
     """A copy of `ds` whose training rows gain the included canaries, each given to a
     uniformly drawn client; also returns the canaries' row indices in the new x_train
     (-1 for excluded ones)."""
+    if ds.x_clean is not None:
+        raise ValueError("ds: per-round feature noise redraws x_train; insert canaries without it")
     inc = np.asarray(included, dtype=bool)
     if inc.shape != (len(y),):
         raise ValueError(f"included: need one bit per canary ({len(y)}), got shape {inc.shape}")
@@ -161,14 +164,11 @@ def insert_example_canaries(
     owner = np.random.default_rng([seed, 13, 3]).integers(ds.n_clients, size=len(idx))
     clients = [np.concatenate([c, rows[idx][owner == k]]) for k, c in enumerate(ds.clients)]
     sel = torch.as_tensor(idx, device=x.device)
-    new = FederatedDataset(
-        name=ds.name,
+    new = dataclasses.replace(
+        ds,
         x_train=torch.cat([ds.x_train, x[sel].to(ds.x_train.dtype)]),
         y_train=torch.cat([ds.y_train, y[sel].to(ds.y_train.dtype)]),
         clients=clients,
-        x_test=ds.x_test,
-        y_test=ds.y_test,
-        n_classes=ds.n_classes,
         meta={**ds.meta, "example_canaries": int(inc.sum())},
     )
     return new, rows
