@@ -88,6 +88,8 @@ def train_federation(
         exp, cfg=dataclasses.replace(exp.cfg, seed=seed), data=ds, engine=recorder
     )
     server, bank = run.init_state()
+    if exp.algo.global_model(server) is None:
+        raise ValueError(f"algorithm {exp.cfg.algorithm!r} has no global model to attack")
     for r in range(exp.cfg.rounds):
         before = server
         server, _, plan = run.round(server, bank, r)
@@ -97,12 +99,14 @@ def train_federation(
             f"client {TARGET_CLIENT} is not in the last round's cohort; use sampling 'all'"
         )
     up = T.rows(recorder.last.updates, int(rows[0]))
-    gm = exp.algo.global_model(server)
-    if gm is None:
-        raise ValueError(f"algorithm {exp.cfg.algorithm!r} has no global model to attack")
+    if set(up.delta) != set(before.get("params", {})):
+        raise ValueError(
+            f"algorithm {exp.cfg.algorithm!r} does not upload its model change: the client "
+            "target needs one whose delta covers every parameter (the FedAvg family)"
+        )
     client_params = T.add(before["params"], up.delta)
     client_buffers = up.buffers if up.buffers else before["buffers"]
-    return {"global": gm, "client": (client_params, client_buffers)}
+    return {"global": exp.algo.global_model(server), "client": (client_params, client_buffers)}
 
 
 @torch.no_grad()
@@ -166,7 +170,7 @@ def lira_scores(
     )
 
 
-ATTACKS = {
+ATTACKS = {  # name: (online, fixed_variance) of LiRA; None: the loss threshold
     "loss-threshold": None,
     "lira-online-fixed-var": (True, True),
     "lira-online": (True, False),
@@ -213,6 +217,8 @@ def membership_game(
         raise ValueError(f"target: must be one of {', '.join(TARGETS)}, got {target!r}")
     if n_models < 3:
         raise ValueError(f"n_models: need >= 3 (a target and 2 shadows), got {n_models}")
+    if target == "client" and cfg.n_clients < 2:
+        raise ValueError("cfg.n_clients: the client target needs >= 2 clients")
     if cfg.sampling != "all":
         raise ValueError("cfg.sampling: the game needs 'all' (every client in the last round)")
     t0 = time.perf_counter()

@@ -161,7 +161,8 @@ def insert_example_canaries(
     start = len(ds.y_train)
     rows = np.full(len(y), -1, dtype=np.int64)
     rows[idx] = start + np.arange(len(idx))
-    owner = np.random.default_rng([seed, 13, 3]).integers(ds.n_clients, size=len(idx))
+    # every canary has an owner, drawn whether or not it is included
+    owner = np.random.default_rng([seed, 13, 3]).integers(ds.n_clients, size=len(y))[idx]
     clients = [np.concatenate([c, rows[idx][owner == k]]) for k, c in enumerate(ds.clients)]
     sel = torch.as_tensor(idx, device=x.device)
     new = dataclasses.replace(
