@@ -108,6 +108,8 @@ def test_bad_game_input_is_refused_before_training():
         membership_game(_cfg(sampling="uniform", clients_per_round=2))
     with pytest.raises(ValueError, match="candidates"):
         membership_game(_cfg(), "client", candidates=1000)
+    with pytest.raises(ValueError, match="n_clients"):
+        membership_game(_cfg(n_clients=1), "client")
 
 
 @pytest.mark.slow
