@@ -158,7 +158,7 @@ def private(algo: Any, model: Model, dp: LocalDP, work: LocalWork) -> Any:
 
     def client_state_init(s):
         z = torch.zeros((), dtype=torch.int64)
-        dp_state = {"noise": blank, "steps": z, "epochs": z, "rate": torch.zeros(())}
+        dp_state = {"noise": blank, "steps": z, "epochs": z, "n": z}
         return {**algo.client_state_init(s), "dp": dp_state}
 
     def client_init(s, cs, info):
@@ -179,11 +179,8 @@ def private(algo: Any, model: Model, dp: LocalDP, work: LocalWork) -> Any:
         nb = torch.clamp(n // big_b, min=1) if work.drop_last else (n + big_b - 1) // big_b
         taken = d["steps"] - d["start"]
         epochs = d["epochs"] + (taken + nb - 1) // nb
-        rate = (big_b / lo["n"].to(torch.float64)).clamp(max=1.0)
-        return u, {
-            **cs,
-            "dp": {"noise": d["noise"], "steps": d["steps"], "epochs": epochs, "rate": rate},
-        }
+        own = {"noise": d["noise"], "steps": d["steps"], "epochs": epochs, "n": n}
+        return u, {**cs, "dp": own}
 
     def step_noise(lo, batched):
         """Each client's standard normal draws for one step, from its own generator."""
@@ -220,6 +217,12 @@ def private(algo: Any, model: Model, dp: LocalDP, work: LocalWork) -> Any:
     )
 
 
+def sampling_rates(bank: Any, work: LocalWork) -> list[float]:
+    """Each client's record sampling rate q = min(1, B / n). The bank keeps the integer n
+    (its "dp" entry), so casting the bank's floats to another precision cannot move q."""
+    return [min(1.0, work.batch_size / n) if n else 0.0 for n in bank["dp"]["n"].tolist()]
+
+
 def participation(work: LocalWork, rate: float) -> Participation:
     """How one record of a client with sampling rate `rate` enters DP-SGD's noisy steps."""
     if work.sampler == "poisson":
@@ -235,7 +238,7 @@ def client_epsilon(
     0 for a client that never trained."""
     d = bank["dp"]
     counts = (d["steps"] if work.sampler == "poisson" else d["epochs"]).tolist()
-    rates = d["rate"].tolist()
+    rates = sampling_rates(bank, work)
     seen: dict[tuple[int, float], float] = {}
     out = []
     for s, q in zip(counts, rates, strict=True):
