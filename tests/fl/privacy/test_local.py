@@ -222,7 +222,8 @@ def test_client_epsilon_is_the_accountants(digits_dir):
 
 def test_dp_sgd_still_learns_at_small_noise():
     """digits over 10 clients (iid), mlp, z = 0.5, C = 1, 8 rounds of one Poisson epoch:
-    test accuracy >= 0.8 (0.86 measured; non-private fedavg reaches ~0.95)."""
+    test accuracy >= 0.8 (0.825 measured with noise seed 0; 0.85 and 0.83 with seeds 1 and 2;
+    non-private fedavg on the same run: 0.92)."""
     ds = build_federated(DataSpec("digits", 10, "homo"), seed=0)
     model, algo = _private("fedavg", ds, LocalDP(1.0, 0.5, seed=0), model="mlp", lr=0.5)
     server, _, _ = run(algo, model, ds, make_engine("vectorised"), 8, Sampling("all"), POISSON)
