@@ -266,3 +266,31 @@ def test_bad_sampler():
         LocalWork(sampler="bernoulli")
     with pytest.raises(ValueError, match="drop_last"):
         LocalWork(sampler="poisson", drop_last=True)
+
+
+def test_rejected_update_still_spends_noise_and_steps(digits_dir):
+    """A client whose update screening rejects (here: a NaN delta) has still sent it: its
+    noise state and DP step count advance, so its noise is never reused."""
+    from privlearn.fl.engine import TrainData
+    from privlearn.fl.rounds import init_federation, run_round, server_rng
+
+    model, algo = _private("fedavg", digits_dir, LocalDP(1.0, 1.0, seed=0))
+    inner = make_engine("vectorised")
+
+    class Breaks:
+        name = "breaks"
+
+        def run_clients(self, *args):
+            out = inner.run_clients(*args)
+            out.updates.delta["fc.bias"][0] = float("nan")
+            return out
+
+    server, bank = init_federation(algo, model, digits_dir.n_clients, 0)
+    before = copy.deepcopy(bank["dp"])
+    plan = plan_round(digits_dir.clients, Sampling("all"), POISSON, 0, 0)
+    data = TrainData(digits_dir.x_train, digits_dir.y_train)
+    _, stats = run_round(algo, Breaks(), server, bank, plan, data, server_rng(0, 0))
+    first = int(plan.clients[0])
+    assert [r.client for r in stats.rejected] == [first]
+    assert bank["dp"]["steps"][first] == plan.steps[0] > before["steps"][first]
+    assert not torch.equal(bank["dp"]["noise"][first], before["noise"][first])
