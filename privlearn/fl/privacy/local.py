@@ -29,7 +29,7 @@ inside vmap, so the engine draws each step's noise outside it (`Algorithm.step_n
 client after another from that client's own generator, and passes it in the batch: both
 engines draw the same numbers for the same client and step, whatever their batching.
 
-Example (digits over 10 clients, 3 rounds; ~10 s):
+Example (digits over 10 clients, 3 rounds; a few seconds):
 
     import torch
     from privlearn.fl.algorithms import LocalSGD, build_algorithm

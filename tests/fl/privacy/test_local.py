@@ -152,7 +152,7 @@ def test_poisson_inclusion_rate_and_repeatability(digits_dir):
     assert torch.equal(a.steps, torch.as_tensor([-(-len(c) // 16) for c in digits_dir.clients]))
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox"])
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "feddyn", "fedadam"])
 def test_engines_agree_with_noise_on(digits_dir, name):
     """Each client draws its noise from its own generator, so both engines draw the same
     numbers for the same client and step: models equal to float32 rounding, noise states
