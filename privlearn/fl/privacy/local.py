@@ -59,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -69,6 +69,9 @@ from privlearn.fl.models import Model
 from privlearn.fl.plan import LocalWork
 from privlearn.fl.privacy.accountant import Participation, epsilon
 from privlearn.fl.privacy.noise import draw_normal, noise_state
+
+if TYPE_CHECKING:  # algorithms/base.py imports this module for its DP-SGD gradient
+    from privlearn.fl.algorithms.base import Algorithm
 
 Params = dict[str, torch.Tensor]
 
@@ -134,7 +137,7 @@ def _client_seed(seed: int, client: int) -> int:
     return int(np.random.SeedSequence([seed, client]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def private(algo: Any, model: Model, dp: LocalDP, work: LocalWork) -> Any:
+def private(algo: Algorithm, model: Model, dp: LocalDP, work: LocalWork) -> Algorithm:
     """`algo` (built on `model`) with DP-SGD client steps, for clients trained as `work`
     plans (batch size B, the sampler accounted for); refused for models with batch norm
     (a sample's statistics reach every other sample's gradient) and for the algorithms
@@ -205,8 +208,6 @@ def private(algo: Any, model: Model, dp: LocalDP, work: LocalWork) -> Any:
             noise, states = {k: v[0] for k, v in noise.items()}, states[0]
         return {**lo, "dp": {**d, "noise": states}}, noise
 
-    if algo.batches_per_step != 1:
-        raise ValueError(f"local DP needs one batch per step, {algo.name} takes more")
     return dataclasses.replace(
         algo,
         client_state_init=client_state_init,
