@@ -89,7 +89,9 @@ class VectorisedEngine:
             }
         return self._cache[key]
 
-    def _chunk(self, init, score, server, client_states, info, plan, data, order) -> int:
+    def _chunk(
+        self, init, score, server, client_states, info, plan, data, order, per_sample
+    ) -> int:
         """Clients per stack from the memory budget, measured on one client's local state."""
         rows = order[:1]
         inf = T.rows(info, rows)
@@ -100,6 +102,8 @@ class VectorisedEngine:
         sample_bytes = data.x[:1].numel() * data.x.element_size()
         # state, its gradient and optimiser temporaries (~4x), the batch, activations (~16x)
         per_client = 4 * state_bytes + 17 * plan.batch_size * sample_bytes
+        if per_sample:  # local DP-SGD: a gradient per sample, and temporaries of its size
+            per_client += 2 * plan.batch_size * state_bytes
         return max(1, int(memory_budget_bytes(data.x.device) // max(per_client, 1)))
 
     def run_clients(
@@ -111,7 +115,7 @@ class VectorisedEngine:
         # most steps first; stable so equal counts keep plan order
         order = torch.argsort(-plan.steps, stable=True)
         chunk = self.chunk_size or self._chunk(
-            init, score, server, client_states, info, plan, data, order
+            init, score, server, client_states, info, plan, data, order, algo.step_noise is not None
         )
         ups, states = [], []
         for lo in range(0, k, chunk):
