@@ -152,20 +152,26 @@ def test_poisson_inclusion_rate_and_repeatability(digits_dir):
     assert torch.equal(a.steps, torch.as_tensor([-(-len(c) // 16) for c in digits_dir.clients]))
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "feddyn", "fedadam"])
-def test_engines_agree_with_noise_on(digits_dir, name):
+@pytest.mark.parametrize(
+    "name, work",
+    [("fedavg", POISSON), ("fedprox", POISSON), ("feddyn", POISSON), ("fedadam", POISSON)]
+    + [("fedavg", LocalWork(epochs=2, batch_size=16))],
+)
+def test_engines_agree_with_noise_on(digits_dir, name, work):
     """Each client draws its noise from its own generator, so both engines draw the same
-    numbers for the same client and step: models equal to float32 rounding, noise states
-    and step counts exactly."""
+    numbers for the same client and step: models and client states equal to float32
+    rounding, noise states and step counts exactly (both samplers)."""
     dp = LocalDP(1.0, 1.0, seed=5)
-    model, algo = _private(name, digits_dir, dp, model="mlp")
+    model, algo = _private(name, digits_dir, dp, work, model="mlp")
     out = [
-        run(algo, model, digits_dir, make_engine(e), 2, Sampling("uniform", 4), POISSON)
+        run(algo, model, digits_dir, make_engine(e), 2, Sampling("uniform", 4), work)
         for e in ("sequential", "vectorised")
     ]
     (s1, b1, _), (s2, b2, _) = out
     assert max_abs_diff(s1["params"], s2["params"]) < 1e-5
-    assert all(torch.equal(u, v) for u, v in zip(T.leaves(b1), T.leaves(b2), strict=True))
+    assert max_abs_diff(b1, b2) < 1e-5
+    dp1, dp2 = T.leaves(b1["dp"]), T.leaves(b2["dp"])
+    assert all(torch.equal(u, v) for u, v in zip(dp1, dp2, strict=True))
     assert b1["dp"]["steps"].sum() > 0
 
 
