@@ -9,6 +9,11 @@ Client i's step t reads its epoch e = t // nb_i, batch b = t % nb_i: samples
 order[base_i + e n_i + b B : ... + B], cut at the end of the epoch (the last batch of an
 epoch is short, as a PyTorch DataLoader without drop_last makes it; with `drop_last` the
 epoch's rows past its last full batch are skipped, as DataLoader(drop_last=True) does).
+
+With the `poisson` sampler (record-level Poisson sampling, which DP-SGD's accountant
+assumes) each of client i's n_i records enters each step independently with probability
+q_i = min(1, B / n_i), for the same nb_i steps per epoch; batches then vary in size and are
+padded to the largest batch drawn in the cohort this round, so no draw is ever cut.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class LocalWork:
     stragglers: float = 0.0
     straggler_policy: str = "drop"
     drop_last: bool = False
+    sampler: str = "shuffle"  # "shuffle" (a permutation per epoch) or "poisson" (see above)
 
     def __post_init__(self):
         if not 1 <= self.epochs <= MAX_EPOCHS:
@@ -75,6 +81,10 @@ class LocalWork:
             _refuse("stragglers", "must be a fraction in [0, 1)", self.stragglers)
         if self.straggler_policy not in ("drop", "partial"):
             _refuse("straggler_policy", "must be drop or partial", self.straggler_policy)
+        if self.sampler not in ("shuffle", "poisson"):
+            _refuse("sampler", "must be shuffle or poisson", self.sampler)
+        if self.sampler == "poisson" and self.drop_last:
+            _refuse("drop_last", "has no meaning for Poisson-sampled batches", self.drop_last)
 
 
 def sample_cohort(n_clients: int, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:
@@ -101,6 +111,9 @@ class RoundPlan:
     batch_size: int  # samples per step (batch size x the algorithm's batches per step)
     stragglers: list[int]  # clients that did partial work
     dropped: list[int]  # clients sampled but left out (stragglers under `drop`)
+    # Poisson sampler only (then `order` is empty and batch_size the padded width W):
+    drawn: torch.Tensor | None = None  # [K, S, W] training rows of each step, 0-padded
+    drawn_len: torch.Tensor | None = None  # [K, S] real rows in each step's batch
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -117,6 +130,8 @@ class RoundPlan:
             self.batch_size,
             self.stragglers,
             self.dropped,
+            None if self.drawn is None else f(self.drawn),
+            None if self.drawn_len is None else f(self.drawn_len),
         )
 
     def batch_rows(
@@ -126,6 +141,11 @@ class RoundPlan:
         `limit` (default: their step count) is <= t get an all-zero mask."""
         n, nb, base = self.n[rows], self.nb[rows], self.base[rows]
         limit = self.steps[rows] if limit is None else limit
+        if self.drawn is not None:
+            t_in = min(t, self.drawn.shape[1] - 1)  # rows past their steps are masked anyway
+            length = self.drawn_len[rows, t_in] * (limit > t)
+            mask = torch.arange(self.batch_size, device=n.device)[None, :] < length[:, None]
+            return self.drawn[rows, t_in], mask
         e = t // nb
         b = t - e * nb
         start = base + e * n + b * self.batch_size
@@ -141,6 +161,8 @@ class RoundPlan:
 
     def client_batch(self, row: int, t: int) -> torch.Tensor:
         """Sample indices of step t of plan row `row`, unpadded (the sequential engine)."""
+        if self.drawn is not None:
+            return self.drawn[row, t, : int(self.drawn_len[row, t])]
         n, nb, base = int(self.n[row]), int(self.nb[row]), int(self.base[row])
         e, b = divmod(t, nb)
         start = base + e * n + b * self.batch_size
@@ -168,6 +190,30 @@ def client_order(
         if epochs
         else (np.zeros(0, dtype=np.int64))
     )
+
+
+def client_poisson(
+    indices: np.ndarray, rate: float, steps: int, seed: int, round_idx: int, client: int
+) -> list[np.ndarray]:
+    """Client `client`'s Poisson-sampled batches for `steps` steps of round `round_idx`: each
+    record in each step independently with probability `rate`, from the client's own stream
+    (seed, round, client) as `client_order`."""
+    rng = np.random.default_rng([seed, round_idx, 3, client])
+    return [indices[row] for row in rng.random((steps, len(indices))) < rate]
+
+
+def _padded(batches: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack each client's batches into [K, S, W] rows (0-padded) and [K, S] lengths, W the
+    largest batch drawn (at least 1, so an empty draw still has a row to mask)."""
+    k, s = len(batches), max((len(b) for b in batches), default=0)
+    w = max((len(x) for b in batches for x in b), default=0)
+    rows = np.zeros((k, s, max(w, 1)), dtype=np.int64)
+    lengths = np.zeros((k, s), dtype=np.int64)
+    for i, b in enumerate(batches):
+        for t, x in enumerate(b):
+            rows[i, t, : len(x)] = x
+            lengths[i, t] = len(x)
+    return torch.as_tensor(rows), torch.as_tensor(lengths)
 
 
 def plan_round(
@@ -213,6 +259,27 @@ def plan_round(
                     steps[i] = rng.integers(1, nb[i]) if nb[i] > 1 else 1
             stragglers = cohort[slow].tolist()
     cohort, sizes, nb, steps = cohort[keep], sizes[keep], nb[keep], steps[keep]
+    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
+    if work.sampler == "poisson":
+        batches = [
+            client_poisson(clients[c], min(1.0, big_b / n), int(s), seed, round_idx, int(c))
+            for c, n, s in zip(cohort, sizes, steps, strict=True)
+        ]
+        drawn, drawn_len = _padded(batches)
+        zero = np.zeros(len(cohort))
+        return RoundPlan(
+            t(cohort),
+            t(sizes),
+            t(nb),
+            t(steps),
+            t(zero),
+            t([]),
+            drawn.shape[2],
+            stragglers,
+            dropped,
+            drawn,
+            drawn_len,
+        )
     n_epochs = -(-steps // np.maximum(nb, 1))
     orders = [
         client_order(clients[c], seed, round_idx, int(c), int(e))
@@ -221,7 +288,6 @@ def plan_round(
     lengths = sizes * n_epochs
     base = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0)
     order = np.concatenate(orders) if orders else np.zeros(0, dtype=np.int64)
-    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
     return RoundPlan(
         t(cohort), t(sizes), t(nb), t(steps), t(base), t(order), big_b, stragglers, dropped
     )

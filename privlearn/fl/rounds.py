@@ -80,6 +80,11 @@ def run_round(
     result = engine.run_clients(run_algo, server, cohort_states, plan, data)
     if scenario is not None:
         result.updates = scenario.forge(result.updates, plan.clients, server, round_idx)
+    if isinstance(bank, dict) and "dp" in bank:
+        # local DP (privacy/local.py): a client's noise generator and DP step count advance
+        # with every update it sent, kept or not: the server saw it, so reusing its noise or
+        # leaving its steps uncounted would break the guarantee
+        T.put_rows_(bank["dp"], plan.clients, result.client_states["dp"])
     keep, rejected = screen(result.updates, plan.clients, max_weight=plan.n, dtype=data.dtype)
     named = {r.client: r for r in rejected}
     for row, reason in result.rejected.items():  # the engine's reason is the more precise one

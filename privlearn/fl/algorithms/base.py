@@ -27,6 +27,7 @@ from torch.utils import _pytree as pytree
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import Transform, Updates, apply_updates, chain, sgd, weighted_mean
 from privlearn.fl.models import Model
+from privlearn.fl.privacy.local import private_grad
 
 Params = dict[str, torch.Tensor]
 State = dict[str, Any]
@@ -90,6 +91,9 @@ class Algorithm:
     # results are summed and handed to client_init as info["score"]
     client_score: Callable[[State, State, State, Batch], torch.Tensor] | None = None
     batches_per_step: int = 1  # a step sees this many batches (Per-FedAvg: 2 or 3)
+    # local DP-SGD (privacy/local.py): step_noise(local, batched) -> (local, noise) gives one
+    # step's noise draws, which engines make outside vmap and pass in batch["noise"]
+    step_noise: Callable[[State, bool], tuple[State, Params]] | None = None
 
 
 # --- shared local training -------------------------------------------------------------------
@@ -159,12 +163,20 @@ def local_sgd_step(
     extra_grad: Callable[[Params], Params] | None = None,
 ) -> State:
     """One client SGD step on the masked loss, plus an algorithm's extra gradient term
-    (FedProx's mu (w - w_g), FedDyn's linear and proximal terms, ...)."""
-    grads, loss, new_buffers = loss_grad(model, local["params"], local["buffers"], batch)
+    (FedProx's mu (w - w_g), FedDyn's linear and proximal terms, ...). A local state holding
+    "dp" (privacy/local.py) takes DP-SGD's noisy clipped gradient instead, and every such
+    step counts, an empty Poisson batch included (it still adds noise)."""
+    if "dp" in local:
+        grads, loss, new_buffers = private_grad(
+            model, local["params"], local["buffers"], batch, local["dp"]
+        )
+        real = torch.ones_like(local["steps"])
+    else:
+        grads, loss, new_buffers = loss_grad(model, local["params"], local["buffers"], batch)
+        real = is_real(batch)
     if extra_grad is not None:
         grads = T.add(grads, extra_grad(local["params"]))
     params, mom = sgd_apply(local["params"], grads, local.get("mom"), opt)
-    real = is_real(batch)
     out = {
         **local,
         "params": params,

@@ -29,6 +29,12 @@ class TrainData:
         return self.x.dtype if self.x.is_floating_point() else torch.get_default_dtype()
 
     def batch(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """Rows `idx` with their mask (default: all real). An empty unpadded batch (a Poisson
+        draw that took no record) becomes one padding row, so that per-sample vmaps have a
+        row to map over and the step still runs (a DP-SGD step then adds only noise)."""
+        if mask is None and idx.numel() == 0:
+            idx = torch.zeros(1, dtype=idx.dtype, device=idx.device)
+            mask = torch.zeros(1, device=self.x.device)
         # the mask weighs losses and counts: in the features' precision, so float64 runs stay exact
         m = torch.ones(idx.shape, device=self.x.device) if mask is None else mask
         return {"x": self.x[idx], "y": self.y[idx], "mask": m.to(self.dtype)}

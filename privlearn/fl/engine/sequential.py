@@ -39,7 +39,10 @@ class SequentialEngine:
             if template is None:  # what a well-formed update looks like: no training needed
                 template = algo.client_final(server, local)[0]
             for t in range(int(plan.steps[row])):
-                local = algo.client_step(local, data.batch(plan.client_batch(row, t)))
+                batch = data.batch(plan.client_batch(row, t))
+                if algo.step_noise is not None:  # local DP: this client's own noise draws
+                    local, batch["noise"] = algo.step_noise(local, False)
+                local = algo.client_step(local, batch)
             update, new_cs = algo.client_final(server, local)
             reason = shape_mismatch(update, template)
             if reason is not None:  # keep the row, poisoned, so screening drops it by name

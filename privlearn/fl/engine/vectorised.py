@@ -64,6 +64,9 @@ class VectorisedEngine:
 
     def _fns(self, algo: Algorithm):
         key = id(algo)
+        if self.compile and algo.step_noise is not None:
+            # the compiled step is gated on non-empty batches; a DP step on an empty one is not
+            raise ValueError("local DP runs on the eager vectorised engine: set compile off")
         if key not in self._cache:
             step = vmap(_gated(algo.client_step) if self.compile else algo.client_step)
             if self.compile:
@@ -86,7 +89,9 @@ class VectorisedEngine:
             }
         return self._cache[key]
 
-    def _chunk(self, init, score, server, client_states, info, plan, data, order) -> int:
+    def _chunk(
+        self, init, score, server, client_states, info, plan, data, order, per_sample
+    ) -> int:
         """Clients per stack from the memory budget, measured on one client's local state."""
         rows = order[:1]
         inf = T.rows(info, rows)
@@ -97,6 +102,8 @@ class VectorisedEngine:
         sample_bytes = data.x[:1].numel() * data.x.element_size()
         # state, its gradient and optimiser temporaries (~4x), the batch, activations (~16x)
         per_client = 4 * state_bytes + 17 * plan.batch_size * sample_bytes
+        if per_sample:  # local DP-SGD: a gradient per sample, and temporaries of its size
+            per_client += 2 * plan.batch_size * state_bytes
         return max(1, int(memory_budget_bytes(data.x.device) // max(per_client, 1)))
 
     def run_clients(
@@ -108,7 +115,7 @@ class VectorisedEngine:
         # most steps first; stable so equal counts keep plan order
         order = torch.argsort(-plan.steps, stable=True)
         chunk = self.chunk_size or self._chunk(
-            init, score, server, client_states, info, plan, data, order
+            init, score, server, client_states, info, plan, data, order, algo.step_noise is not None
         )
         ups, states = [], []
         for lo in range(0, k, chunk):
@@ -118,7 +125,7 @@ class VectorisedEngine:
             if score is not None:
                 inf["score"] = self._score(score, server, client_states, info, plan, data, rows)
             local = init(server, cs, inf)
-            local = self._train(step, local, plan, data, rows, algo.client_step)
+            local = self._train(step, local, plan, data, rows, algo)
             u, s = final(server, local)
             ups.append(u)
             states.append(s)
@@ -138,8 +145,9 @@ class VectorisedEngine:
         return total
 
     def _train(
-        self, step, local: Any, plan: RoundPlan, data: TrainData, rows: torch.Tensor, single_step
+        self, step, local: Any, plan: RoundPlan, data: TrainData, rows: torch.Tensor, algo
     ) -> Any:
+        single_step, noise = algo.client_step, algo.step_noise
         steps = plan.steps[rows].tolist()  # descending
         if not steps or steps[0] == 0:
             return local
@@ -161,11 +169,17 @@ class VectorisedEngine:
                 # one client left (a heavy tail): unbatched steps skip vmap's overhead
                 one = T.rows(local, 0)
                 for tt in range(t, steps[0]):
-                    one = single_step(one, data.batch(plan.client_batch(int(rows[0]), tt)))
+                    batch = data.batch(plan.client_batch(int(rows[0]), tt))
+                    if noise is not None:
+                        one, batch["noise"] = noise(one, False)
+                    one = single_step(one, batch)
                 local = T.tree_map(lambda v: v.unsqueeze(0), one)
                 break
             idx, mask = plan.batch_rows(rows[:width], t)
-            local = step(local, data.batch(idx, mask))
+            batch = data.batch(idx, mask)
+            if noise is not None:
+                local, batch["noise"] = noise(local, True)
+            local = step(local, batch)
             t += 1
         return T.cat([local] + done[::-1])
 
