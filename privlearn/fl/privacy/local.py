@@ -195,7 +195,7 @@ def private(algo: Algorithm, model: Model, dp: LocalDP, work: LocalWork) -> Algo
         ids = d["id"].reshape(-1)
         draws, new = [], []
         for j in range(states.shape[0]):
-            st = states[j].cpu().clone()  # set_state misreads a view of a stack (segfaults)
+            st = states[j].cpu()
             if not st.any():
                 st = noise_state(None if dp.seed is None else _client_seed(dp.seed, int(ids[j])))
             z, st = draw_normal(st, shapes)

@@ -28,6 +28,6 @@ def draw_normal(
     """Standard normal draws of the given shapes from a generator `state` (CPU, float64),
     and the state after them. Callers scale and cast: the draw never depends on the device."""
     g = torch.Generator()
-    g.set_state(state)
+    g.set_state(state.clone())  # set_state misreads a view (a row of a stack) and crashes
     out = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
     return out, g.get_state()

@@ -15,3 +15,10 @@ def test_a_saved_state_continues_the_same_stream():
     (rest,), end = draw_normal(mid, [torch.Size([2, 2])])
     assert torch.equal(first, again) and torch.equal(second, rest) and torch.equal(after, end)
     assert first.dtype == torch.float64
+
+
+def test_a_row_of_a_stack_of_states_is_a_state():
+    stack = torch.stack([noise_state(1), noise_state(2)])
+    (row,), _ = draw_normal(stack[1], [torch.Size([4])])
+    (own,), _ = draw_normal(noise_state(2), [torch.Size([4])])
+    assert torch.equal(row, own)
