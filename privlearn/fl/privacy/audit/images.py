@@ -103,9 +103,9 @@ def save_grid(
     for i in range(n):
         for row, img in ((0, originals[i]), (1, reconstructions[order[i]])):
             ax = axes[row][i]
-            im = img.detach().cpu().float()
+            im = img.detach().cpu().float().numpy()
             ax.imshow(
-                im[0] if im.shape[0] == 1 else im.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1
+                im[0] if im.shape[0] == 1 else im.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1
             )
             ax.set_xticks([])
             ax.set_yticks([])

@@ -81,6 +81,10 @@ def client_upload(
     delta w_after - w_before of `local.steps` SGD steps ("fedavg", FedAvg's local_sgd_step)."""
     if setting == "gradient":
         return loss_grad(model, params, buffers, _batch(x, y))[0]
+    if setting != "fedavg":
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    if local is None:
+        raise ValueError("local: the fedavg setting needs the client's LocalTraining")
     opt = LocalSGD(lr=local.lr)
     state = local_start(params, buffers, opt)
     chunks = list(zip(x.split(local.batch_size), y.split(local.batch_size), strict=True))
@@ -262,8 +266,12 @@ def audit_inversion(
     infer_labels: for one image, infer the label from the update (iDLG) rather than know it."""
     from privlearn.fl.data.datasets import load_centralised
 
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
+    if dp is not None and (dp[0] <= 0 or dp[1] < 0):
+        raise ValueError(f"dp: need (clip > 0, noise_multiplier >= 0), got {dp}")
     data = load_centralised(dataset)
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(data.y_train), size=n_images, replace=False)
