@@ -135,6 +135,7 @@ def setup():
     [
         (dict(n_images=0), "n_images must be >= 1"),
         (dict(tv=-1.0), "tv must be >= 0"),
+        (dict(lr=0.0), "lr must be > 0"),
         (dict(restarts=0), "restarts must be >= 1"),
         (dict(iterations=0), "iterations must be >= 1"),
         (dict(setting="sgd"), "setting must be one of"),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import grad, vmap
 
 from privlearn.fl.algorithms.base import LocalSGD, local_sgd_step, local_start, loss_grad
 from privlearn.fl.models import Model, build_model
@@ -143,7 +143,7 @@ def _cosine_loss(a: Params, b: Params) -> torch.Tensor:
     return 1 - dot / (na * nb).clamp_min(1e-30)
 
 
-def _check(model, params, observed, setting, n_images, labels, local, restarts, iterations, tv):
+def _check(model, params, observed, setting, n_images, labels, local, restarts, iterations, lr, tv):
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     if n_images < 1:
@@ -152,6 +152,8 @@ def _check(model, params, observed, setting, n_images, labels, local, restarts, 
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
     if tv < 0:
         raise ValueError(f"tv must be >= 0, got {tv}")
     if setting == "fedavg" and local is None:
@@ -198,7 +200,17 @@ def invert(
     labels: the client's labels in batch order (known labels), or None to infer one image's
     label; local: the client's lr, batch size and steps (fedavg only)."""
     _check(
-        model, params, observed_update, setting, n_images, labels, local, restarts, iterations, tv
+        model,
+        params,
+        observed_update,
+        setting,
+        n_images,
+        labels,
+        local,
+        restarts,
+        iterations,
+        lr,
+        tv,
     )
     inferred = labels is None
     if inferred:
@@ -212,10 +224,9 @@ def invert(
         return _cosine_loss(dummy, observed)
 
     def objective(x):
-        m = matching(x)
-        return m + tv * total_variation(x), m
+        return matching(x) + tv * total_variation(x)
 
-    step = vmap(grad_and_value(objective, has_aux=True))
+    step = vmap(grad(objective))
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((restarts, n_images, *model.input_shape), generator=g, dtype=dtype)
     x = x * (HIGH - LOW) + LOW
@@ -225,8 +236,7 @@ def invert(
         opt, [iterations * 3 // 8, iterations * 5 // 8, iterations * 7 // 8], gamma=0.1
     )
     for _ in range(iterations):
-        grads, _ = step(x.detach())
-        x.grad = grads.sign()
+        x.grad = step(x.detach()).sign()
         opt.step()
         sched.step()
         with torch.no_grad():
