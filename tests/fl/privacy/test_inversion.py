@@ -196,4 +196,4 @@ def test_mnist5k_cnn_single_image(tmp_path):
         "mnist5k", "cnn", "gradient", 1, restarts=4, iterations=1000, tv=1e-2, out_dir=tmp_path
     )
     assert out["labels_correct"]
-    assert out["mean_psnr"] >= out["baseline_psnr"] + 1
+    assert out["mean_psnr"] >= 18  # measured 23.4 dB; the mean-image guess gives 13.7
