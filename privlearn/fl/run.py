@@ -188,7 +188,7 @@ DP_FIELDS = (
 
 
 @functools.cache
-def _DEFAULTS() -> dict[str, Any]:  # noqa: N802 - a constant, computed once RunConfig exists
+def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
@@ -401,7 +401,7 @@ class RunConfig:
 
     def _check_dp(self) -> None:
         """The DP fields: only with --dp, and a mechanism that can be built and accounted."""
-        given = [k for k in DP_FIELDS if getattr(self, k) != _DEFAULTS()[k]]
+        given = [k for k in DP_FIELDS if getattr(self, k) != _defaults()[k]]
         if self.dp is None:
             if given:
                 raise ValueError(
