@@ -136,8 +136,11 @@ class Sums:
 def _clip_rows(values: Params, clip: float, per_layer: bool) -> tuple[Params, torch.Tensor]:
     """Stacked rows clipped (flat: the row's norm to `clip`; per layer: each leaf's to
     clip / sqrt(L)), and each row's bit [flat norm <= clip] in float64."""
-    ones = torch.ones(T.flat_rows(values).shape[0], device=T.leaves(values)[0].device)
-    bits = (T.flat_rows(values).to(torch.float64).norm(dim=1) <= clip).to(torch.float64)
+    sq = sum(
+        torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1) ** 2 for t in values.values()
+    )
+    bits = (sq.sqrt() <= clip).to(torch.float64)
+    ones = torch.ones_like(sq)
     if not per_layer:
         clipped = clip_by_norm(clip).update(Updates(values, ones), (), {})[0].values
         return clipped, bits
