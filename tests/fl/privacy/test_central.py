@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from privlearn.cli import app
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import Updates
+from privlearn.fl.algorithms import ClientUpdate, LocalSGD, build_algorithm
+from privlearn.fl.models import build_model
 from privlearn.fl.privacy.accountant import (
     MIN_NOISE_MULTIPLIER,
     Participation,
@@ -264,3 +266,30 @@ def test_fedadam_with_dp_central_runs_from_the_cli(tmp_path):
     assert doc["algorithm"] == "fedadam" and doc["rounds"][-1]["epsilon"] > 0
     result = CliRunner().invoke(app, ["fl", "run", "--clip", "1", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "--dp central" in result.output
+
+
+@pytest.mark.parametrize(
+    "name,hp,lr",
+    [
+        ("fedprox", {"server_lr": 0.5}, 0.5),
+        ("pfedme", {"beta": 2.0}, 2.0),
+        ("fedavgm", {"server_momentum": 0.0}, 1.0),
+    ],
+)
+def test_a_reducer_keeps_the_algorithms_server_step(name, hp, lr):
+    """The DP reducer replaces the weighted mean only: the step is lr x the unweighted mean."""
+    model = build_model("mclr", (3,), 2, [4])
+    reducer = dp_mean(CentralDP(1e-12, 100.0, expected_clients=2), seed=0)
+    algo = build_algorithm(
+        name, model, LocalSGD(0.1), n_clients=2, batch_size=4, reducer=reducer, **hp
+    )
+    params, buffers = model.init(torch.Generator().manual_seed(0))
+    server = algo.server_init(params, buffers, torch.Generator())
+    delta = {
+        k: torch.stack([torch.ones_like(v), 3 * torch.ones_like(v)]) for k, v in params.items()
+    }
+    z = torch.zeros(2)
+    u = ClientUpdate(delta, torch.tensor([1.0, 9.0]), z, z, {}, {})
+    new = algo.server_update(server, u, torch.Generator())
+    for k, v in params.items():
+        assert torch.allclose(new["params"][k], v + lr * 2.0, atol=1e-6)
