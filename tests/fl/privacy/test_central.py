@@ -32,7 +32,7 @@ from privlearn.fl.privacy.central import (
     dp_state,
     noisy_step,
 )
-from privlearn.fl.run import RunConfig, load_checkpoint, run_experiment
+from privlearn.fl.run import RunConfig, _atomic_save, load_checkpoint, run_experiment
 
 SMALL = {
     "dataset": "digits",
@@ -293,3 +293,15 @@ def test_a_reducer_keeps_the_algorithms_server_step(name, hp, lr):
     new = algo.server_update(server, u, torch.Generator())
     for k, v in params.items():
         assert torch.allclose(new["params"][k], v + lr * 2.0, atol=1e-6)
+
+
+def test_a_checkpoint_whose_history_lacks_epsilon_under_dp_is_refused(tmp_path):
+    run_experiment(
+        RunConfig(**SMALL, noise_multiplier=1.0, rounds=1, out=str(tmp_path)), progress=False
+    )
+    path = tmp_path / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    del ckpt["rounds"][0]["epsilon"]
+    _atomic_save(ckpt, path)
+    with pytest.raises(ValueError, match="no epsilon under DP"):
+        load_checkpoint(path)
