@@ -915,6 +915,18 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
             counts, out / PARTITION_PLOT, f"{cfg.dataset} / {cfg.partition}: label share per client"
         )
     title = f"{cfg.algorithm} on {cfg.dataset} ({cfg.partition}, {cfg.n_clients} clients)"
+    if exp.budget is not None:
+        b = exp.budget
+        console.print(
+            f"central DP: noise multiplier {b.noise_multiplier:.4g}"
+            f"{' (calibrated)' if b.calibrated else ''}, delta {b.delta:.3g}, {b.accountant} "
+            f"accountant, {b.participation.describe()}"
+        )
+        if cfg.dp_seed is not None:
+            console.print(
+                f"[yellow]warning: dp_seed {cfg.dp_seed} makes the DP noise predictable: this run "
+                "is NOT private[/]"
+            )
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
