@@ -49,7 +49,13 @@ from torch.utils import _pytree as pytree
 from privlearn.fl import hints
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate.screening import magnitude_limit
-from privlearn.fl.algorithms import ALGORITHMS, PERSONALISED, LocalSGD, build_algorithm
+from privlearn.fl.algorithms import (
+    ALGORITHMS,
+    PERSONALISED,
+    LocalSGD,
+    build_algorithm,
+    takes_reducer,
+)
 from privlearn.fl.data import (
     DATASETS,
     SCHEMES,
@@ -63,6 +69,16 @@ from privlearn.fl.engine import TrainData, make_engine
 from privlearn.fl.evaluate import global_accuracy, personal_accuracy
 from privlearn.fl.models import build_model
 from privlearn.fl.plan import LocalWork, Sampling, plan_round
+from privlearn.fl.privacy.accountant import ACCOUNTANTS, Participation
+from privlearn.fl.privacy.budget import (
+    NOT_COVERED,
+    Budget,
+    default_delta,
+    expected_clients,
+    participation,
+    plan_budget,
+)
+from privlearn.fl.privacy.central import DENOMINATORS, CentralDP, dp_mean, dp_problem
 from privlearn.fl.robust import ATTACKS, DEFENCES
 from privlearn.fl.robust.run import backdoor_accuracy, build_scenario, round_report
 from privlearn.fl.rounds import init_federation, run_round, server_rng
@@ -129,6 +145,16 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "defence_f",
         )
     ),
+    ("dp", lambda v: v in ("central", "local"), "must be central or local"),
+    *(
+        (k, _positive, "must be a finite number > 0")
+        for k in ("noise_multiplier", "target_epsilon", "clip", "clip_lr", "clip_count_noise")
+    ),
+    ("delta", lambda v: 0 < v < 1, "must be in (0, 1)"),
+    ("clip_quantile", lambda v: 0 < v < 1, "must be in (0, 1)"),
+    ("dp_denominator", lambda v: v in DENOMINATORS, f"must be one of {', '.join(DENOMINATORS)}"),
+    ("accountant", lambda v: v in ACCOUNTANTS, f"must be one of {', '.join(ACCOUNTANTS)}"),
+    ("dp_seed", lambda v: 0 <= v < np.inf, "must be a finite number >= 0"),
     ("hidden", lambda v: all(1 <= w <= MAX_WIDTH for w in v), f"widths must be in 1..{MAX_WIDTH}"),
     ("momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("local_test_fraction", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
@@ -143,6 +169,27 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
         for k in ("algo_params", "attack_params", "defence_params")
     ),
 )
+
+
+DP_FIELDS = (
+    "noise_multiplier",
+    "target_epsilon",
+    "delta",
+    "clip",
+    "adaptive_clip",
+    "clip_quantile",
+    "clip_lr",
+    "clip_count_noise",
+    "per_layer_clip",
+    "dp_denominator",
+    "accountant",
+    "dp_seed",
+)
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
 @functools.cache
@@ -273,6 +320,39 @@ class RunConfig:
     root_size: int = _opt(
         100, "test samples set aside as the server's clean root set (defences that use one)"
     )
+    # differential privacy (privlearn.fl.privacy; docs/privacy.md)
+    dp: str | None = _opt(
+        None, "differential privacy: central (user-level DP-FedAvg) or local", unset="none"
+    )
+    noise_multiplier: float | None = _opt(
+        None,
+        "DP noise standard deviation over the clip (z)",
+        unset="calibrated to --target-epsilon over --rounds",
+    )
+    target_epsilon: float | None = _opt(
+        None,
+        "DP budget: calibrates the noise, or (with --noise-multiplier) stops training before "
+        "a round would exceed it",
+        unset="none",
+    )
+    delta: float | None = _opt(None, "DP delta", unset="1/N^1.1 for N clients")
+    clip: float | None = _opt(
+        None, "DP clip norm of each client's update", unset="1.0, or 0.1 initially if adaptive"
+    )
+    adaptive_clip: bool = _opt(False, "adapt the clip to a quantile of the update norms")
+    clip_quantile: float = _opt(0.5, "adaptive clip: target quantile gamma of the norms")
+    clip_lr: float = _opt(0.2, "adaptive clip: learning rate eta of the geometric update")
+    clip_count_noise: float | None = _opt(
+        None, "adaptive clip: noise sigma_b on the below-clip count", unset="expected cohort / 20"
+    )
+    per_layer_clip: bool = _opt(False, "DP: clip each layer to clip/sqrt(layers)")
+    dp_denominator: str = _opt(
+        "fixed", "DP mean's denominator: fixed (expected cohort) or clipped (max(count, it))"
+    )
+    accountant: str = _opt("rdp", "DP accountant: rdp or pld (pld needs poisson or all sampling)")
+    dp_seed: int | None = _opt(
+        None, "seed of the DP noise (repeatable runs, NOT private)", unset="OS entropy"
+    )
     # execution
     engine: str = _opt("vectorised", "vectorised (clients stacked) or sequential")
     device: str = _opt("cpu", "cpu or cuda")
@@ -312,11 +392,69 @@ class RunConfig:
                 f"attackers a fraction in (0, 1) (got attack={self.attack!r}, "
                 f"attackers={self.attackers})"
             )
+        self._check_dp()
         if self.sampling == "uniform" and self.straggler_policy == "drop" and active < 1:
             raise ValueError(
                 f"config key stragglers: {self.stragglers} drops every one of the "
                 f"{self.cohort_size} clients a round; lower it"
             )
+
+    def _check_dp(self) -> None:
+        """The DP fields: only with --dp, and a mechanism that can be built and accounted."""
+        given = [k for k in DP_FIELDS if getattr(self, k) != _defaults()[k]]
+        if self.dp is None:
+            if given:
+                raise ValueError(
+                    f"config keys {', '.join(given)} are DP settings: give them with --dp central"
+                )
+            return
+        if self.dp == "local":
+            raise ValueError("config key dp: local DP-SGD is not available yet")
+        if self.defence is not None:
+            raise ValueError(
+                "config key defence: a defence reads every client's raw update before the DP "
+                "reduction, outside the mechanism's bound; run --dp central without --defence"
+            )
+        problem = dp_problem(self.algorithm, self.model in ("mlp-bn", "cnn-bn"))
+        if problem is None and not takes_reducer(self.algorithm):
+            problem = f"--dp central needs an algorithm with a reducer; {self.algorithm} has none"
+        if problem:
+            raise ValueError(f"config key algorithm: {problem}")
+        if self.accountant == "pld" and self.sampling == "uniform":
+            raise ValueError(
+                "config key accountant: the PLD accountant does not support uniform sampling "
+                "(a fixed cohort without replacement); use --accountant rdp or --sampling poisson"
+            )
+
+    def participation(self) -> Participation:
+        """How one client enters a round, for the accountant."""
+        return participation(self.sampling, self.n_clients, self.cohort_size, self.sample_rate)
+
+    def central_dp(self, noise_multiplier: float) -> CentralDP:
+        """The central-DP mechanism at `noise_multiplier` (z, from budget())."""
+        clip = self.clip if self.clip is not None else (0.1 if self.adaptive_clip else 1.0)
+        return CentralDP(
+            noise_multiplier,
+            clip,
+            expected_clients(self.participation(), self.n_clients),
+            self.per_layer_clip,
+            self.dp_denominator,
+            self.clip_quantile if self.adaptive_clip else None,
+            self.clip_lr,
+            self.clip_count_noise,
+        )
+
+    def budget(self) -> Budget:
+        """The run's privacy budget (calibrates the noise when no multiplier is given)."""
+        delta = default_delta(self.n_clients) if self.delta is None else self.delta
+        return plan_budget(
+            self.noise_multiplier,
+            self.target_epsilon,
+            delta,
+            self.participation(),
+            self.accountant,
+            self.rounds,
+        )
 
     @property
     def cohort_size(self) -> int:
@@ -397,6 +535,8 @@ class Experiment:
     algo: Any
     engine: Any
     scenario: Any = None  # privlearn.fl.robust.Scenario when attacked or defended
+    budget: Budget | None = None  # the privacy budget, with --dp
+    mechanism: CentralDP | None = None  # with --dp central
 
     @classmethod
     def build(cls, cfg: RunConfig) -> Experiment:
@@ -406,6 +546,13 @@ class Experiment:
             )
         if cfg.threads is not None:
             set_threads(cfg.threads)
+        budget = mechanism = None
+        if cfg.dp == "central":  # calibrated and checked before any data is built
+            budget = cfg.budget()
+            try:
+                mechanism = cfg.central_dp(budget.noise_multiplier)
+            except ValueError as e:
+                raise ValueError(f"config key {e}") from None
         data = build_federated(cfg.data_spec(), cfg.seed).to(cfg.device)
         model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.hidden)
         algo = build_algorithm(
@@ -414,11 +561,46 @@ class Experiment:
             LocalSGD(cfg.lr, cfg.momentum, cfg.weight_decay),
             n_clients=cfg.n_clients,
             batch_size=cfg.batch_size,
+            reducer=None if mechanism is None else dp_mean(mechanism, cfg.dp_seed),
             **cfg.algo_params,
         )
         engine = make_engine(cfg.engine, cfg.chunk_size, cfg.compile)
         data, scenario = build_scenario(cfg, data, model, algo)
-        return cls(cfg, data, model, algo, engine, scenario)
+        return cls(cfg, data, model, algo, engine, scenario, budget, mechanism)
+
+    def privacy(self) -> dict | None:
+        """What the run's guarantee is, for the metrics document's top level."""
+        if self.budget is None:
+            return None
+        b, m = self.budget, self.mechanism
+        return {
+            "dp": self.cfg.dp,
+            "guarantee": "user-level: one client's whole data (neighbours as in sampling)",
+            "private": self.cfg.dp_seed is None,
+            "noise": "OS entropy"
+            if self.cfg.dp_seed is None
+            else (
+                f"NOT PRIVATE: seeded with dp_seed {self.cfg.dp_seed}, predictable by whoever "
+                "knows the seed"
+            ),
+            "accountant": b.accountant,
+            "sampling": b.participation.describe(),
+            "delta": b.delta,
+            "target_epsilon": b.target_epsilon,
+            "noise_multiplier": b.noise_multiplier,
+            "noise_multiplier_calibrated": b.calibrated,
+            "update_noise_multiplier": m.update_noise_multiplier,
+            "clip": m.clip,
+            "clip_rule": (
+                f"adaptive: quantile {m.quantile}, clip_lr {m.clip_lr}, count noise {m.sigma_b:.4g}"
+                if m.adaptive
+                else "fixed"
+            )
+            + (", per layer (clip/sqrt(layers) each)" if m.per_layer else ", flat"),
+            "denominator": f"{m.denominator} (expected cohort {m.expected_clients:g})",
+            "weights": "ignored: the DP mean counts each client once (unweighted)",
+            "not_covered": list(NOT_COVERED),
+        }
 
     def init_state(self) -> tuple[dict, Any]:
         return init_federation(
@@ -536,6 +718,8 @@ def _inconsistency(ckpt: Any) -> str | None:
         return f"round {r} of {cfg['rounds']} with {len(history)} rounds of history"
     for i, entry in enumerate(history):
         problem = _entry_problem(entry, i + 1)
+        if problem is None and ("epsilon" in entry) != (cfg["dp"] is not None):
+            problem = "epsilon where no DP ran" if "epsilon" in entry else "no epsilon under DP"
         if problem:
             return f"rounds[{i}]: {problem}"
     rows = {leaf.shape[0] for leaf in T.leaves(ckpt["bank"]) if isinstance(leaf, torch.Tensor)}
@@ -558,7 +742,8 @@ def _entry_problem(entry: Any, round_no: int) -> str | None:
     evaluated = [k for k in _EVALUATION if k in entry]
     if missing or evaluated and len(evaluated) != len(_EVALUATION):
         return f"fields missing ({', '.join(missing) or set(_EVALUATION) - set(evaluated)})"
-    for key in (*_NUMBERS, *evaluated, *(["backdoor_acc"] if "backdoor_acc" in entry else [])):
+    optional = [k for k in ("backdoor_acc", "epsilon") if k in entry]
+    for key in (*_NUMBERS, *evaluated, *optional):
         v = entry[key]
         if v is not None and (type(v) not in (int, float) or not math.isfinite(v)):
             return f"{key} is {_shown(v)}, not a finite number"
@@ -697,6 +882,7 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
         },
         "model": {"name": exp.model.name, "n_params": exp.model.n_params()},
         "algorithm": exp.algo.name,
+        **({"privacy": exp.privacy()} if exp.budget is not None else {}),
         "rounds": [],
     }
     if resume:
@@ -731,6 +917,18 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
             counts, out / PARTITION_PLOT, f"{cfg.dataset} / {cfg.partition}: label share per client"
         )
     title = f"{cfg.algorithm} on {cfg.dataset} ({cfg.partition}, {cfg.n_clients} clients)"
+    if exp.budget is not None:
+        b = exp.budget
+        console.print(
+            f"central DP: noise multiplier {b.noise_multiplier:.4g}"
+            f"{' (calibrated)' if b.calibrated else ''}, delta {b.delta:.3g}, {b.accountant} "
+            f"accountant, {b.participation.describe()}"
+        )
+        if cfg.dp_seed is not None:
+            console.print(
+                f"[yellow]warning: dp_seed {cfg.dp_seed} makes the DP noise predictable: this run "
+                "is NOT private[/]"
+            )
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -748,6 +946,15 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                 f"{cfg.algorithm} rounds", total=cfg.rounds, completed=start, acc=""
             )
             for r in range(start, cfg.rounds):
+                if exp.budget is not None and not exp.budget.allows(r + 1):
+                    spent = exp.budget.epsilon(r)
+                    console.print(
+                        f"[yellow]privacy budget spent: round {r + 1} would take epsilon to "
+                        f"{exp.budget.epsilon(r + 1):.4g} > target {cfg.target_epsilon}; stopped "
+                        f"after {r} rounds at epsilon {spent:.4g} (delta {exp.budget.delta:.3g})[/]"
+                    )
+                    doc["status"] = "budget spent"
+                    break
                 server, stats, plan = exp.round(server, bank, r)
                 entry = {
                     "round": r + 1,
@@ -760,6 +967,8 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                     "partial_stragglers": len(plan.stragglers),
                     **round_report(exp.scenario, stats),
                 }
+                if exp.budget is not None:
+                    entry["epsilon"] = exp.budget.epsilon(r + 1)
                 for rej in stats.rejected:
                     console.print(f"[yellow]round {r + 1}: rejected update from {rej}[/]")
                 if stats.skipped:
@@ -790,7 +999,10 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                     if entry.get("test_acc") is not None
                     else entry.get("personal_acc")
                 )
-                bar.update(task, advance=1, acc="" if acc is None else f"acc {acc:.3f}")
+                shown = [] if acc is None else [f"acc {acc:.3f}"]
+                if "epsilon" in entry:
+                    shown.append(f"ε {entry['epsilon']:.3g}")
+                bar.update(task, advance=1, acc=" ".join(shown))
                 if interrupted():
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -810,7 +1022,8 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
             f"continue with `privlearn fl run --resume {out}`[/]"
         )
         raise
-    doc["status"] = "complete"
+    if doc["status"] == "running":
+        doc["status"] = "complete"
     skipped = [e["round"] for e in doc["rounds"] if e.get("skipped")]
     if skipped:
         console.print(

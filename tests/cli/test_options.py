@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import click
+import pytest
 import yaml
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -124,6 +125,23 @@ NON_DEFAULT = {
     "seed": 3,
     "eval_every": 2,
 }
+# the DP settings, unlike the defaults, on the same config (DP refuses a defence)
+NON_DEFAULT_DP = {
+    **{k: v for k, v in NON_DEFAULT.items() if k != "defence"},
+    "dp": "central",
+    "noise_multiplier": 1.5,
+    "target_epsilon": 9.0,
+    "delta": 1e-3,
+    "clip": 0.3,
+    "adaptive_clip": True,
+    "clip_quantile": 0.6,
+    "clip_lr": 0.3,
+    "clip_count_noise": 2.0,
+    "per_layer_clip": True,
+    "dp_denominator": "clipped",
+    "accountant": "pld",
+    "dp_seed": 5,
+}
 
 
 def _flags(cfg: dict) -> list[str]:
@@ -142,9 +160,14 @@ def _flags(cfg: dict) -> list[str]:
     return args
 
 
-def test_yaml_keys_and_flags_give_the_same_config(tmp_path, monkeypatch):
+def test_the_configs_below_set_every_field():
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(NON_DEFAULT) | set(NON_DEFAULT_DP) | {"out"} == fields
+
+
+@pytest.mark.parametrize("config", [NON_DEFAULT, NON_DEFAULT_DP], ids=["plain", "dp"])
+def test_yaml_keys_and_flags_give_the_same_config(tmp_path, monkeypatch, config):
     """The same settings as YAML keys and as flags reach `run_experiment` as one config."""
-    assert set(NON_DEFAULT) | {"out"} == {f.name for f in dataclasses.fields(RunConfig)}
     seen = []
 
     def fake_run(cfg, resume=False, console=None):
@@ -152,13 +175,13 @@ def test_yaml_keys_and_flags_give_the_same_config(tmp_path, monkeypatch):
         return {"rounds": []}
 
     monkeypatch.setattr("privlearn.fl.run.run_experiment", fake_run)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(NON_DEFAULT))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     out = ["--out", str(tmp_path / "o")]
-    for args in (["--config", str(tmp_path / "c.yaml"), *out], [*_flags(NON_DEFAULT), *out]):
+    for args in (["--config", str(tmp_path / "c.yaml"), *out], [*_flags(config), *out]):
         result = CliRunner().invoke(app, ["fl", "run", *args])
         assert result.exit_code == 0, result.output
     from_yaml, from_flags = seen
-    assert from_yaml == from_flags == RunConfig(**NON_DEFAULT, out=str(tmp_path / "o"))
+    assert from_yaml == from_flags == RunConfig(**config, out=str(tmp_path / "o"))
 
 
 def test_flags_override_the_yaml_and_merge_algo_params(tmp_path, monkeypatch):

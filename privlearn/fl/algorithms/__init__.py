@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from privlearn.fl.aggregate import Transform
+from privlearn.fl.aggregate import Transform, chain, sgd
 from privlearn.fl.algorithms.base import Algorithm, ClientUpdate, LocalSGD
 from privlearn.fl.algorithms.fedavg import fedavg
 from privlearn.fl.algorithms.fedbn import fedbn
@@ -37,7 +37,9 @@ BUILDERS: dict[str, Callable[..., Algorithm]] = {
 ALGORITHMS = tuple(BUILDERS)
 PERSONALISED = ("fedbn", "perfedavg", "pfedme", "ifca", "fedfomo", "ditto")
 # supplied by the run, not by the user's hyper-parameters
-_CONTEXT = ("model", "local", "n_clients", "batch_size", "server", "name")
+_CONTEXT = ("model", "local", "n_clients", "batch_size", "server", "reducer", "name")
+# the hyper-parameter that is an algorithm's server step size, where it is not server_lr
+_SERVER_STEP = {"pfedme": "beta"}
 
 
 def hyper_parameters(name: str) -> dict[str, object]:
@@ -51,6 +53,12 @@ def takes_server(name: str) -> bool:
     return "server" in inspect.signature(BUILDERS[name]).parameters
 
 
+def takes_reducer(name: str) -> bool:
+    """Whether the stage that collapses client rows of algorithm `name` can be replaced (by
+    a robust or DP reducer): through `reducer=` (the FedOpt family) or its `server=` chain."""
+    return takes_server(name) or "reducer" in inspect.signature(BUILDERS[name]).parameters
+
+
 def build_algorithm(
     name: str,
     model: Model,
@@ -59,11 +67,13 @@ def build_algorithm(
     n_clients: int,
     batch_size: int,
     server: Transform | None = None,
+    reducer: Transform | None = None,
     **hp: object,
 ) -> Algorithm:
     """Build algorithm `name`; unknown hyper-parameters are an error that lists the known ones.
     `server` replaces the algorithm's server chain (e.g. chain(clip_by_norm(1.0),
-    weighted_mean(), sgd(1.0))) where it has one."""
+    weighted_mean(), sgd(1.0))) where it has one; `reducer` replaces only the stage that
+    collapses the client rows (the weighted mean), keeping the algorithm's server step."""
     if name not in BUILDERS:
         raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
     known = hyper_parameters(name)
@@ -77,6 +87,17 @@ def build_algorithm(
             raise ValueError(f"{name} takes no server= chain; these do: {chains}")
         hp = {**hp, "server": server}
     params = inspect.signature(BUILDERS[name]).parameters
+    if reducer is not None:
+        if server is not None:
+            raise ValueError("give either a server chain or a reducer, not both")
+        if "reducer" in params:
+            hp = {**hp, "reducer": reducer}
+        elif takes_server(name):
+            step = _SERVER_STEP.get(name, "server_lr")
+            lr = hp.pop(step, params[step].default) if step in params else 1.0
+            hp = {**hp, "server": chain(reducer, sgd(lr))}
+        else:
+            raise ValueError(f"{name} takes no reducer")
     ctx = {"n_clients": n_clients, "batch_size": batch_size}
     kwargs = {k: v for k, v in ctx.items() if k in params}
     return BUILDERS[name](model, local, **kwargs, **hp)
@@ -91,5 +112,6 @@ __all__ = [
     "LocalSGD",
     "build_algorithm",
     "hyper_parameters",
+    "takes_reducer",
     "takes_server",
 ]

@@ -21,6 +21,10 @@ from dp_accounting import pld, rdp
 
 ACCOUNTANTS = ("rdp", "pld")
 MAX_NOISE_MULTIPLIER = 1e4  # calibration searches below this; a target needing more is refused
+# and, under fixed-size sampling, above this: there dp-accounting's RDP divides by a zero
+# noise multiplier, so a target that less noise would meet gets this much (more noise errs on
+# the safe side). Elsewhere the search starts at 0 (PLD at tiny noise exhausts memory)
+MIN_NOISE_MULTIPLIER = 1e-2
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,8 @@ def noise_multiplier_for(
     accountant: str = "rdp",
 ) -> float:
     """The smallest noise multiplier whose `steps` steps spend at most `target_epsilon` at
-    `delta` (within 1e-4, from above); a ValueError when even MAX_NOISE_MULTIPLIER spends more."""
+    `delta` (within 1e-4, from above; under fixed-size sampling at least MIN_NOISE_MULTIPLIER);
+    a ValueError when even MAX_NOISE_MULTIPLIER spends more."""
     check_epsilon(target_epsilon)
     _check(0.0, steps, delta, accountant)
     if steps == 0:
@@ -148,12 +153,15 @@ def noise_multiplier_for(
             f"({participation.describe()}) with a noise multiplier up to "
             f"{MAX_NOISE_MULTIPLIER:g}: raise the target or delta, or take fewer steps"
         )
+    low = MIN_NOISE_MULTIPLIER if participation.kind == "fixed" else 0.0
+    if low and epsilon(low, steps, delta, participation, accountant) <= target_epsilon:
+        return low
     z = dpa.calibrate_dp_mechanism(
         lambda: _fresh(participation, accountant, coarse=True),
         lambda s: _event(s, steps, participation),
         target_epsilon,
         delta,
-        bracket_interval=dpa.ExplicitBracketInterval(0.0, MAX_NOISE_MULTIPLIER),
+        bracket_interval=dpa.ExplicitBracketInterval(low, MAX_NOISE_MULTIPLIER),
         tol=1e-4,
     )
     return float(z)
