@@ -69,6 +69,7 @@ from privlearn.fl.engine import TrainData, make_engine
 from privlearn.fl.evaluate import global_accuracy, personal_accuracy
 from privlearn.fl.models import build_model
 from privlearn.fl.plan import LocalWork, Sampling, plan_round
+from privlearn.fl.privacy import local as local_dp
 from privlearn.fl.privacy.accountant import ACCOUNTANTS, Participation
 from privlearn.fl.privacy.budget import (
     NOT_COVERED,
@@ -154,6 +155,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("clip_quantile", lambda v: 0 < v < 1, "must be in (0, 1)"),
     ("dp_denominator", lambda v: v in DENOMINATORS, f"must be one of {', '.join(DENOMINATORS)}"),
     ("accountant", lambda v: v in ACCOUNTANTS, f"must be one of {', '.join(ACCOUNTANTS)}"),
+    ("record_sampling", lambda v: v in ("shuffle", "poisson"), "must be shuffle or poisson"),
     ("dp_seed", lambda v: 0 <= v < np.inf, "must be a finite number >= 0"),
     ("hidden", lambda v: all(1 <= w <= MAX_WIDTH for w in v), f"widths must be in 1..{MAX_WIDTH}"),
     ("momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
@@ -171,6 +173,15 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+# central DP's aggregation settings, meaningless for DP-SGD's clients
+CENTRAL_ONLY = (
+    "adaptive_clip",
+    "clip_quantile",
+    "clip_lr",
+    "clip_count_noise",
+    "per_layer_clip",
+    "dp_denominator",
+)
 DP_FIELDS = (
     "noise_multiplier",
     "target_epsilon",
@@ -350,6 +361,12 @@ class RunConfig:
         "fixed", "DP mean's denominator: fixed (expected cohort) or clipped (max(count, it))"
     )
     accountant: str = _opt("rdp", "DP accountant: rdp or pld (pld needs poisson or all sampling)")
+    record_sampling: str | None = _opt(
+        None,
+        "local batches: shuffle (a permutation per epoch) or poisson (each record enters each "
+        "step with probability B/n, as DP-SGD's accountant assumes)",
+        unset="poisson with --dp local, else shuffle",
+    )
     dp_seed: int | None = _opt(
         None, "seed of the DP noise (repeatable runs, NOT private)", unset="OS entropy"
     )
@@ -405,11 +422,24 @@ class RunConfig:
         if self.dp is None:
             if given:
                 raise ValueError(
-                    f"config keys {', '.join(given)} are DP settings: give them with --dp central"
+                    f"config keys {', '.join(given)} are DP settings: give them with --dp "
+                    "central or --dp local"
                 )
             return
         if self.dp == "local":
-            raise ValueError("config key dp: local DP-SGD is not available yet")
+            central_only = [k for k in given if k in CENTRAL_ONLY]
+            if central_only:
+                raise ValueError(
+                    f"config keys {', '.join(central_only)} set central DP's aggregation; "
+                    "--dp local clips and noises each client's gradients (--clip, "
+                    "--noise-multiplier)"
+                )
+            if self.compile:
+                raise ValueError(
+                    "config key compile: the compiled engine skips empty batches, which "
+                    "DP-SGD's Poisson batches may be and must still noise; run --dp local eagerly"
+                )
+            return
         if self.defence is not None:
             raise ValueError(
                 "config key defence: a defence reads every client's raw update before the DP "
@@ -444,17 +474,23 @@ class RunConfig:
             self.clip_count_noise,
         )
 
-    def budget(self) -> Budget:
-        """The run's privacy budget (calibrates the noise when no multiplier is given)."""
-        delta = default_delta(self.n_clients) if self.delta is None else self.delta
+    def budget(self, client_sizes: list[int] | None = None) -> Budget:
+        """The run's privacy budget (calibrates the noise when no multiplier is given): over
+        clients under central DP, over each client's records (`client_sizes`) under local DP."""
+        if self.dp == "local":
+            units = local_dp.units(client_sizes, self.work())
+            n_units = max(client_sizes)
+        else:
+            units, n_units = [(self.participation(), 1)], self.n_clients
+        delta = default_delta(n_units) if self.delta is None else self.delta
         return plan_budget(
-            self.noise_multiplier,
-            self.target_epsilon,
-            delta,
-            self.participation(),
-            self.accountant,
-            self.rounds,
+            self.noise_multiplier, self.target_epsilon, delta, units, self.accountant, self.rounds
         )
+
+    def local_dp(self, noise_multiplier: float) -> local_dp.LocalDP:
+        """DP-SGD's settings at `noise_multiplier` (z, from budget())."""
+        clip = 1.0 if self.clip is None else self.clip
+        return local_dp.LocalDP(clip, noise_multiplier, self.dp_seed)
 
     @property
     def cohort_size(self) -> int:
@@ -520,8 +556,15 @@ class RunConfig:
 
     def work(self) -> LocalWork:
         er = None if self.epochs_range is None else tuple(self.epochs_range)
+        sampler = self.record_sampling or ("poisson" if self.dp == "local" else "shuffle")
         return LocalWork(
-            self.epochs, self.batch_size, er, self.stragglers, self.straggler_policy, self.drop_last
+            self.epochs,
+            self.batch_size,
+            er,
+            self.stragglers,
+            self.straggler_policy,
+            self.drop_last,
+            sampler,
         )
 
 
@@ -564,6 +607,15 @@ class Experiment:
             reducer=None if mechanism is None else dp_mean(mechanism, cfg.dp_seed),
             **cfg.algo_params,
         )
+        if cfg.dp == "local":  # the budget needs the clients' sizes, the refusals the model
+            sizes = [len(c) for c in data.clients]
+            budget = cfg.budget(sizes)
+            try:
+                algo = local_dp.private(
+                    algo, model, cfg.local_dp(budget.noise_multiplier), cfg.work()
+                )
+            except ValueError as e:
+                raise ValueError(f"config key dp: {e}") from None
         engine = make_engine(cfg.engine, cfg.chunk_size, cfg.compile)
         data, scenario = build_scenario(cfg, data, model, algo)
         return cls(cfg, data, model, algo, engine, scenario, budget, mechanism)
@@ -572,40 +624,67 @@ class Experiment:
         """What the run's guarantee is, for the metrics document's top level."""
         if self.budget is None:
             return None
-        b, m = self.budget, self.mechanism
-        return {
-            "dp": self.cfg.dp,
-            "guarantee": "user-level: one client's whole data (neighbours as in sampling)",
-            "private": self.cfg.dp_seed is None,
+        b, cfg = self.budget, self.cfg
+        out = {
+            "dp": cfg.dp,
+            "guarantee": (
+                "user-level: one client's whole data (neighbours as in sampling)"
+                if cfg.dp == "central"
+                else "sample-level: one record of a client, against anyone who sees that "
+                "client's uploads (the server included); the worst client's epsilon, as if "
+                "every client trained every round"
+            ),
+            "private": cfg.dp_seed is None,
             "noise": "OS entropy"
-            if self.cfg.dp_seed is None
+            if cfg.dp_seed is None
             else (
-                f"NOT PRIVATE: seeded with dp_seed {self.cfg.dp_seed}, predictable by whoever "
+                f"NOT PRIVATE: seeded with dp_seed {cfg.dp_seed}, predictable by whoever "
                 "knows the seed"
             ),
             "accountant": b.accountant,
-            "sampling": b.participation.describe(),
+            "sampling": b.sampling(),
             "delta": b.delta,
             "target_epsilon": b.target_epsilon,
             "noise_multiplier": b.noise_multiplier,
             "noise_multiplier_calibrated": b.calibrated,
-            "update_noise_multiplier": m.update_noise_multiplier,
-            "clip": m.clip,
-            "clip_rule": (
-                f"adaptive: quantile {m.quantile}, clip_lr {m.clip_lr}, count noise {m.sigma_b:.4g}"
-                if m.adaptive
-                else "fixed"
-            )
-            + (", per layer (clip/sqrt(layers) each)" if m.per_layer else ", flat"),
-            "denominator": f"{m.denominator} (expected cohort {m.expected_clients:g})",
-            "weights": "ignored: the DP mean counts each client once (unweighted)",
-            "not_covered": list(NOT_COVERED),
         }
+        m = self.mechanism
+        if m is None:
+            out["clip"] = cfg.local_dp(b.noise_multiplier).clip
+            out["clip_rule"] = "per sample, flat (all parameters together), as Opacus"
+            out["denominator"] = "expected batch size q n = min(B, n)"
+        else:
+            out.update(
+                update_noise_multiplier=m.update_noise_multiplier,
+                clip=m.clip,
+                clip_rule=(
+                    f"adaptive: quantile {m.quantile}, clip_lr {m.clip_lr}, "
+                    f"count noise {m.sigma_b:.4g}"
+                    if m.adaptive
+                    else "fixed"
+                )
+                + (", per layer (clip/sqrt(layers) each)" if m.per_layer else ", flat"),
+                denominator=f"{m.denominator} (expected cohort {m.expected_clients:g})",
+                weights="ignored: the DP mean counts each client once (unweighted)",
+            )
+        out["not_covered"] = list(NOT_COVERED)
+        return out
+
+    def client_epsilons(self, bank: Any) -> dict | None:
+        """Under local DP, the worst client's epsilon from the steps clients actually took."""
+        if self.cfg.dp != "local":
+            return None
+        dp, work = self.cfg.local_dp(self.budget.noise_multiplier), self.cfg.work()
+        eps, who = local_dp.worst_epsilon(bank, dp, work, self.budget.delta, self.cfg.accountant)
+        return {"worst_client_epsilon": eps, "worst_client": who}
 
     def init_state(self) -> tuple[dict, Any]:
-        return init_federation(
+        server, bank = init_federation(
             self.algo, self.model, self.cfg.n_clients, self.cfg.seed, self.cfg.device
         )
+        if self.cfg.dp == "local":
+            local_dp.seed_noise(bank, self.cfg.local_dp(self.budget.noise_multiplier))
+        return server, bank
 
     def round(self, server: dict, bank: Any, r: int):
         """Plan and run round r (0-based)."""
@@ -920,9 +999,9 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
     if exp.budget is not None:
         b = exp.budget
         console.print(
-            f"central DP: noise multiplier {b.noise_multiplier:.4g}"
+            f"{cfg.dp} DP: noise multiplier {b.noise_multiplier:.4g}"
             f"{' (calibrated)' if b.calibrated else ''}, delta {b.delta:.3g}, {b.accountant} "
-            f"accountant, {b.participation.describe()}"
+            f"accountant, {b.sampling()}"
         )
         if cfg.dp_seed is not None:
             console.print(
@@ -1024,6 +1103,9 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
         raise
     if doc["status"] == "running":
         doc["status"] = "complete"
+    actual = exp.client_epsilons(bank)
+    if actual is not None:
+        doc["privacy"].update(actual)
     skipped = [e["round"] for e in doc["rounds"] if e.get("skipped")]
     if skipped:
         console.print(

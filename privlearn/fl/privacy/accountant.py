@@ -13,6 +13,8 @@ pessimistic). Both are offered; they are cross-checked in the tests.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from dataclasses import dataclass
 
@@ -66,6 +68,20 @@ class Participation:
                 "(replace-one neighbours)"
             )
         return "in every step (no amplification by sampling)"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """dp-accounting logs a warning for each RDP order whose series does not converge (low
+    noise, large sampling rates) and leaves that order out, which keeps the bound valid: the
+    warnings, dozens a call, would bury a run's output."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _event(noise_multiplier: float, steps: int, p: Participation) -> dpa.DpEvent:
@@ -129,8 +145,9 @@ def epsilon(
     if noise_multiplier == 0:
         return math.inf
     acc = _fresh(participation, accountant)
-    acc.compose(_event(noise_multiplier, steps, participation))
-    return float(acc.get_epsilon(delta))
+    with _quiet():
+        acc.compose(_event(noise_multiplier, steps, participation))
+        return float(acc.get_epsilon(delta))
 
 
 def noise_multiplier_for(
@@ -156,12 +173,13 @@ def noise_multiplier_for(
     low = MIN_NOISE_MULTIPLIER if participation.kind == "fixed" else 0.0
     if low and epsilon(low, steps, delta, participation, accountant) <= target_epsilon:
         return low
-    z = dpa.calibrate_dp_mechanism(
-        lambda: _fresh(participation, accountant, coarse=True),
-        lambda s: _event(s, steps, participation),
-        target_epsilon,
-        delta,
-        bracket_interval=dpa.ExplicitBracketInterval(low, MAX_NOISE_MULTIPLIER),
-        tol=1e-4,
-    )
+    with _quiet():
+        z = dpa.calibrate_dp_mechanism(
+            lambda: _fresh(participation, accountant, coarse=True),
+            lambda s: _event(s, steps, participation),
+            target_epsilon,
+            delta,
+            bracket_interval=dpa.ExplicitBracketInterval(low, MAX_NOISE_MULTIPLIER),
+            tol=1e-4,
+        )
     return float(z)

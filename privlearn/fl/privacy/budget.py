@@ -1,6 +1,7 @@
-"""A run's privacy budget: how clients enter a round (for the accountant), the default delta,
-the noise multiplier (given, or calibrated to a target epsilon over the planned rounds), the
-epsilon after each round, and where an explicit noise multiplier must stop."""
+"""A run's privacy budget: how the protected units (clients under central DP, records under
+local DP) enter the noisy steps, the default delta, the noise multiplier (given, or
+calibrated to a target epsilon over the planned rounds), the epsilon after each round, and
+where an explicit noise multiplier must stop."""
 
 from __future__ import annotations
 
@@ -57,31 +58,61 @@ def _epsilon(z: float, steps: int, delta: float, p: Participation, accountant: s
     return epsilon(z, steps, delta, p, accountant)
 
 
+# a protected unit's kind: how it enters a noisy step, and how many such steps a round holds
+Unit = tuple[Participation, int]
+
+
 @dataclass(frozen=True)
 class Budget:
+    """A run's guarantee. `units` lists the distinct kinds of protected unit: one for
+    user-level DP (a client, one noisy step a round); for sample-level DP one per distinct
+    client size (a record, as many steps a round as its client's local work holds at most).
+    The run's epsilon is the worst unit's, as if every client trained every round."""
+
     noise_multiplier: float
     delta: float
-    participation: Participation
+    units: tuple[Unit, ...]
     accountant: str
     target_epsilon: float | None
     calibrated: bool  # the multiplier was calibrated to the target over the planned rounds
 
     def epsilon(self, rounds: int) -> float:
-        """User-level epsilon at delta after `rounds` noisy rounds."""
-        return _epsilon(
-            self.noise_multiplier, rounds, self.delta, self.participation, self.accountant
-        )
+        """Epsilon at delta after `rounds` rounds (the worst unit's)."""
+        z, d, a = self.noise_multiplier, self.delta, self.accountant
+        return max(_epsilon(z, rounds * s, d, p, a) for p, s in self.units)
 
     def allows(self, rounds: int) -> bool:
         """Whether `rounds` rounds stay within the target (always, without one)."""
         return self.target_epsilon is None or self.epsilon(rounds) <= self.target_epsilon
+
+    def sampling(self) -> str:
+        """The sampling assumption(s) behind the figure."""
+        kinds = sorted({p.describe() for p, _ in self.units})
+        return (
+            kinds[0]
+            if len(kinds) == 1
+            else f"{len(self.units)} client sizes: "
+            + "; ".join(kinds[:3])
+            + (" ..." if len(kinds) > 3 else "")
+        )
+
+
+def _calibrate(target: float, rounds: int, delta: float, units, accountant: str) -> float:
+    """The smallest multiplier under which every unit meets `target`: calibrated on the unit
+    that spends most at z = 1, then raised for any other that still exceeds the target."""
+    units = sorted(units, key=lambda u: -_epsilon(1.0, rounds * u[1], delta, u[0], accountant))
+    z = 0.0
+    for p, s in units:
+        if z == 0.0 or _epsilon(z, rounds * s, delta, p, accountant) > target:
+            z = max(z, noise_multiplier_for(target, rounds * s, delta, p, accountant))
+    return z
 
 
 def plan_budget(
     noise_multiplier: float | None,
     target_epsilon: float | None,
     delta: float,
-    p: Participation,
+    units: list[Unit],
     accountant: str,
     rounds: int,
 ) -> Budget:
@@ -89,16 +120,17 @@ def plan_budget(
     multiplier and no target, a target no multiplier reaches, or one the given multiplier
     spends within the first round."""
     check_delta(delta)
+    units = tuple(dict.fromkeys(units))
     if target_epsilon is not None:
         check_epsilon(target_epsilon)
     if noise_multiplier is None:
         if target_epsilon is None:
-            raise ValueError("--dp central needs --noise-multiplier or --target-epsilon")
-        z = noise_multiplier_for(target_epsilon, rounds, delta, p, accountant)
-        return Budget(z, delta, p, accountant, target_epsilon, True)
+            raise ValueError("--dp needs --noise-multiplier or --target-epsilon")
+        z = _calibrate(target_epsilon, rounds, delta, units, accountant)
+        return Budget(z, delta, units, accountant, target_epsilon, True)
     if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
         raise ValueError(f"noise_multiplier must be a finite number > 0, got {noise_multiplier}")
-    budget = Budget(noise_multiplier, delta, p, accountant, target_epsilon, False)
+    budget = Budget(noise_multiplier, delta, units, accountant, target_epsilon, False)
     if not budget.allows(1):
         raise ValueError(
             f"noise_multiplier {noise_multiplier} spends epsilon {budget.epsilon(1):.4g} in one "

@@ -21,9 +21,10 @@ Not covered: the training loss each client reports (`ClientUpdate.loss`), and th
 records a client holds (its update's weight).
 
 Noise is the client's secret: each client holds its own generator state (noise.py) in its
-persistent state, seeded from OS entropy the first time it trains (from (seed, client id)
-when `LocalDP.seed` is given: repeatable, not private), advanced by every draw and
-checkpointed with the client bank, so a resumed run draws what the uninterrupted one would.
+persistent state, seeded from OS entropy (from (seed, client id) when `LocalDP.seed` is
+given: repeatable, not private) when the bank is made (`seed_noise`; else the first time the
+client trains), advanced by every draw and checkpointed with the client bank, so every resume
+of a checkpoint draws what the uninterrupted run would.
 A server-held seed would let the server subtract the noise. A torch.Generator cannot run
 inside vmap, so the engine draws each step's noise outside it (`Algorithm.step_noise`), one
 client after another from that client's own generator, and passes it in the batch: both
@@ -232,6 +233,29 @@ def participation(work: LocalWork, rate: float) -> Participation:
     if work.sampler == "poisson":
         return Participation("poisson", rate)
     return Participation("every")
+
+
+def seed_noise(bank: Any, dp: LocalDP) -> None:
+    """Give every client of a fresh `bank` its noise generator now (in place), so that the
+    first checkpoint already holds every client's state: a client seeded lazily, when it
+    first trains, would draw other OS entropy in each resume of one checkpoint."""
+    d = bank["dp"]
+    for c in range(d["noise"].shape[0]):
+        d["noise"][c] = noise_state(None if dp.seed is None else _client_seed(dp.seed, c))
+
+
+def units(sizes: list[int], work: LocalWork) -> list[tuple[Participation, int]]:
+    """The distinct kinds of record for the run's budget: each client size's participation
+    and its most noisy steps a round (every planned local step under the Poisson sampler, one
+    per epoch under the shuffled one), as if the client trained every round."""
+    epochs = work.epochs if work.epochs_range is None else work.epochs_range[1]
+    out = []
+    for n in sorted(set(int(n) for n in sizes if n > 0)):
+        q = min(1.0, work.batch_size / n)
+        per_epoch = max(n // work.batch_size, 1) if work.drop_last else -(-n // work.batch_size)
+        steps = epochs * per_epoch if work.sampler == "poisson" else epochs
+        out.append((participation(work, q), steps))
+    return out
 
 
 def client_epsilon(

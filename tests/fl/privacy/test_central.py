@@ -183,7 +183,8 @@ def test_target_epsilon_calibrates_the_noise(tmp_path):
         ({"noise_multiplier": 1.0, "delta": 1.5}, "delta"),
         ({"noise_multiplier": 1.0, "clip": 0.0}, "clip: must be a finite number > 0"),
         ({"dp": None, "clip": 1.0}, "clip are DP settings: give them with --dp central"),
-        ({"dp": "local"}, "not available yet"),
+        ({"dp": "local", "per_layer_clip": True}, "per_layer_clip set central DP's aggregation"),
+        ({"dp": "local", "compile": True}, "run --dp local eagerly"),
         ({"noise_multiplier": 1.0, "accountant": "pld"}, "PLD accountant does not support"),
         ({"noise_multiplier": 1.0, "algorithm": "scaffold"}, "'dc' reaches the server"),
         ({"noise_multiplier": 1.0, "model": "mlp-bn"}, "batch norm"),
@@ -220,11 +221,37 @@ def _strip(rounds):
 
 
 def _server(out):
-    return T.leaves(load_checkpoint(out / "checkpoint.pt")["server"])
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    return T.leaves(ckpt["server"]) + T.leaves(ckpt["bank"])
+
+
+def test_local_dp_from_the_run_meets_its_target_and_reports_each_clients_epsilon(tmp_path):
+    cfg = {**SMALL, "dp": "local", "target_epsilon": 3.0, "rounds": 3, "clip": None}
+    doc = run_experiment(RunConfig(**cfg, out=str(tmp_path)), progress=False)
+    p = doc["privacy"]
+    assert p["dp"] == "local" and p["guarantee"].startswith("sample-level")
+    assert p["noise_multiplier_calibrated"] and "Poisson sampling" in p["sampling"]
+    eps = [e["epsilon"] for e in doc["rounds"]]
+    assert eps == sorted(eps) and eps[-1] <= 3.0 and eps[-1] > 2.0  # calibrated, not loose
+    # every client trains every round (10 of 20 sampled: the bound is loose) and the actual
+    # worst client's epsilon, from the steps it took, is within it
+    assert 0 < p["worst_client_epsilon"] <= eps[-1]
+    assert ckpt_sampler(tmp_path) == "poisson"
+
+
+def ckpt_sampler(out):
+    cfg = RunConfig.from_dict(load_checkpoint(out / "checkpoint.pt")["config"])
+    return cfg.work().sampler
 
 
 @pytest.mark.parametrize(
-    "extra", [{"dp_seed": 4}, {"adaptive_clip": True, "clip": None, "noise_multiplier": 0.8}]
+    "extra",
+    [
+        {"dp_seed": 4},
+        {"adaptive_clip": True, "clip": None, "noise_multiplier": 0.8},
+        {"dp": "local", "dp_seed": 4},
+        {"dp": "local"},
+    ],
 )
 def test_a_resumed_dp_run_equals_the_uninterrupted_one(tmp_path, extra):
     """Seeded: the straight run and a resume agree (the resume does not redraw round 1's
