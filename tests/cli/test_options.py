@@ -127,7 +127,8 @@ NON_DEFAULT = {
 }
 # the DP settings, unlike the defaults, on the same config (DP refuses a defence)
 NON_DEFAULT_DP = {
-    **{k: v for k, v in NON_DEFAULT.items() if k != "defence"},
+    **{k: v for k, v in NON_DEFAULT.items() if k not in ("defence", "drop_last")},
+    "record_sampling": "poisson",  # Poisson batches have no last batch to drop
     "dp": "central",
     "noise_multiplier": 1.5,
     "target_epsilon": 9.0,
