@@ -476,3 +476,43 @@ def fuzz(
     out.with_suffix(".md").write_text(md + "\n\n" + findings(doc))
     console.print(md)
     console.print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+PRIVACY_PARTS = ("curves", "audit", "all")
+
+
+@app.command("privacy")
+def privacy(
+    part: str = typer.Option("all", help="curves, audit or all"),
+    epsilons: str = typer.Option("1,2,4,8,inf", help="target epsilons (inf: no DP)"),
+    settings: str = typer.Option(
+        None, help="curve settings, '|'-separated", show_default="all four"
+    ),
+    shadows: int = typer.Option(16, min=2, help="LiRA's shadow models in the audit"),
+    out: Path = typer.Option(
+        Path("results/bench-privacy.json"),
+        help="JSON output (resumable; Markdown tables, PNG and ROC curves beside it)",
+        callback=check_out_file,
+    ),
+) -> None:
+    """Accuracy against epsilon (central and local DP) and the audit table (inversion PSNR,
+    membership TPR at low FPR, one-run epsilon lower bound beside the accountant's)."""
+    from privlearn.bench import privacy as bench
+
+    choice("part", part, PRIVACY_PARTS)
+    try:
+        eps = tuple(float(e) for e in epsilons.split(","))
+    except ValueError:
+        raise UsageError(f"--epsilons {epsilons!r}: expected comma-separated numbers") from None
+    if any(not (e > 0) for e in eps):
+        raise UsageError(f"--epsilons {epsilons!r}: every epsilon must be > 0 (inf: no DP)")
+    names = tuple(settings.split("|")) if settings else tuple(bench.CURVES)
+    choices("settings", names, bench.CURVES)
+    parts = ("curves", "audit") if part == "all" else (part,)
+    doc = bench.run(parts, eps, names, shadows, out, console)
+    bench.print_tables(doc, console)
+    md = f"## Curves\n\n{bench.curves_markdown(doc)}\n\n## Audit\n\n{bench.audit_markdown(doc)}\n"
+    out.with_suffix(".md").write_text(md)
+    if doc["curves"]:
+        bench.plot_curves(doc, out.with_suffix(".png"))
+    console.print(f"wrote {out} and its .md / .png")

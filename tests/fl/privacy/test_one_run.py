@@ -172,3 +172,12 @@ def test_client_canaries_in_a_non_private_run_give_a_clear_bound():
     scores = client_canary_scores(change, dirs)
     a = audit(scores, inc, 10, 10)
     assert a["correct"] == 20 and a["epsilon_lower_bound"] > 1.0, a
+
+
+def test_the_ceiling_is_the_bound_of_all_guesses_right_and_falls_with_delta():
+    inc = np.arange(100) % 2 == 0
+    perfect = audit(np.where(inc, 1.0, -1.0), inc, 20, 20)
+    assert perfect["correct"] == 40 and perfect["epsilon_ceiling"] == perfect["epsilon_lower_bound"]
+    noisy = audit(np.random.default_rng(0).normal(size=100), inc, 20, 20)
+    assert noisy["epsilon_lower_bound"] <= noisy["epsilon_ceiling"] == perfect["epsilon_ceiling"]
+    assert audit(np.where(inc, 1.0, -1.0), inc, 20, 20, delta=5e-3)["epsilon_ceiling"] < 0.6

@@ -99,7 +99,8 @@ def guesses(scores, k_plus: int, k_minus: int) -> np.ndarray:
 def audit(
     scores, included, k_plus: int, k_minus: int, delta: float = 0.0, beta: float = 0.05
 ) -> dict:
-    """One audit with (k+, k-) fixed in advance: counts and the eps lower bound (JSON-able)."""
+    """One audit with (k+, k-) fixed in advance: counts, the eps lower bound, and its ceiling
+    (the bound had every guess been right: what this m, k and delta can prove at most)."""
     s, b = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
     if s.shape != b.shape or s.ndim != 1:
         raise ValueError(f"scores, included: need two equal 1-D arrays, got {s.shape}, {b.shape}")
@@ -117,6 +118,7 @@ def audit(
         "delta": delta,
         "beta": beta,
         "epsilon_lower_bound": epsilon_lower_bound(s.size, r, v, delta, beta),
+        "epsilon_ceiling": epsilon_lower_bound(s.size, r, r, delta, beta),
     }
 
 
