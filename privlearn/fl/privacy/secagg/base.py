@@ -9,7 +9,10 @@ with everything the server holds.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,18 +27,34 @@ class AggregationFailed(RuntimeError):
 
 @dataclass
 class Wire:
-    """Counts what each party sends and receives (bytes) and the time each spends (seconds)."""
+    """Counts what each party sends and receives (bytes) and the time each spends (seconds),
+    in total and per protocol phase (`phase`, set by the protocol as it goes)."""
 
     sent: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     received: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     seconds: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    phase: str = "round"
+    phase_bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    phase_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def carry(self, src: int, dst: int, message: bytes) -> bytes:
         if not isinstance(message, (bytes, bytearray)):
             raise TypeError(f"party {src} sent {type(message).__name__}, not bytes")
         self.sent[src] += len(message)
         self.received[dst] += len(message)
+        self.phase_bytes[self.phase] += len(message)
         return bytes(message)
+
+    @contextmanager
+    def clock(self, party: int) -> Iterator[None]:
+        """Charge the time spent inside the block to `party` (and to the current phase)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            self.seconds[party] += dt
+            self.phase_seconds[self.phase] += dt
 
     def cost(self) -> dict:
         """Per-client means and the server's totals, JSON-able."""
@@ -48,18 +67,22 @@ class Wire:
             "server_bytes_sent": self.sent[SERVER],
             "server_bytes_received": self.received[SERVER],
             "server_seconds": self.seconds[SERVER],
+            "phase_bytes": dict(self.phase_bytes),
+            "phase_seconds": dict(self.phase_seconds),
         }
 
 
 @dataclass(frozen=True)
 class Aggregate:
     """total: the sum (float64, [P]) of the inputs of `clients`, to the protocol's stated error;
-    excluded: every other invited client and why (dropped, malformed message, ...)."""
+    excluded: every other invited client and why (dropped, malformed message, ...); flagged:
+    clients whose input is in the sum but who later sent a malformed message (ignored)."""
 
     total: np.ndarray
     clients: tuple[int, ...]
     excluded: dict[int, str]
     cost: dict
+    flagged: dict[int, str] = field(default_factory=dict)
 
 
 class SecureAggregator(Protocol):
