@@ -16,6 +16,7 @@ from privlearn.fl.algorithms.base import Algorithm, ClientUpdate
 from privlearn.fl.engine.base import Engine, TrainData
 from privlearn.fl.models import Model
 from privlearn.fl.plan import RoundPlan
+from privlearn.fl.privacy.secagg.base import AggregationFailed, SecureAggregator
 from privlearn.fl.robust.scenario import Scenario
 from privlearn.fl.robust.threat import Verdict
 
@@ -29,6 +30,32 @@ class RoundStats:
     attackers: list[int] = field(default_factory=list)  # attacker clients in the cohort
     verdict: Verdict = field(default_factory=Verdict)  # what the defence decided
     skipped: str | None = None  # why a round with a cohort left the model as it was
+    secure: dict | None = None  # under secure aggregation: protocol, cost, flagged clients
+
+
+SCREENING_OFF = "off: under secure aggregation the server sees no client's row to screen"
+
+
+@dataclass(frozen=True)
+class SecureRound:
+    """Secure aggregation for every round: the protocol, and the share of each cohort that
+    drops out (each dropper, with equal odds, before uploading or before the final step),
+    drawn per round from `seed`."""
+
+    aggregator: SecureAggregator
+    dropout: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"secagg_dropout must be in [0, 1), got {self.dropout}")
+
+    def drops(self, clients: list[int], round_idx: int) -> tuple[frozenset, frozenset]:
+        rng = np.random.default_rng([self.seed, round_idx, 2])
+        gone = rng.random(len(clients)) < self.dropout
+        late = rng.random(len(clients)) < 0.5
+        pick = lambda m: frozenset(c for c, g in zip(clients, m, strict=True) if g)  # noqa: E731
+        return pick(gone & ~late), pick(gone & late)
 
 
 def server_rng(seed: int, round_idx: int) -> torch.Generator:
@@ -59,15 +86,19 @@ def run_round(
     rng: torch.Generator,
     scenario: Scenario | None = None,
     round_idx: int = 0,
+    secure: SecureRound | None = None,
 ) -> tuple[dict, RoundStats]:
     """Train the planned cohort, drop bad updates (naming the clients), defend, update the
     server, and write surviving clients' new states into `bank` (in place).
 
     With a `scenario`, attacker rows train on their poisoned data and forge their uploads
     in round `round_idx` (0-based) while the attack is active, and the scenario's defence
-    runs on the screened uploads before the algorithm's server update."""
+    runs on the screened uploads before the algorithm's server update. With `secure`, the
+    server receives only the sum of the clients' summands (`_secure_update`)."""
     t0 = time.perf_counter()
     stats = RoundStats(clients=plan.clients.tolist())
+    if secure is not None:
+        refuse_secure(algo, scenario)
     if len(plan) == 0:
         return server, stats
     cohort_states = T.rows(bank, plan.clients)
@@ -85,6 +116,10 @@ def run_round(
         # with every update it sent, kept or not: the server saw it, so reusing its noise or
         # leaving its steps uncounted would break the guarantee
         T.put_rows_(bank["dp"], plan.clients, result.client_states["dp"])
+    if secure is not None:
+        server = _secure_update(algo, server, bank, plan, result, rng, secure, round_idx, stats)
+        stats.seconds = time.perf_counter() - t0
+        return server, stats
     keep, rejected = screen(result.updates, plan.clients, max_weight=plan.n, dtype=data.dtype)
     named = {r.client: r for r in rejected}
     for row, reason in result.rejected.items():  # the engine's reason is the more precise one
@@ -109,6 +144,62 @@ def run_round(
             T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
     stats.seconds = time.perf_counter() - t0
     return server, stats
+
+
+def refuse_secure(algo: Algorithm, scenario: Scenario | None) -> None:
+    """Why a run cannot aggregate securely, as an error (checked before any training)."""
+    if algo.sum_split is None:
+        raise ValueError(
+            f"secure aggregation needs a server step computed from sums; {algo.name}'s needs "
+            "each client's update (supported: fedavg, fedprox, the fedopt family, --dp central)"
+        )
+    if scenario is not None and scenario.defence is not None:
+        raise ValueError(
+            f"the {scenario.defence.name} defence inspects each client's update, which secure "
+            "aggregation hides from the server: run one or the other"
+        )
+
+
+def _secure_update(algo, server, bank, plan, result, rng, secure, round_idx, stats) -> dict:
+    """The server step from the securely aggregated sum of every client's summands: the
+    algorithm's (w delta, w, w buffers, ...) and w loss for the metric. A client withholds
+    an update that is not finite; nothing per client reaches the server."""
+    u = result.updates
+    w = u.weight.to(torch.float64)
+    summands = {"step": algo.sum_split.summands(server, u), "loss": u.loss * w, "weight": w}
+    rows = T.flat_rows(T.tree_map(lambda t: t.to(torch.float64), summands)).cpu().numpy()
+    excluded = {
+        int(plan.clients[r]): f"withheld its update: {why}" for r, why in result.rejected.items()
+    }
+    for r in np.flatnonzero(~np.isfinite(rows).all(axis=1)):
+        excluded.setdefault(int(plan.clients[r]), "withheld its update: not finite")
+    inputs = {
+        int(c): rows[i] for i, c in enumerate(plan.clients.tolist()) if int(c) not in excluded
+    }
+    before, after = secure.drops(sorted(inputs), round_idx)
+    stats.secure = {"protocol": secure.aggregator.name, "screening": SCREENING_OFF}
+    try:
+        agg = secure.aggregator.aggregate(inputs, round_idx, before, after)
+    except AggregationFailed as e:
+        stats.skipped = f"secure aggregation failed: {e}"
+        stats.rejected = [Rejection(c, why) for c, why in sorted(excluded.items())]
+        return server
+    excluded.update(agg.excluded)
+    stats.rejected = [Rejection(c, why) for c, why in sorted(excluded.items())]
+    stats.secure.update(summed=len(agg.clients), flagged=agg.flagged, cost=agg.cost)
+    like = T.tree_map(lambda t: t.to(torch.float64), summands)
+    sums = T.unflat(torch.from_numpy(agg.total).to(w.device), like)
+    sums["step"] = T.tree_map(lambda s, t: s.to(t.dtype), sums["step"], summands["step"])
+    stats.train_loss = float(sums["loss"] / sums["weight"])
+    new = algo.sum_split.server_update(server, sums["step"], rng)
+    broken = non_finite(new)
+    if broken:
+        stats.skipped = f"the aggregate is not finite in {broken}; it was discarded"
+        return server
+    index = {int(c): i for i, c in enumerate(plan.clients.tolist())}
+    kept = torch.tensor([index[c] for c in agg.clients], dtype=torch.long)
+    T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
+    return new
 
 
 def non_finite(state: Any) -> str | None:

@@ -65,6 +65,26 @@ def flat_rows(tree: Tree) -> torch.Tensor:
     return torch.cat([t.reshape(t.shape[0], -1) for t in ls], dim=1)
 
 
+def unflat(flat: torch.Tensor, like: Tree) -> Tree:
+    """flat_rows inverted for one row: a [P] vector back into `like`'s leaf shapes (without
+    the leading axis) and dtypes."""
+    flat_leaves, spec = pytree.tree_flatten(like)
+    out, at = [], 0
+    for t in flat_leaves:
+        shape = t.shape[1:]
+        size = int(torch.Size(shape).numel())
+        out.append(flat[at : at + size].reshape(shape).to(t.dtype))
+        at += size
+    if at != flat.numel():
+        raise ValueError(f"a flat vector of {flat.numel()} values for a tree of {at}")
+    return pytree.tree_unflatten(out, spec)
+
+
+def scale_rows(tree: Tree, weights: torch.Tensor) -> Tree:
+    """Each row k of a stacked tree times weights[k] (no sum)."""
+    return tree_map(lambda t: t * weights.to(t.dtype).view((-1,) + (1,) * (t.dim() - 1)), tree)
+
+
 def add(a: Tree, b: Tree, scale: float | torch.Tensor = 1.0) -> Tree:
     return tree_map(lambda x, y: x + scale * y, a, b)
 

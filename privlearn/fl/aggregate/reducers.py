@@ -3,29 +3,51 @@ stacked rows into one server-side update."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from privlearn.fl import tree as T
-from privlearn.fl.aggregate.transform import Params, Transform, Updates, check_stage, stateless
+from privlearn.fl.aggregate.transform import (
+    Params,
+    Split,
+    Transform,
+    Updates,
+    check_stage,
+    stateless,
+)
+
+
+def _ratio(sums: dict, den: str) -> Updates:
+    return Updates(T.tree_map(lambda t: t / sums[den].to(t.dtype), sums["values"]))
 
 
 def weighted_mean() -> Transform:
-    """Reduce client rows to sum_k w_k u_k / sum_k w_k (FedAvg's sample-weighted average)."""
+    """Reduce client rows to sum_k w_k u_k / sum_k w_k (FedAvg's sample-weighted average);
+    splittable: clients send w u and w."""
 
     def fn(u: Updates, params: Params) -> Updates:
         check_stage(u, True, "weighted_mean")
         w = u.weights / u.weights.sum()
         return Updates(T.weighted_sum(u.values, w))
 
-    return stateless(fn)
+    split = Split(
+        lambda u, state: {"values": T.scale_rows(u.values, u.weights), "weight": u.weights},
+        lambda sums, state, params: (_ratio(sums, "weight"), state),
+    )
+    return replace(stateless(fn), split=split)
 
 
 def mean() -> Transform:
-    """Reduce client rows to their unweighted mean."""
+    """Reduce client rows to their unweighted mean; splittable: clients send u and 1."""
 
     def fn(u: Updates, params: Params) -> Updates:
         check_stage(u, True, "mean")
         return Updates(T.tree_map(lambda t: t.mean(0), u.values))
 
-    return stateless(fn)
+    split = Split(
+        lambda u, state: {"values": u.values, "count": u.weights.new_ones(u.weights.shape)},
+        lambda sums, state, params: (_ratio(sums, "count"), state),
+    )
+    return replace(stateless(fn), split=split)
 
 
 def clip_by_norm(max_norm: float) -> Transform:

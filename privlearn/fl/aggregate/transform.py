@@ -27,9 +27,21 @@ class Updates:
 
 
 @dataclass(frozen=True)
+class Split:
+    """A reducer cut where secure aggregation cuts it. `summands(u, state)` maps stacked rows to
+    stacked summands row by row (each client computes its own row from its own update and the
+    public state); `from_sums(sums, state, params)` reduces from the sums of those summands
+    alone, as `update` would from the rows."""
+
+    summands: Callable[[Updates, Any], dict]
+    from_sums: Callable[[dict, Any, Params], tuple[Updates, Any]]
+
+
+@dataclass(frozen=True)
 class Transform:
     init: Callable[[Params], Any]
     update: Callable[[Updates, Any, Params], tuple[Updates, Any]]
+    split: Split | None = None  # reducers that need only sums (secure aggregation)
 
 
 def check_stage(u: Updates, stacked: bool, who: str) -> None:
@@ -40,19 +52,33 @@ def check_stage(u: Updates, stacked: bool, who: str) -> None:
 
 
 def chain(*transforms: Transform) -> Transform:
-    """Apply transforms in order; the state is the tuple of their states."""
+    """Apply transforms in order; the state is the tuple of their states. A chain whose first
+    transform is a splittable reducer is splittable: its sums go through that reducer's
+    `from_sums`, then through the rest of the chain."""
 
     def init(params: Params) -> tuple:
         return tuple(t.init(params) for t in transforms)
 
-    def update(u: Updates, state: tuple, params: Params) -> tuple[Updates, tuple]:
-        new = []
-        for t, s in zip(transforms, state, strict=True):
+    def rest(u: Updates, first: Any, state: tuple, params: Params) -> tuple[Updates, tuple]:
+        new = [first]
+        for t, s in zip(transforms[1:], state[1:], strict=True):
             u, s = t.update(u, s, params)
             new.append(s)
         return u, tuple(new)
 
-    return Transform(init, update)
+    def update(u: Updates, state: tuple, params: Params) -> tuple[Updates, tuple]:
+        u, first = transforms[0].update(u, state[0], params)
+        return rest(u, first, state, params)
+
+    head = transforms[0].split if transforms else None
+    if head is None:
+        return Transform(init, update)
+
+    def from_sums(sums: dict, state: tuple, params: Params) -> tuple[Updates, tuple]:
+        u, first = head.from_sums(sums, state[0], params)
+        return rest(u, first, state, params)
+
+    return Transform(init, update, Split(lambda u, state: head.summands(u, state[0]), from_sums))
 
 
 def stateless(fn: Callable[[Updates, Params], Updates]) -> Transform:

@@ -94,6 +94,18 @@ class Algorithm:
     # local DP-SGD (privacy/local.py): step_noise(local, batched) -> (local, noise) gives one
     # step's noise draws, which engines make outside vmap and pass in batch["noise"]
     step_noise: Callable[[State, bool], tuple[State, Params]] | None = None
+    # the server step from sums alone, for secure aggregation; None when it needs rows
+    sum_split: SumSplit | None = None
+
+
+@dataclass(frozen=True)
+class SumSplit:
+    """A server step cut for secure aggregation: `summands(server, stacked ClientUpdate)` is
+    what each client sends (row by row, every leaf [K, ...]), `server_update(server, sums, rng)`
+    the step from the element-wise sums of those rows."""
+
+    summands: Callable[[State, ClientUpdate], dict]
+    server_update: Callable[[State, dict, torch.Generator], State]
 
 
 # --- shared local training -------------------------------------------------------------------
@@ -234,6 +246,39 @@ def server_step(
         "opt": opt_state,
         "buffers": buffers,
     }
+
+
+def summed_server(server: Transform) -> SumSplit | None:
+    """server_step from sums, when `server`'s reducer is splittable (weighted_mean, mean,
+    dp_mean): clients send the reducer's summands and, with batch norm, w times their running
+    statistics and w."""
+    split = server.split
+    if split is None:
+        return None
+
+    def summands(state: State, u: ClientUpdate) -> dict:
+        out = {"reducer": split.summands(Updates(u.delta, u.weight), state["opt"])}
+        if u.buffers:
+            out["buffers"] = T.scale_rows(u.buffers, u.weight)
+            out["buffer_weight"] = u.weight
+        return out
+
+    def update(state: State, sums: dict, rng: torch.Generator) -> State:
+        reducer = sums["reducer"]
+        params = {k: state["params"][k] for k in reducer["values"]}
+        step, opt_state = split.from_sums(reducer, state["opt"], params)
+        buffers = state["buffers"]
+        if "buffers" in sums:
+            den = sums["buffer_weight"]
+            buffers = {**buffers, **T.tree_map(lambda t: t / den.to(t.dtype), sums["buffers"])}
+        return {
+            **state,
+            "params": apply_updates(state["params"], step),
+            "opt": opt_state,
+            "buffers": buffers,
+        }
+
+    return SumSplit(summands, update)
 
 
 def default_server(lr: float = 1.0) -> Transform:

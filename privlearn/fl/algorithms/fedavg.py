@@ -15,6 +15,7 @@ from privlearn.fl.algorithms.base import (
     model_update,
     server_start,
     server_step,
+    summed_server,
 )
 from privlearn.fl.models import Model
 
@@ -37,4 +38,5 @@ def fedavg(
         client_final=lambda s, lo: (model_update(s["params"], lo), {}),
         server_update=lambda s, u, rng: server_step(s, u, server),
         global_model=lambda s: (s["params"], s["buffers"]),
+        sum_split=summed_server(server),
     )

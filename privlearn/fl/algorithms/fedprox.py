@@ -15,6 +15,7 @@ from privlearn.fl.algorithms.base import (
     server_or_default,
     server_start,
     server_step,
+    summed_server,
 )
 from privlearn.fl.models import Model
 
@@ -52,4 +53,5 @@ def fedprox(
         client_final=lambda s, lo: (model_update(s["params"], lo), {}),
         server_update=lambda s, u, rng: server_step(s, u, server),
         global_model=lambda s: (s["params"], s["buffers"]),
+        sum_split=summed_server(server),
     )

@@ -38,7 +38,7 @@ import torch
 
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate.reducers import clip_by_norm
-from privlearn.fl.aggregate.transform import Params, Transform, Updates, check_stage
+from privlearn.fl.aggregate.transform import Params, Split, Transform, Updates, check_stage
 from privlearn.fl.privacy.noise import draw_normal, noise_state
 
 DENOMINATORS = ("fixed", "clipped")
@@ -192,7 +192,9 @@ def noisy_step(sums: Sums, state: dict, spec: CentralDP) -> tuple[Params, dict]:
 
 def dp_mean(spec: CentralDP, seed: int | None = None) -> Transform:
     """The DP reducer: client rows in, one noisy unweighted mean out (weights ignored), e.g.
-    chain(dp_mean(CentralDP(1.0, 0.5, 100)), sgd(1.0)) or before a server optimiser."""
+    chain(dp_mean(CentralDP(1.0, 0.5, 100)), sgd(1.0)) or before a server optimiser.
+    Splittable for secure aggregation: clients clip to the current (public) clip and send the
+    clipped update, the below-clip bit and 1; the noise is added once, to the sums."""
 
     def update(u: Updates, state: dict, params: Params) -> tuple[Updates, dict]:
         check_stage(u, True, "dp_mean")
@@ -201,7 +203,15 @@ def dp_mean(spec: CentralDP, seed: int | None = None) -> Transform:
         )
         return Updates(mean), state
 
-    return Transform(lambda params: dp_state(spec, seed), update)
+    def summands(u: Updates, state: dict) -> dict:
+        clipped, bits = _clip_rows(u.values, float(state["clip"]), spec.per_layer)
+        return {"values": clipped, "below": bits, "count": torch.ones_like(bits)}
+
+    def from_sums(sums: dict, state: dict, params: Params) -> tuple[Updates, dict]:
+        mean, state = noisy_step(Sums(sums["values"], sums["below"], sums["count"]), state, spec)
+        return Updates(mean), state
+
+    return Transform(lambda params: dp_state(spec, seed), update, Split(summands, from_sums))
 
 
 def dp_problem(algorithm: str, has_batch_norm: bool) -> str | None:
