@@ -30,7 +30,7 @@ class RoundStats:
     attackers: list[int] = field(default_factory=list)  # attacker clients in the cohort
     verdict: Verdict = field(default_factory=Verdict)  # what the defence decided
     skipped: str | None = None  # why a round with a cohort left the model as it was
-    secure: dict | None = None  # under secure aggregation: protocol, cost, flagged clients
+    secure: dict | None = None  # under secure aggregation: protocol, cost, unfinished clients
 
 
 SCREENING_OFF = "off: under secure aggregation the server sees no client's row to screen"
@@ -186,7 +186,11 @@ def _secure_update(algo, server, bank, plan, result, rng, secure, round_idx, sta
         return server
     excluded.update(agg.excluded)
     stats.rejected = [Rejection(c, why) for c, why in sorted(excluded.items())]
-    stats.secure.update(summed=len(agg.clients), flagged=agg.flagged, cost=agg.cost)
+    stats.secure.update(
+        summed=len(agg.clients),
+        unfinished=[f"client {c}: {why}" for c, why in sorted(agg.unfinished.items())],
+        cost=agg.cost,
+    )
     like = T.tree_map(lambda t: t.to(torch.float64), summands)
     sums = T.unflat(torch.from_numpy(agg.total).to(w.device), like)
     sums["step"] = T.tree_map(lambda s, t: s.to(t.dtype), sums["step"], summands["step"])

@@ -80,9 +80,17 @@ from privlearn.fl.privacy.budget import (
     plan_budget,
 )
 from privlearn.fl.privacy.central import DENOMINATORS, CentralDP, dp_mean, dp_problem
+from privlearn.fl.privacy.secagg import PROTOCOLS, make_aggregator
 from privlearn.fl.robust import ATTACKS, DEFENCES
 from privlearn.fl.robust.run import backdoor_accuracy, build_scenario, round_report
-from privlearn.fl.rounds import init_federation, run_round, server_rng
+from privlearn.fl.rounds import (
+    SCREENING_OFF,
+    SecureRound,
+    init_federation,
+    refuse_secure,
+    run_round,
+    server_rng,
+)
 
 CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
     "checkpoint.pt",
@@ -147,6 +155,12 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
         )
     ),
     ("dp", lambda v: v in ("central", "local"), "must be central or local"),
+    (
+        "secure_aggregation",
+        lambda v: v in PROTOCOLS,
+        f"must be one of {', '.join(PROTOCOLS)}",
+    ),
+    ("secagg_dropout", lambda v: 0 <= v < 1, "must be a fraction in [0, 1)"),
     *(
         (k, _positive, "must be a finite number > 0")
         for k in ("noise_multiplier", "target_epsilon", "clip", "clip_lr", "clip_count_noise")
@@ -331,6 +345,15 @@ class RunConfig:
     root_size: int = _opt(
         100, "test samples set aside as the server's clean root set (defences that use one)"
     )
+    # secure aggregation (privlearn.fl.privacy.secagg; docs/secagg.md)
+    secure_aggregation: str | None = _opt(
+        None,
+        f"the server sees only the sum of the updates: {', '.join(PROTOCOLS)}",
+        unset="none",
+    )
+    secagg_dropout: float = _opt(
+        0.0, "secure aggregation: share of each cohort that drops out mid-protocol (simulated)"
+    )
     # differential privacy (privlearn.fl.privacy; docs/privacy.md)
     dp: str | None = _opt(
         None, "differential privacy: central (user-level DP-FedAvg) or local", unset="none"
@@ -410,6 +433,7 @@ class RunConfig:
                 f"attackers={self.attackers})"
             )
         self._check_dp()
+        self._check_secure()
         if self.sampling == "uniform" and self.straggler_policy == "drop" and active < 1:
             raise ValueError(
                 f"config key stragglers: {self.stragglers} drops every one of the "
@@ -454,6 +478,19 @@ class RunConfig:
             raise ValueError(
                 "config key accountant: the PLD accountant does not support uniform sampling "
                 "(a fixed cohort without replacement); use --accountant rdp or --sampling poisson"
+            )
+
+    def _check_secure(self) -> None:
+        """Secure aggregation needs no per-update defence (and, checked when the algorithm is
+        built, a server step from sums)."""
+        if self.secure_aggregation is None:
+            if self.secagg_dropout:
+                raise ValueError("config key secagg_dropout: give it with --secure-aggregation")
+            return
+        if self.defence is not None:
+            raise ValueError(
+                f"config key defence: {self.defence} inspects each client's update, which "
+                "secure aggregation hides from the server; run one or the other"
             )
 
     def participation(self) -> Participation:
@@ -580,6 +617,7 @@ class Experiment:
     scenario: Any = None  # privlearn.fl.robust.Scenario when attacked or defended
     budget: Budget | None = None  # the privacy budget, with --dp
     mechanism: CentralDP | None = None  # with --dp central
+    secure: SecureRound | None = None  # with --secure-aggregation
 
     @classmethod
     def build(cls, cfg: RunConfig) -> Experiment:
@@ -618,7 +656,16 @@ class Experiment:
                 raise ValueError(f"config key dp: {e}") from None
         engine = make_engine(cfg.engine, cfg.chunk_size, cfg.compile)
         data, scenario = build_scenario(cfg, data, model, algo)
-        return cls(cfg, data, model, algo, engine, scenario, budget, mechanism)
+        secure = None
+        if cfg.secure_aggregation is not None:
+            secure = SecureRound(
+                make_aggregator(cfg.secure_aggregation), cfg.secagg_dropout, cfg.seed
+            )
+            try:
+                refuse_secure(algo, scenario)
+            except ValueError as e:
+                raise ValueError(f"config key secure_aggregation: {e}") from None
+        return cls(cfg, data, model, algo, engine, scenario, budget, mechanism, secure)
 
     def privacy(self) -> dict | None:
         """What the run's guarantee is, for the metrics document's top level."""
@@ -670,6 +717,17 @@ class Experiment:
         out["not_covered"] = list(NOT_COVERED)
         return out
 
+    def secure_summary(self) -> dict:
+        """What the server saw under secure aggregation, for the metrics document."""
+        return {
+            "protocol": self.secure.aggregator.name,
+            "server_sees": "the sum of the surviving clients' w delta, w, w buffers, w loss",
+            "screening": SCREENING_OFF,
+            "simulated_dropout": self.cfg.secagg_dropout,
+            "threat_model": "honest-but-curious server colluding with fewer than the "
+            "protocol's threshold of clients (docs/secagg.md)",
+        }
+
     def client_epsilons(self, bank: Any) -> dict | None:
         """Under local DP, the worst client's epsilon from the steps clients actually took."""
         if self.cfg.dp != "local":
@@ -706,6 +764,7 @@ class Experiment:
             server_rng(self.cfg.seed, r),
             self.scenario,
             r,
+            self.secure,
         )
         return server, stats, plan
 
@@ -962,6 +1021,7 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
         "model": {"name": exp.model.name, "n_params": exp.model.n_params()},
         "algorithm": exp.algo.name,
         **({"privacy": exp.privacy()} if exp.budget is not None else {}),
+        **({"secure_aggregation": exp.secure_summary()} if exp.secure is not None else {}),
         "rounds": [],
     }
     if resume:
@@ -1045,11 +1105,13 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
                     "dropped_stragglers": len(plan.dropped),
                     "partial_stragglers": len(plan.stragglers),
                     **round_report(exp.scenario, stats),
+                    **({"secure": stats.secure} if stats.secure is not None else {}),
                 }
                 if exp.budget is not None:
                     entry["epsilon"] = exp.budget.epsilon(r + 1)
+                lost = "not in the secure sum" if stats.secure else "rejected update from"
                 for rej in stats.rejected:
-                    console.print(f"[yellow]round {r + 1}: rejected update from {rej}[/]")
+                    console.print(f"[yellow]round {r + 1}: {lost} {rej}[/]")
                 if stats.skipped:
                     console.print(
                         f"[yellow]round {r + 1} left the model unchanged: {stats.skipped}[/]"

@@ -227,7 +227,7 @@ def test_an_in_process_evaluator_computes_with_its_bundles_relinearisation_key()
 
 @pytest.mark.openfhe
 def test_a_real_header_over_complex_slots_is_refused_on_decryption():
-    """The complex flag came from the header alone: a real-flagged ciphertext of complex slots
+    """The complex flag came from the header alone: a real-unfinished ciphertext of complex slots
     decrypted with its imaginary part silently dropped."""
     client = ClientContext.create("toy-n12", "openfhe", seed=4, insecure_for_testing=True)
     env = io.unpack(client.serialize(client.encrypt(np.full(8, 0.5 + 0.5j))), kind="ciphertext")

@@ -92,7 +92,7 @@ def test_shares_that_do_not_open_exclude_their_dealer():
     assert np.abs(agg.total - plain_sum(x, agg.clients)).max() < 1e-5
 
 
-def test_a_forged_share_in_the_unmasking_round_is_flagged_and_ignored():
+def test_a_forged_share_in_the_unmasking_round_is_unfinished_and_ignored():
     def flip_last(msg):
         return msg[:-1] + bytes([msg[-1] ^ 1])
 
@@ -100,7 +100,7 @@ def test_a_forged_share_in_the_unmasking_round_is_flagged_and_ignored():
     agg = SecAggPlus(adversary=corrupt("unmask", 5, flip_last)).aggregate(
         x, 0, drop_before_upload=frozenset({2})
     )
-    assert "does not match its commitment" in agg.flagged[5]
+    assert "does not match its commitment" in agg.unfinished[5]
     assert 5 in agg.clients  # its own input was well formed
     assert np.abs(agg.total - plain_sum(x, agg.clients)).max() < 1e-5
 

@@ -69,7 +69,7 @@ def test_dnc_drops_the_c_f_highest_scores():
     assert d.check(4, 1) is None
 
 
-def test_dnc_keeps_the_rows_flagged_least_often():
+def test_dnc_keeps_the_rows_unfinished_least_often():
     """Subsampling one coordinate of (0, 0), (1, 0), (-1, 0), (10, 0), (0, 9) per
     iteration: each iteration flags the outlier on its coordinate, the intersection keeps
     the three rows near the origin."""

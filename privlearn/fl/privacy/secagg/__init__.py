@@ -1,3 +1,18 @@
 """Secure aggregation: the server learns only the sum of the surviving clients' vectors, under
-threshold CKKS (`threshold`) or SecAgg+-style pairwise masks (`masking`), both behind
+SecAgg+-style pairwise masks (`masking`) or threshold CKKS (`threshold`), both behind
 `SecureAggregator` (`base`)."""
+
+from __future__ import annotations
+
+from privlearn.fl.privacy.secagg.base import SecureAggregator
+
+PROTOCOLS = ("masking",)
+
+
+def make_aggregator(name: str) -> SecureAggregator:
+    """The protocol `name` (one of PROTOCOLS) at its default, 128-bit parameters."""
+    if name == "masking":
+        from privlearn.fl.privacy.secagg.masking import SecAggPlus
+
+        return SecAggPlus()
+    raise ValueError(f"unknown secure aggregation {name!r}; expected one of {', '.join(PROTOCOLS)}")

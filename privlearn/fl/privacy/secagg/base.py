@@ -75,14 +75,15 @@ class Wire:
 @dataclass(frozen=True)
 class Aggregate:
     """total: the sum (float64, [P]) of the inputs of `clients`, to the protocol's stated error;
-    excluded: every other invited client and why (dropped, malformed message, ...); flagged:
-    clients whose input is in the sum but who later sent a malformed message (ignored)."""
+    excluded: every other invited client and why (dropped, malformed message, ...); unfinished:
+    clients whose input is in the sum but who did not finish the protocol (dropped
+    before its last step, or sent a malformed message there, which was ignored)."""
 
     total: np.ndarray
     clients: tuple[int, ...]
     excluded: dict[int, str]
     cost: dict
-    flagged: dict[int, str] = field(default_factory=dict)
+    unfinished: dict[int, str] = field(default_factory=dict)
 
 
 class SecureAggregator(Protocol):

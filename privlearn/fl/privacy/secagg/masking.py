@@ -395,9 +395,9 @@ class SecAggPlus:
             server.take_unmask(v, up("unmask", v, clients[v].unmask, msg))
         total = server.unmask()
         for u in drop_before_unmask & set(server.masked):
-            server.flagged.setdefault(u, "dropped before unmasking (its input is in the sum)")
+            server.unfinished.setdefault(u, "dropped before unmasking (its input is in the sum)")
         cost = {**wire.cost(), "neighbours": k, "threshold": t}
-        return Aggregate(total, tuple(sorted(server.masked)), server.excluded, cost, server.flagged)
+        return Aggregate(total, tuple(sorted(server.masked)), server.excluded, cost, server.unfinished)
 
 
 class MaskingServer:
@@ -418,7 +418,7 @@ class MaskingServer:
         self.got: dict[tuple[int, bytes], list[shamir.Share]] = {}
         self.asked: dict[int, tuple[set[int], set[int]]] = {}
         self.excluded: dict[int, str] = {}
-        self.flagged: dict[int, str] = {}
+        self.unfinished: dict[int, str] = {}
 
     def _timed(self):
         return self.wire.clock(SERVER)
@@ -492,7 +492,7 @@ class MaskingServer:
             try:
                 self.complaints |= set(_read_ids(_unpack(msg, COMPLAIN, self.rnd, v, SERVER))[0])
             except MessageError as e:
-                self.flagged[v] = f"malformed complaint: {e}"
+                self.unfinished[v] = f"malformed complaint: {e}"
 
     def confirmations(self) -> list[tuple[int, bytes]]:
         """Who takes part from here on (shared keys that opened), told to each client."""
@@ -550,7 +550,7 @@ class MaskingServer:
                 (m,) = struct.unpack_from("<I", body)
                 parts = _unframe(body, 4, m)
             except (MessageError, struct.error) as e:
-                self.flagged[v] = f"malformed unmasking message: {e}"
+                self.unfinished[v] = f"malformed unmasking message: {e}"
                 return
             alive, dropped = self.asked[v]
             for p in parts:
@@ -561,14 +561,14 @@ class MaskingServer:
                     u not in want
                     or _share_hash(self.rnd, u, v, tag, share) != self.hashes[(u, v)][idx]
                 ):
-                    self.flagged[v] = (
+                    self.unfinished[v] = (
                         f"sent a share for client {u} that does not match its commitment"
                     )
                     continue
                 try:
                     self.got.setdefault((u, tag), []).append(shamir.Share.from_bytes(share))
                 except shamir.ShareError as e:  # committed to by a client that dealt garbage
-                    self.flagged[u] = f"dealt a share that does not parse: {e}"
+                    self.unfinished[u] = f"dealt a share that does not parse: {e}"
 
     def unmask(self) -> np.ndarray:
         """The sum of the uploaders' inputs: their masked vectors, less each self-mask and each

@@ -39,13 +39,13 @@ def dnc(niters: int = 1, c: float = 1.0, b: int = 10000) -> Defence:
     """Divide-and-Conquer (Shejwalkar & Houmansadr, NDSS 2021): `niters` times, draw `b`
     coordinates of the model delta at random (all of them when the model has fewer),
     centre the rows on those coordinates, score each row by its squared projection on the
-    top singular vector, and flag the floor(c f) highest; the rows never flagged are kept,
+    top singular vector, and flag the floor(c f) highest; the rows never unfinished are kept,
     every field of them.
 
     Threat: model poisoning by f Byzantine rows (the paper's target: its own Min-Max and
     Min-Sum attacks, LIE, Fang's attacks); assumes f is known (c f rows go each iteration)
-    and K - c f >= 1. Differs from the paper: when every row is flagged in some iteration
-    or other (an empty intersection), the rows flagged least often are kept, not none; the
+    and K - c f >= 1. Differs from the paper: when every row is unfinished in some iteration
+    or other (an empty intersection), the rows unfinished least often are kept, not none; the
     algorithm's sample-weighted mean of the kept rows replaces the paper's plain mean."""
     if niters < 1 or c < 0 or b < 1:
         raise ValueError(f"dnc needs niters >= 1, c >= 0 and b >= 1, got {niters}, {c}, {b}")
@@ -58,7 +58,7 @@ def dnc(niters: int = 1, c: float = 1.0, b: int = 10000) -> Defence:
         m = delta_rows(u)
         k, p = m.shape
         drop = _dnc_removed(ctx.f, c)
-        flagged = torch.zeros(k, dtype=torch.long, device=m.device)
+        unfinished = torch.zeros(k, dtype=torch.long, device=m.device)
         if drop > 0:
             for _ in range(int(niters)):
                 if p > b:
@@ -67,8 +67,8 @@ def dnc(niters: int = 1, c: float = 1.0, b: int = 10000) -> Defence:
                 else:
                     sub = m
                 top = dnc_outlier_scores(sub).argsort(descending=True)[:drop]
-                flagged[top] += 1
-        keep = flagged == flagged.min()
+                unfinished[top] += 1
+        keep = unfinished == unfinished.min()
         return select_rows(u, keep), state, keep.to(torch.float64)
 
     return Defence(
