@@ -516,3 +516,44 @@ def privacy(
     if doc["curves"]:
         bench.plot_curves(doc, out.with_suffix(".png"))
     console.print(f"wrote {out} and its .md / .png")
+
+
+def _numbers(flag: str, text: str, kind=float) -> tuple:
+    try:
+        return tuple(kind(float(v)) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--{flag} {text!r}: expected comma-separated numbers") from None
+
+
+@app.command("secagg")
+def secagg(
+    protocols: str = typer.Option(
+        None, help="comma-separated protocols", show_default="plaintext and every protocol"
+    ),
+    clients: str = typer.Option("10,100,1000", help="cohort sizes"),
+    sizes: str = typer.Option("1e3,1e5,1e6", help="update sizes (parameters)"),
+    dropouts: str = typer.Option("0,0.1,0.3", help="shares of the cohort that drop out"),
+    out: Path = typer.Option(
+        Path("results/bench-secagg.json"),
+        help="JSON output (resumable; a Markdown table and a PNG beside it)",
+        callback=check_out_file,
+    ),
+) -> None:
+    """Secure aggregation's cost per round (bytes and seconds per client and for the server,
+    set-up, error against the exact sum), each protocol beside plaintext FedAvg."""
+    from privlearn.bench import secagg as bench
+    from privlearn.fl.privacy.secagg import PROTOCOLS
+
+    names = tuple(protocols.split(",")) if protocols else ("plaintext", *PROTOCOLS)
+    choices("protocols", names, ("plaintext", *PROTOCOLS))
+    ns, ps = _numbers("clients", clients, int), _numbers("sizes", sizes, int)
+    ds = _numbers("dropouts", dropouts)
+    if any(n < 2 for n in ns) or any(p < 1 for p in ps) or any(not 0 <= d < 1 for d in ds):
+        raise UsageError("need clients >= 2, sizes >= 1 and dropouts in [0, 1)")
+    doc = bench.run(names, ns, ps, ds, out, console)
+    console.print(bench.markdown(doc))
+    growth = {pr: bench.growth(doc, pr) for pr in names}
+    console.print(f"growth exponents (0 % dropout): {json.dumps(growth)}")
+    out.with_suffix(".md").write_text(bench.markdown(doc) + "\n")
+    bench.plot(doc, out.with_suffix(".png"))
+    console.print(f"wrote {out} and its .md / .png")

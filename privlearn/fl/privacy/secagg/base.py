@@ -57,13 +57,18 @@ class Wire:
             self.phase_seconds[self.phase] += dt
 
     def cost(self) -> dict:
-        """Per-client means and the server's totals, JSON-able."""
+        """Per-client means and maxima (over every client that sent or received anything) and
+        the server's totals, JSON-able."""
         clients = [p for p in set(self.sent) | set(self.received) | set(self.seconds) if p >= 0]
         mean = lambda d: float(np.mean([d[p] for p in clients])) if clients else 0.0  # noqa: E731
+        most = lambda d: float(max((d[p] for p in clients), default=0.0))  # noqa: E731
         return {
             "client_bytes_sent": mean(self.sent),
             "client_bytes_received": mean(self.received),
             "client_seconds": mean(self.seconds),
+            "client_bytes_sent_max": most(self.sent),
+            "client_bytes_received_max": most(self.received),
+            "client_seconds_max": most(self.seconds),
             "server_bytes_sent": self.sent[SERVER],
             "server_bytes_received": self.received[SERVER],
             "server_seconds": self.seconds[SERVER],

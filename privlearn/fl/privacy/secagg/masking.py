@@ -397,7 +397,9 @@ class SecAggPlus:
         for u in drop_before_unmask & set(server.masked):
             server.unfinished.setdefault(u, "dropped before unmasking (its input is in the sum)")
         cost = {**wire.cost(), "neighbours": k, "threshold": t}
-        return Aggregate(total, tuple(sorted(server.masked)), server.excluded, cost, server.unfinished)
+        return Aggregate(
+            total, tuple(sorted(server.masked)), server.excluded, cost, server.unfinished
+        )
 
 
 class MaskingServer:
