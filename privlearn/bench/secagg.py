@@ -128,7 +128,11 @@ def extrapolate(
         lo, hi = get(n, same_n[-2]), get(n, same_n[-1])
         f = (p - same_n[-1]) / (same_n[-1] - same_n[-2])
         out = {k: hi[k] + f * (hi[k] - lo[k]) for k in COSTS}
-        how = f"linear in P from P = {same_n[-2]:g} and {same_n[-1]:g} at n = {n}"
+        out.update(setup_bytes=hi["setup_bytes"], setup_seconds=hi["setup_seconds"])
+        how = (
+            f"linear in P from P = {same_n[-2]:g} and {same_n[-1]:g} at n = {n} "
+            "(set-up as measured: it does not depend on P)"
+        )
     else:
         smaller = sorted(m for m in clients if m < n and get(m, p))
         if not smaller:
