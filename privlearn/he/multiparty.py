@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,11 @@ PARTIAL_NOISE = 2.0**20  # OpenFHE's per-coefficient noise in a partial decrypti
 TAIL = 1.25  # error_bound's margin over the expected ℓ2 norm (a χ² on N ≥ 2048 values)
 
 _KIND = {False: "mp_ciphertexts", True: "mp_partials"}
+# Isolation material per joint key tag. Held here, not by sessions: a Material collected in a
+# garbage cycle runs its finalizer, which asks the worker, wherever the collector happens to
+# run, and inside another request to the worker that deadlocks on isolation's lock.
+_MATERIALS: OrderedDict[str, isolation.Material] = OrderedDict()
+_MAX_MATERIALS = 4
 
 
 class MultipartyError(ValueError):
@@ -150,7 +156,6 @@ class Session:
         self._modulus = str(self._cc.GetElementParams().GetModulus())
         self._public_key: Any = None
         self.tag: str | None = None
-        self._material: isolation.Material | None = None
 
     def count(self, length: int) -> int:
         """Ciphertexts that hold ``length`` real values."""
@@ -170,7 +175,6 @@ class Session:
         """Encrypt under, and accept only ciphertexts under, this joint key."""
         self._public_key = self._read_public_key(blob)
         self.tag = self._public_key.GetKeyTag()
-        self._material = None
 
     def _pack_public_key(self, key) -> bytes:
         return io.pack(
@@ -281,26 +285,31 @@ class Session:
         return Batch(raws, partial)
 
     def _isolated(self) -> isolation.Material:
-        """The joint key's public material in the isolation worker. The worker's loader wants
-        a relinearisation key; sums never multiply (and the worker's canary multiplies only
-        where a level is left, which depth-1 fresh ciphertexts lack), so it gets one made from
-        a throwaway secret under the joint key's tag, discarded at once."""
-        if self._material is None:
-            before = dict(ofhe.CryptoContext.GetAllEvalMultKeys())
-            throwaway = self._cc.KeyGen().secretKey
-            throwaway.SetKeyTag(self.tag)
-            self._cc.EvalMultKeyGen(throwaway)
-            relin = ofhe.SerializeEvalMultKeyString(SER, self.tag)
-            ofhe.ClearEvalMultKeys()
-            for tag, keys in before.items():
-                self._cc.InsertEvalMultKey(keys, tag)
-            sections = {
-                "context": ofhe.Serialize(self._cc, SER),
-                "public_key": ofhe.Serialize(self._public_key, SER),
-                "relin_key": relin,
-            }
-            self._material = isolation.Material(sections, trusted=True, what="joint key")
-        return self._material
+        """The joint key's public material in the isolation worker, one per joint key in this
+        process (kept in `_MATERIALS`). The worker's loader wants a relinearisation key; sums
+        never multiply (and the worker's canary multiplies only where a level is left, which
+        depth-1 fresh ciphertexts lack), so it gets one made from a throwaway secret under the
+        joint key's tag, discarded at once."""
+        if self.tag in _MATERIALS:
+            _MATERIALS.move_to_end(self.tag)
+            return _MATERIALS[self.tag]
+        before = dict(ofhe.CryptoContext.GetAllEvalMultKeys())
+        throwaway = self._cc.KeyGen().secretKey
+        throwaway.SetKeyTag(self.tag)
+        self._cc.EvalMultKeyGen(throwaway)
+        relin = ofhe.SerializeEvalMultKeyString(SER, self.tag)
+        ofhe.ClearEvalMultKeys()
+        for tag, keys in before.items():
+            self._cc.InsertEvalMultKey(keys, tag)
+        sections = {
+            "context": ofhe.Serialize(self._cc, SER),
+            "public_key": ofhe.Serialize(self._public_key, SER),
+            "relin_key": relin,
+        }
+        while len(_MATERIALS) >= _MAX_MATERIALS:
+            _MATERIALS.popitem(last=False)  # dropped from the worker here, not inside a request
+        _MATERIALS[self.tag] = isolation.Material(sections, trusted=True, what="joint key")
+        return _MATERIALS[self.tag]
 
 
 class Party:
