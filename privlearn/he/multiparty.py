@@ -36,6 +36,7 @@ first half in the real parts, the second in the imaginary parts): 32 bytes per v
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import OrderedDict
@@ -86,19 +87,23 @@ class MultipartyError(ValueError):
     """A key contribution, ciphertext or partial decryption cannot be used."""
 
 
-def error_bound(params: CKKSParams, *, parties: int, summands: int) -> float:
-    """Bound on the ℓ2 norm, over the N real values of one ciphertext, of the key-dependent
-    error of a sum of ``summands`` fresh ciphertexts under a joint key of ``parties`` shares.
+def _error_variance(params: CKKSParams, parties: int, summands: int) -> float:
+    """Per coefficient, the variance of the key-dependent error of a sum of fresh ciphertexts.
 
     A fresh ciphertext's error is v·e + e_1·s + e_0 (v and s = Σ s_i ternary, e = Σ e_i and
-    e_0, e_1 Gaussian of σ = 3.19): per coefficient a variance of (4/3)·N·k·σ² + σ², plus 1/12
-    of encoding rounding. A slot sums N coefficients, so the squared ℓ2 norm over the N/2
-    complex slots is (N²/2)·var/Δ². OpenFHE's own partial-decryption noise is fresh, not
-    key-dependent, and left out.
-    """
+    e_0, e_1 Gaussian of σ = 3.19): (4/3)·N·k·σ² + σ², plus 1/12 of encoding rounding."""
     n, k = params.ring_dim, parties
-    var = summands * (4 / 3 * n * k * KEY_NOISE**2 + KEY_NOISE**2 + 1 / 12)
-    return TAIL * n * math.sqrt(var / 2) / 2.0**params.scale_bits
+    return summands * (4 / 3 * n * k * KEY_NOISE**2 + KEY_NOISE**2 + 1 / 12)
+
+
+def error_bound(params: CKKSParams, *, parties: int, summands: int) -> float:
+    """Bound (`TAIL` over its expectation) on the ℓ2 norm, over the N real values of one
+    ciphertext, of the key-dependent error of a sum of ``summands`` fresh ciphertexts under a
+    joint key of ``parties`` shares. A slot sums N coefficients, so the squared norm over the
+    N/2 complex slots is (N²/2)·var/Δ². OpenFHE's own partial-decryption noise is fresh, not
+    key-dependent, and left out."""
+    var = _error_variance(params, parties, summands)
+    return TAIL * params.ring_dim * math.sqrt(var / 2) / 2.0**params.scale_bits
 
 
 def flood_sigma(
@@ -118,10 +123,8 @@ def flood_sigma(
 def error_std(params: CKKSParams, *, parties: int, summands: int, sigma: float) -> float:
     """Standard deviation, per real value, of a fused sum's error: ``parties`` floods of σ,
     OpenFHE's partial-decryption noise and the ciphertexts' own error."""
-    n, k = params.ring_dim, parties
-    var_ct = summands * (4 / 3 * n * k * KEY_NOISE**2 + KEY_NOISE**2 + 1 / 12)
-    ckks = (n / 2) * (k * PARTIAL_NOISE**2 + var_ct) / 4.0**params.scale_bits
-    return math.sqrt(k * sigma**2 + ckks)
+    var = parties * PARTIAL_NOISE**2 + _error_variance(params, parties, summands)
+    return math.sqrt(parties * sigma**2 + params.ring_dim / 2 * var / 4.0**params.scale_bits)
 
 
 def _normal(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,11 +167,13 @@ class Session:
     # -- keys -----------------------------------------------------------------------------------
     def joint_public_key(self, contributions: list[bytes]) -> bytes:
         """The server's step: add the lead's public key (first) and the others' into the joint
-        key. Contributions are parsed in this process: set-up trusts them to be OpenFHE's."""
+        key, tagged with the SHA-256 of all of them. Contributions are parsed in this process:
+        set-up trusts them to be OpenFHE's."""
         keys = [self._read_public_key(c) for c in contributions]
+        tag = hashlib.sha256(b"".join(contributions)).hexdigest()
         joint = keys[0]
         for key in keys[1:]:
-            joint = self._cc.MultiAddPubKeys(joint, key, key.GetKeyTag())
+            joint = self._cc.MultiAddPubKeys(joint, key, tag)
         return self._pack_public_key(joint)
 
     def set_public_key(self, blob: bytes) -> None:
