@@ -192,11 +192,12 @@ def _reachable(root, seen=None):
             stack.extend(getattr(obj, s) for s in obj.__slots__ if hasattr(obj, s))
 
 
-def test_the_server_holds_no_secret_key_and_cannot_decrypt_one_upload():
+@pytest.mark.parametrize("key_sharing", ["direct", "sealed"])
+def test_the_server_holds_no_secret_key_and_cannot_decrypt_one_upload(key_sharing):
     wire = Recording()
-    agg = make(wire=lambda: wire)
+    agg = make(wire=lambda: wire, key_sharing=key_sharing)
     x = inputs(7)
-    agg.aggregate(x, 0)
+    agg.aggregate(x, 0, drop_before_unmask=frozenset({1}))  # a key share is rebuilt too
     server = agg.server
     held = list(_reachable(server))
     assert not any(isinstance(o, ofhe.PrivateKey) for o in held)
@@ -279,3 +280,16 @@ def test_default_128_bit_parameters_aggregate():
     del agg
     gc.collect()
     assert time.perf_counter() - start < 20  # else this test belongs under -m slow
+
+
+def test_sealed_key_sharing_rebuilds_dropped_shares_at_a_fraction_of_the_set_up_cost():
+    direct, sealed = make(), make(key_sharing="sealed")
+    cost = {"direct": direct.setup(range(N)), "sealed": sealed.setup(range(N))}
+    assert cost["sealed"]["client_bytes_sent"] < cost["direct"]["client_bytes_sent"] / 2
+    assert sorted(sealed.server.sealed) == list(range(N))
+    x = inputs(17)
+    out = sealed.aggregate(x, 0, frozenset({9}), frozenset({0, 4}))
+    err = out.total - np.sum([x[c] for c in out.clients], axis=0)
+    assert np.abs(err).max() < 6 * sealed.stated_error(LENGTH)["error_std"]
+    with pytest.raises(ValueError, match="key_sharing"):
+        make(key_sharing="additive")
