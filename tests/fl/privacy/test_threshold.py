@@ -130,6 +130,20 @@ def test_a_malformed_upload_is_named_and_left_out_of_the_sum(fault):
     assert np.abs(err).max() < 6 * agg.stated_error(LENGTH)["error_std"]
 
 
+def test_a_refused_partial_decryption_gets_its_share_rebuilt():
+    agg = make()
+    agg.setup(range(N))
+    bad = agg.epoch.clients[2]
+    bad._partial = lambda *args: b"\x00" * 64
+    x = inputs(18)
+    out = agg.aggregate(x, 0, frozenset({5}))
+    assert 2 in out.clients and out.excluded == {5: "dropped before upload"}
+    assert out.cost["rebuilt"] == [2, 5] and "not a privlearn HE file" in out.cost[
+        "partials_refused"][2]  # fmt: skip
+    err = out.total - np.sum([x[c] for c in out.clients], axis=0)
+    assert np.abs(err).max() < 6 * agg.stated_error(LENGTH)["error_std"]
+
+
 class Replaying(Recording):
     """The network replays client 2's round-0 upload in round 1 and hands the server client
     4's round-1 upload in place of client 5's."""
@@ -249,7 +263,9 @@ def test_rebuilt_key_shares_are_capped_per_epoch():
     """n = 5, t = 3: within one key epoch at most n - t = 2 key shares may be rebuilt."""
     agg = make(rounds_per_key=3)
     agg.aggregate(inputs(12, n=5), 0, drop_before_unmask=frozenset({0}))
-    with pytest.raises(AggregationFailed, match="3 key shares rebuilt.*at most n - t = 2"):
+    with pytest.raises(
+        AggregationFailed, match="3 key shares rebuilt in this key epoch, more than n - t = 2"
+    ):
         agg.aggregate(inputs(13, n=5), 1, drop_before_upload=frozenset({1, 2}))
     out = agg.aggregate(inputs(14, n=5), 2, drop_before_upload=frozenset({1, 2}))
     assert "setup" in out.cost and len(out.clients) == 3

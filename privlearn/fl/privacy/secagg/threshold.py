@@ -581,6 +581,7 @@ class ThresholdCKKS:
             return server.link.seal(dst, phase, round_idx, _pack(**parts), about=about)
 
         partials: dict[int, multiparty.Batch] = {}
+        refused = {}  # present clients whose partial decryption was refused: shares rebuilt
         for c in present:
             with _clock(wire, SERVER):
                 ask = wire.carry(SERVER, c, request(Phase.DECRYPT, c, c))
@@ -590,32 +591,37 @@ class ThresholdCKKS:
                 with _clock(wire, SERVER):
                     partials[c] = server.partial(c, c, reply, round_idx, count)
             except (MessageRefused, io.EnvelopeError) as err:
-                excluded.setdefault(c, f"partial decryption refused: {err}")
-        helpers = sorted(partials)
+                refused[c] = str(err)
+        survivors = sorted(partials)
         missing = [c for c in cohort if c not in partials]
-        if len(helpers) < t or len(e.rebuilt | set(missing)) > n - t:
+        if len(survivors) < t:
+            raise AggregationFailed(
+                f"{len(survivors)} valid partial decryptions of {n}, fewer than the threshold "
+                f"t = {t}: no key share can be rebuilt and nothing was decrypted"
+            )
+        if len(e.rebuilt | set(missing)) > n - t:
             e.rounds = self.config.rounds_per_key  # this epoch is spent: the next round re-keys
             raise AggregationFailed(
-                f"{len(helpers)} valid partial decryptions of {n} (threshold t = {t}) and "
-                f"{len(e.rebuilt | set(missing))} key shares rebuilt in this key epoch (at most "
-                f"n - t = {n - t}): nothing was decrypted; the next round runs set-up again"
+                f"{len(e.rebuilt | set(missing))} key shares rebuilt in this key epoch, more "
+                f"than n - t = {n - t} (t - 1 colluding rebuilders could then hold them all): "
+                f"nothing was decrypted, and the next round runs set-up again"
             )
         for i, j in enumerate(missing):
-            partials[j] = self._recover(wire, e, j, helpers, i, request, round_idx, count)
+            partials[j] = self._recover(wire, e, j, survivors, i, request, round_idx, count)
         e.rebuilt |= set(missing)
         with _clock(wire, SERVER):
             result = server.session.fuse([partials[c] for c in cohort], length)
-        cost = wire.cost()
+        cost = {**wire.cost(), "rebuilt": missing, "partials_refused": refused}
         if setup is not None:
             cost["setup"] = setup
         return Aggregate(result, tuple(sorted(batches)), dict(sorted(excluded.items())), cost)
 
-    def _recover(self, wire, e, dealer, helpers, i, request, round_idx, count):
-        """The partial decryption for ``dealer``'s key share, made by a survivor that rebuilds
-        it from its own Shamir share and t - 1 others'."""
+    def _recover(self, wire, e, dealer, survivors, i, request, round_idx, count):
+        """The partial decryption for ``dealer``'s key share, made by the i-th missing share's
+        rebuilder (round-robin over the survivors) from its own Shamir share and t - 1 others'."""
         server = e.server
-        rebuilder = helpers[i % len(helpers)]
-        others = [h for h in helpers if h != rebuilder][: e.t - 1]
+        rebuilder = survivors[i % len(survivors)]
+        others = [h for h in survivors if h != rebuilder][: e.t - 1]
         forwarded = {}
         for h in others:
             with _clock(wire, SERVER):
