@@ -112,8 +112,9 @@ def test_a_malformed_upload_is_named_and_left_out_of_the_sum(fault):
         cc = bad.session._cc
         low = cc.Compress(ofhe.DeserializeCiphertextString(parts["c0"], mp.SER), 1)
         parts["c0"] = ofhe.Serialize(low, mp.SER)
-        return io.pack(env.kind, env.backend, env.params_fingerprint,
-                       io.pack_sections(parts), env.meta)  # fmt: skip
+        return io.pack(
+            env.kind, env.backend, env.params_fingerprint, io.pack_sections(parts), env.meta
+        )
 
     bad.session.encrypt = encrypt
     x = inputs(4)

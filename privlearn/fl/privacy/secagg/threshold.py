@@ -141,9 +141,13 @@ class _Link:
         magic, epoch, ph, rnd, s, d, ab, length = _HEAD.unpack_from(message)
         got = {"epoch": epoch, "phase": ph, "round": rnd, "sender": s, "recipient": d, "about": ab}
         want = {
-            "epoch": self.epoch, "phase": phase, "round": round_idx, "sender": src,
-            "recipient": self.me, "about": about,
-        }  # fmt: skip
+            "epoch": self.epoch,
+            "phase": phase,
+            "round": round_idx,
+            "sender": src,
+            "recipient": self.me,
+            "about": about,
+        }
         if magic != _MAGIC:
             raise MessageRefused("not a threshold-CKKS message (bad magic)")
         for field, value in got.items():
@@ -425,9 +429,12 @@ class ThresholdCKKS:
             raise ValueError(f"key_sharing is 'direct' or 'sealed', got {key_sharing!r}")
         self.threshold = threshold
         self.config = _Config(
-            params or multiparty.AGGREGATION, insecure_for_testing, rounds_per_key,
-            statistical_security, key_sharing,
-        )  # fmt: skip
+            params or multiparty.AGGREGATION,
+            insecure_for_testing,
+            rounds_per_key,
+            statistical_security,
+            key_sharing,
+        )
         self.wire = wire
         self.epoch: _Epoch | None = None
         self._epochs = 0
@@ -573,8 +580,11 @@ class ThresholdCKKS:
             total = server.session.add(list(batches.values()))
 
         def request(phase: Phase, dst: int, share: int) -> bytes:
-            parts = {"sum": total, "lead": b"1" if share == lead else b"0",
-                     "length": str(length).encode()}  # fmt: skip
+            parts = {
+                "sum": total,
+                "lead": b"1" if share == lead else b"0",
+                "length": str(length).encode(),
+            }
             if phase == Phase.REBUILD and share in server.sealed:
                 parts["sealed"] = server.sealed[share]
             about = -1 if phase == Phase.DECRYPT else share
@@ -625,8 +635,9 @@ class ThresholdCKKS:
         forwarded = {}
         for h in others:
             with _clock(wire, SERVER):
-                ask = server.link.seal(h, Phase.RECOVER, round_idx, str(rebuilder).encode(),
-                                       about=dealer)  # fmt: skip
+                ask = server.link.seal(
+                    h, Phase.RECOVER, round_idx, str(rebuilder).encode(), about=dealer
+                )
             message = wire.carry(SERVER, h, ask)
             with _clock(wire, h):
                 sealed = wire.carry(h, SERVER, e.clients[h].forward(message, round_idx, dealer))
@@ -638,8 +649,12 @@ class ThresholdCKKS:
             reply = wire.carry(rebuilder, SERVER, reply)
             with _clock(wire, SERVER):
                 return server.partial(rebuilder, dealer, reply, round_idx, count)
-        except (MessageRefused, io.EnvelopeError, shamir.ShareError,
-                multiparty.MultipartyError) as err:  # fmt: skip
+        except (
+            MessageRefused,
+            io.EnvelopeError,
+            shamir.ShareError,
+            multiparty.MultipartyError,
+        ) as err:
             raise AggregationFailed(
                 f"client {rebuilder} could not rebuild client {dealer}'s key share ({err}); "
                 f"nothing was decrypted"
