@@ -16,19 +16,25 @@ bytes (:meth:`Party.key_bytes`, :meth:`Party.from_key_bytes`), which the caller 
 OpenFHE requires t > n/2.
 
 Flooding (IND-CPA^D). A fused decryption reveals m + e, and e depends on the keys (Li and
-Micciancio, Eurocrypt 2021; Guo et al., USENIX Security 2024 for threshold CKKS). OpenFHE's
-partial decryptions add Gaussian noise of σ = 2^20 per coefficient (measured), a few bits of
-statistical security at most; its NOISE_FLOODING_MULTIPARTY mode is not usable for CKKS from
-Python. So each partial decryption here carries its own flood: a Gaussian of σ per real value
-drawn from the OS's entropy, encoded into *complex* slots (real and imaginary parts
-independent, so the coefficient-domain noise is full rank, not confined to a subspace) and added
-with ``EvalAdd`` to the partial decryption, a one-element ciphertext. σ is
+Micciancio, Eurocrypt 2021). OpenFHE's partial decryptions add Gaussian noise of σ = 2^20 per
+coefficient (measured): about 1 bit of statistical security against :func:`error_bound` at
+N = 2^14, n = 10. Its NOISE_FLOODING_MULTIPARTY mode is not usable for CKKS from Python. So
+each partial decryption here carries its own flood: a Gaussian of σ per real value drawn from
+the OS's entropy, encoded into *complex* slots (real and imaginary parts independent, so the
+coefficient-domain noise is full rank, not confined to a subspace) and added with ``EvalAdd``
+to the partial decryption, a one-element ciphertext. σ is
 :func:`privlearn.he.flooding.flooding_sigma` of :func:`error_bound`, a bound on the ℓ2 norm of
 the key-dependent error of one decrypted ciphertext (all N real values together: the Gaussian
 mechanism's Rényi cost of a shifted vector is its squared ℓ2 norm over 2σ²), with ``queries``
 the number of ciphertexts the joint key will ever decrypt. Each party floods with the full σ,
 so one honest party's flood hides the error whoever colludes; the fused value carries k floods
 (k partial decryptions), error standard deviation √k·σ per value.
+
+The bound holds for sums of ciphertexts that the seam's own `Session.encrypt` made. It is a
+high-probability bound for honest encryptions, not a worst case over crafted ones (Guo et al.,
+USENIX Security 2024, attack floods sized that way), and no flood helps against a crafted
+ciphertext at all: (c0, c1) = (0, Δ) decrypts to the joint secret key itself. Only proofs
+that each ciphertext is a well-formed encryption (not built here) would rule that out.
 
 Slots are complex, and sums are linear, so each ciphertext packs 2·(N/2) = N real values (the
 first half in the real parts, the second in the imaginary parts): 32 bytes per value uploaded.
