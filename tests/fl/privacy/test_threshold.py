@@ -304,3 +304,15 @@ def test_sealed_key_sharing_rebuilds_dropped_shares_at_a_fraction_of_the_set_up_
     assert np.abs(err).max() < 6 * sealed.stated_error(LENGTH)["error_std"]
     with pytest.raises(ValueError, match="key_sharing"):
         make(key_sharing="additive")
+
+
+def test_clients_refuse_requests_that_would_expose_a_share_or_shrink_the_flood():
+    agg = make(rounds_per_key=2)
+    agg.aggregate(inputs(19), 0)
+    client, link = agg.epoch.clients[1], agg.server.link
+    ask = link.seal(1, Phase.RECOVER, 1, str(SERVER).encode(), about=4)
+    with pytest.raises(MessageRefused, match="not to -1"):
+        client.forward(ask, 1, 4)  # sealed "for the server" would be readable by it
+    short = threshold._pack(sum=b"", lead=b"0", length=b"100")  # σ for 100 values, not 3000
+    with pytest.raises(MessageRefused, match="decrypt b'100' values, not 3000"):
+        client.decrypt(link.seal(1, Phase.DECRYPT, 1, short), 1)

@@ -220,6 +220,7 @@ class _Client:
         self.party: multiparty.Party | None = None
         self.held: dict[int, bytes] = {}  # dealer -> my share of its key share
         self.decryptions = 0
+        self.length: int | None = None  # of the vectors this epoch sums (σ depends on it)
 
     # set-up
     def hello(self) -> bytes:
@@ -275,6 +276,7 @@ class _Client:
 
     # a round
     def upload(self, round_idx: int, values: np.ndarray) -> bytes:
+        self.length = values.size
         return self.link.seal(SERVER, Phase.UPLOAD, round_idx, self.session.encrypt(values))
 
     def _sigma(self, length: int) -> float:
@@ -287,9 +289,14 @@ class _Client:
             statistical_security=c.statistical_security,
         )
 
-    def _partial(self, party, total: bytes, lead: bytes, length: int) -> bytes:
+    def _partial(self, party, total: bytes, lead: bytes, length: bytes) -> bytes:
+        """σ and the ciphertext count come from this client's own vector length, not the
+        server's claim (a smaller one would shrink σ): a request that disagrees is refused."""
+        if self.length is None or length != str(self.length).encode():
+            raise MessageRefused(f"the server asks to decrypt {length!r} values, not {self.length}")
+        n = self.session.count(self.length)
         return party.partial_decrypt(
-            total, count=self.session.count(length), lead=lead == b"1", sigma=self._sigma(length)
+            total, count=n, lead=lead == b"1", sigma=self._sigma(self.length)
         )
 
     def decrypt(self, message: bytes, round_idx: int) -> bytes:
@@ -300,7 +307,7 @@ class _Client:
         if self.decryptions >= self.config.rounds_per_key:
             raise MessageRefused(f"client {self.id} has decrypted its {self.decryptions} rounds")
         self.decryptions += 1
-        partial = self._partial(self.party, total, lead, int(length))
+        partial = self._partial(self.party, total, lead, length)
         return self.link.seal(SERVER, Phase.PARTIAL, round_idx, partial, about=self.id)
 
     def forward(self, message: bytes, round_idx: int, dealer: int) -> bytes:
@@ -309,6 +316,10 @@ class _Client:
             message, src=SERVER, phase=Phase.RECOVER, round_idx=round_idx, about=dealer
         )
         rebuilder = int(payload)
+        if rebuilder not in self.cohort or rebuilder == self.id:  # never to the server
+            raise MessageRefused(
+                f"client {self.id} forwards shares to other clients, not to {rebuilder}"
+            )
         return self.link.seal(rebuilder, Phase.FORWARD, round_idx, self.held[dealer], about=dealer)
 
     def rebuild(self, message: bytes, round_idx: int, dealer: int, forwarded: dict[int, bytes]):
@@ -334,7 +345,7 @@ class _Client:
             except (InvalidTag, ValueError):
                 raise MessageRefused(f"client {dealer}'s sealed key share does not open") from None
         party = multiparty.Party.from_key_bytes(self.session, secret)
-        partial = self._partial(party, total, lead, int(length))
+        partial = self._partial(party, total, lead, length)
         return self.link.seal(SERVER, Phase.PARTIAL, round_idx, partial, about=dealer)
 
 
