@@ -10,7 +10,9 @@ from privlearn.he import io
 from privlearn.he.params import InsecureParametersError
 
 pytestmark = pytest.mark.openfhe
-mp = pytest.importorskip("privlearn.he.multiparty", reason="OpenFHE is not importable")
+mp = pytest.importorskip(
+    "privlearn.he.multiparty", reason="OpenFHE is not importable", exc_type=ImportError
+)
 
 PARAMS = mp.TOY_AGGREGATION
 N_PARTIES = 5

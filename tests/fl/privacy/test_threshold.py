@@ -12,10 +12,9 @@ from privlearn.fl.privacy.secagg.base import SERVER, AggregationFailed, Wire
 from privlearn.he import io
 
 pytestmark = pytest.mark.openfhe
-threshold = pytest.importorskip(
-    "privlearn.fl.privacy.secagg.threshold", reason="OpenFHE is not importable"
-)
-mp = pytest.importorskip("privlearn.he.multiparty", reason="OpenFHE is not importable")
+_NO_OPENFHE = {"reason": "OpenFHE is not importable", "exc_type": ImportError}
+threshold = pytest.importorskip("privlearn.fl.privacy.secagg.threshold", **_NO_OPENFHE)
+mp = pytest.importorskip("privlearn.he.multiparty", **_NO_OPENFHE)
 ofhe = mp.ofhe
 Phase, ThresholdCKKS, MessageRefused = (
     threshold.Phase,
