@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import fcntl
 import functools
 import hashlib
@@ -539,7 +540,13 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(map(str, set(d) - known))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+            near = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hints = [f"{k!r}: did you mean {m[0]!r}?" for k, m in near.items() if m]
+            raise ValueError(
+                f"unknown config keys {unknown}"
+                + (f" ({'; '.join(hints)})" if hints else "")
+                + "; `privlearn fl run --help` lists every key (as --flags)"
+            )
         return cls(**d)
 
     @classmethod
