@@ -19,7 +19,6 @@ keys the worker does not load, and bootstrapping, are not tried (see the threat 
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import json
 import os
@@ -101,6 +100,9 @@ _lock = threading.Lock()  # one request at a time: a session's client and server
 _worker: _Worker | None = None
 _owner = 0  # the process that started it: a fork of the caller starts its own
 _generation = 0  # which worker this is, so that material is loaded again into a new one
+# material collected since the last request: a finalizer may run inside a request (the
+# garbage collector runs anywhere), so it only queues the key and the next request drops it
+_dropped: list[str] = []
 
 
 def _ask(request: tuple, timeout: float, material: Material | None = None) -> dict:
@@ -108,7 +110,10 @@ def _ask(request: tuple, timeout: float, material: Material | None = None) -> di
     with _lock:
         if _worker is None or _owner != os.getpid() or not _worker.alive():
             _worker, _owner, _generation = _Worker(), os.getpid(), _generation + 1
+            _dropped.clear()  # a new worker holds none of them
         try:
+            while _dropped:
+                _worker.ask(("drop", _dropped.pop()), 10)
             if material is not None and material.generation != _generation:
                 load = ("load", material.key, material.public, False)
                 _raise_for(_worker.ask(load, _load_timeout(material.public)), "public material")
@@ -156,9 +161,8 @@ class Material:
 
 
 def _drop(key: str) -> None:
-    if _worker is not None and _owner == os.getpid() and _worker.alive():
-        with contextlib.suppress(CorruptError):
-            _ask(("drop", key), 10)
+    if _owner == os.getpid():
+        _dropped.append(key)
 
 
 # -- the worker's side --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from privlearn.he import isolation
@@ -111,3 +112,24 @@ def test_a_fork_of_the_caller_gets_a_worker_of_its_own_with_the_material_loaded(
     _, status = os.waitpid(pid, 0)
     assert os.read(read_end, 2) == b"ok"
     ev.deserialize(blob)  # the parent's worker is still its own
+
+
+def test_material_collected_during_a_request_is_dropped_later_not_deadlocked():
+    """A Material's finalizer ran `_ask` under the non-reentrant request lock: collected by
+    the garbage collector inside another request, it hung the process."""
+    import threading
+
+    from privlearn.he import ClientContext, Evaluator
+
+    client = ClientContext.create("toy-n12", "openfhe", seed=9, insecure_for_testing=True)
+    ev = Evaluator.from_bundle(client.public_bundle(), insecure_for_testing=True)
+    blob = client.serialize(client.encrypt(np.ones(4)))
+    ev.deserialize(blob)  # the worker runs and holds this material
+    with isolation._lock:  # as if inside a request
+        t = threading.Thread(target=isolation._drop, args=("collected-key",), daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive()
+    assert "collected-key" in isolation._dropped
+    ev.deserialize(blob)  # the next request sends the queued drop
+    assert not isolation._dropped
