@@ -157,3 +157,23 @@ def test_secure_run_configs_that_cannot_work_are_refused(extra, message):
 
     with pytest.raises(ValueError, match=message):
         RunConfig(**{**SECURE_RUN, **extra})
+
+
+def test_threshold_ckks_gives_the_same_step_and_survives_dropouts(digits_dir):
+    """The same round under threshold CKKS at its 128-bit default: the flooding error on the
+    sums (w delta, about 3e-5 absolute) is far below the step's own scale."""
+    from privlearn.fl.privacy.secagg import make_aggregator
+
+    model, algo = make("fedavg", digits_dir)
+    plain, _ = rounds(algo, model, digits_dir)
+    secure, stats = rounds(
+        algo, model, digits_dir, secure=SecureRound(make_aggregator("threshold-ckks"))
+    )
+    assert max_abs_diff(plain, secure) < 1e-5
+    assert stats[-1].secure["protocol"] == "threshold-ckks"
+    drop = SecureRound(make_aggregator("threshold-ckks"), dropout=0.3, seed=1)
+    _, stats = rounds(algo, model, digits_dir, n_rounds=2, secure=drop, per_round=10)
+    for r, st in enumerate(stats):
+        before, after = drop.drops(sorted(st.clients), r)
+        assert st.skipped is None and {x.client for x in st.rejected} == set(before)
+        assert len(st.secure["unfinished"]) == len(after)

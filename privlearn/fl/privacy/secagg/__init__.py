@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from privlearn.fl.privacy.secagg.base import SecureAggregator
 
-PROTOCOLS = ("masking",)
+PROTOCOLS = ("masking", "threshold-ckks")
 
 
 def make_aggregator(name: str) -> SecureAggregator:
@@ -15,4 +15,8 @@ def make_aggregator(name: str) -> SecureAggregator:
         from privlearn.fl.privacy.secagg.masking import SecAggPlus
 
         return SecAggPlus()
+    if name == "threshold-ckks":
+        from privlearn.fl.privacy.secagg.threshold import ThresholdCKKS
+
+        return ThresholdCKKS()
     raise ValueError(f"unknown secure aggregation {name!r}; expected one of {', '.join(PROTOCOLS)}")

@@ -13,13 +13,14 @@ Set-up, among the n invited clients (one key epoch):
    (:mod:`privlearn.he.multiparty`).
 3. Each client serializes its key share and Shamir-splits it t-of-n (`secagg.shamir`): the
    client at position x of the sorted cohort gets share x, sealed for it, so every client holds
-   one share of every other client's key and t of them rebuild it. ``key_sharing="direct"``
-   splits the bytes themselves (|share| ≈ 1.33 × the key's 263 KB, to each of n - 1 clients);
-   ``"sealed"`` encrypts the bytes under a fresh AES-256-GCM key, stores them at the server
-   and splits only that 32-byte key (Krawczyk's short secret sharing): set-up traffic per
-   client drops from ~0.35·(n - 1) MB to ~0.3 MB, and the secrecy against the server rests on
-   AES-GCM in both (the direct shares cross it sealed too). t defaults to n // 2 + 1 (OpenFHE's
-   ShareKeys needs t > n/2, and both recovery paths keep its rule).
+   one share of every other client's key and t of them rebuild it. ``"sealed"`` (the default)
+   encrypts the bytes under a fresh AES-256-GCM key, stores them at the server and splits only
+   that 32-byte key (Krawczyk's short secret sharing): set-up traffic per client is ~0.3 MB.
+   ``"direct"`` (the issue's literal recipe, kept for comparison) splits the bytes themselves
+   (|share| ≈ 1.33 × the key's 263 KB, to each of n - 1 clients: ~0.35·(n - 1) MB). The
+   secrecy against the server rests on AES-GCM in both (the direct shares cross it sealed
+   too). t defaults to n // 2 + 1 (OpenFHE's ShareKeys needs t > n/2, and both recovery paths
+   keep its rule).
 
 A round:
 
@@ -431,7 +432,7 @@ class ThresholdCKKS:
         rounds_per_key: int = 1,
         statistical_security: int = 30,
         insecure_for_testing: bool = False,
-        key_sharing: str = "direct",
+        key_sharing: str = "sealed",
         wire: Callable[[], Wire] = Wire,
     ) -> None:
         if rounds_per_key < 1:
@@ -635,7 +636,12 @@ class ThresholdCKKS:
         cost = {**wire.cost(), "rebuilt": missing, "partials_refused": refused}
         if setup is not None:
             cost["setup"] = setup
-        return Aggregate(result, tuple(sorted(batches)), dict(sorted(excluded.items())), cost)
+        unfinished = {c: "dropped before decrypting (its input is in the sum)" for c in batches}
+        unfinished = {c: why for c, why in unfinished.items() if c in drop_before_unmask}
+        unfinished.update({c: f"partial decryption refused: {why}" for c, why in refused.items()})
+        return Aggregate(
+            result, tuple(sorted(batches)), dict(sorted(excluded.items())), cost, unfinished
+        )
 
     def _recover(self, wire, e, dealer, survivors, i, request, round_idx, count):
         """The partial decryption for ``dealer``'s key share, made by the i-th missing share's
