@@ -91,7 +91,9 @@ class MaskingParams:
         k = 2 * math.ceil(2 * math.log2(max(n, 2))) if self.neighbours is None else self.neighbours
         if k < 1:
             raise ValueError(f"neighbours must be >= 1, got {k}")
-        return min(k, n - 1) if min(k, n - 1) == n - 1 else k + (k % 2)  # even unless complete
+        if k >= n - 1:
+            return n - 1  # everyone is a neighbour
+        return min(k + k % 2, n - 1)  # a Harary graph on a ring has even degree
 
     def shares_needed(self, k: int) -> int:
         t = k // 3 + 1 if self.threshold is None else self.threshold

@@ -77,13 +77,12 @@ def split(secret: bytes, n: int, t: int) -> list[Share]:
         raise ValueError(f"Shamir needs 1 <= t <= n < 65536, got t = {t}, n = {n}")
     s = _symbols(bytes(secret))
     coeffs = _random_field((t - 1, len(s)))  # degree 1..t-1; the constant term is the secret
-    out = []
-    for x in range(1, n + 1):
-        acc = np.zeros_like(s)
-        for c in coeffs[::-1]:  # Horner from the top coefficient down
-            acc = (acc + c) * x % P
-        out.append(Share(x, t, len(secret), (acc + s) % P))
-    return out
+    xs = np.arange(1, n + 1, dtype=np.int64)[:, None]
+    acc = np.zeros((n, len(s)), dtype=np.int64)
+    for c in coeffs[::-1]:  # Horner from the top coefficient down, every x at once
+        acc = (acc + c) * xs % P
+    ys = (acc + s) % P
+    return [Share(x, t, len(secret), ys[x - 1]) for x in range(1, n + 1)]
 
 
 def combine(shares: list[Share]) -> bytes:
@@ -97,15 +96,17 @@ def combine(shares: list[Share]) -> bytes:
     if len(distinct) < t:
         raise ShareError(f"{len(distinct)} distinct shares, fewer than the threshold {t}")
     use = list(distinct.values())[:t]
-    xs = [s.x for s in use]
+    xs = np.array([s.x for s in use], dtype=np.int64)
+    num = np.ones(t, dtype=np.int64)  # Lagrange basis at 0: prod_{j != i} x_j / (x_j - x_i)
+    den = np.ones(t, dtype=np.int64)
+    for j, xj in enumerate(xs):
+        other = np.arange(t) != j
+        num[other] = num[other] * xj % P
+        den[other] = den[other] * ((xj - xs[other]) % P) % P
+    weights = [int(a) * pow(int(b), P - 2, P) % P for a, b in zip(num, den, strict=True)]
     acc = np.zeros_like(use[0].y)
-    for i, s in enumerate(use):  # Lagrange basis at 0
-        num, den = 1, 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                num = num * xj % P
-                den = den * (xj - s.x) % P
-        acc = (acc + s.y * (num * pow(den, P - 2, P) % P)) % P
+    for s, w in zip(use, weights, strict=True):
+        acc = (acc + s.y * w) % P
     if np.any(acc >= 2 ** (8 * _SYMBOL)):
         raise ShareError("the shares do not rebuild a byte string (one is forged or corrupt)")
     b = np.stack([acc & 0xFF, (acc >> 8) & 0xFF, (acc >> 16) & 0xFF], axis=1).astype(np.uint8)
