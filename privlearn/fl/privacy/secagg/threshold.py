@@ -53,9 +53,7 @@ import hashlib
 import hmac
 import os
 import struct
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -465,52 +463,53 @@ class ThresholdCKKS:
             )
         self._epochs += 1
         wire = self.wire()
-        with _clock(wire, SERVER):
+        wire.phase = "setup"
+        with wire.clock(SERVER):
             server = _Server(cohort, self._epochs, self.config)
         clients_ = {}
         for c in cohort:
-            with _clock(wire, c):
+            with wire.clock(c):
                 clients_[c] = _Client(c, cohort, t, self._epochs, self.config)
         hellos = {}
         for c, client in clients_.items():
-            with _clock(wire, c):
+            with wire.clock(c):
                 hellos[c] = wire.carry(c, SERVER, client.hello())
-        with _clock(wire, SERVER):
+        with wire.clock(SERVER):
             listings = server.directory(hellos)
         for c, client in clients_.items():
             hello, listing = (wire.carry(SERVER, c, m) for m in listings[c])
-            with _clock(wire, c):
+            with wire.clock(c):
                 client.directory(hello, listing)
         lead, rest = cohort[0], cohort[1:]
-        with _clock(wire, lead):
+        with wire.clock(lead):
             first = wire.carry(lead, SERVER, clients_[lead].lead_key())
-        with _clock(wire, SERVER):
+        with wire.clock(SERVER):
             lead_key = server.key(lead, first)
             asks = {c: server.link.seal(c, Phase.LEAD_KEY, SETUP, lead_key) for c in rest}
         for c in rest:
             message = wire.carry(SERVER, c, asks[c])
-            with _clock(wire, c):
+            with wire.clock(c):
                 reply = wire.carry(c, SERVER, clients_[c].key(message))
-            with _clock(wire, SERVER):
+            with wire.clock(SERVER):
                 server.key(c, reply)
-        with _clock(wire, SERVER):
+        with wire.clock(SERVER):
             joint = server.joint_key()
             sends = {c: server.link.seal(c, Phase.JOINT_KEY, SETUP, joint) for c in cohort}
         for c, client in clients_.items():
             message = wire.carry(SERVER, c, sends[c])
-            with _clock(wire, c):
+            with wire.clock(c):
                 client.joint_key(message)
         for c, client in clients_.items():
-            with _clock(wire, c):
+            with wire.clock(c):
                 sealed, stored = client.shares()
             if stored is not None:
                 message = wire.carry(c, SERVER, stored)
-                with _clock(wire, SERVER):
+                with wire.clock(SERVER):
                     server.store(c, message)
             for message in sealed:
                 dst = _recipient(wire.carry(c, SERVER, message))
                 delivered = wire.carry(SERVER, dst, message)
-                with _clock(wire, dst):
+                with wire.clock(dst):
                     clients_[dst].take_share(c, delivered)
         self.epoch = _Epoch(cohort, t, server, clients_)
         self.setup_cost = wire.cost()
@@ -566,12 +565,13 @@ class ThresholdCKKS:
         count = server.session.count(length)
         excluded = {c: "dropped before upload" for c in drop_before_upload}
         batches = {}
+        wire.phase = "upload"
         for c in cohort:
             if c in drop_before_upload:
                 continue
-            with _clock(wire, c):
+            with wire.clock(c):
                 message = wire.carry(c, SERVER, e.clients[c].upload(round_idx, vectors[c]))
-            with _clock(wire, SERVER):
+            with wire.clock(SERVER):
                 try:
                     batches[c] = server.upload(c, message, round_idx, count)
                 except (MessageRefused, io.EnvelopeError, multiparty.MultipartyError) as err:
@@ -588,7 +588,7 @@ class ThresholdCKKS:
                 f"t = {t}: no key share can be rebuilt and nothing was decrypted"
             )
         lead = present[0]
-        with _clock(wire, SERVER):
+        with wire.clock(SERVER):
             total = server.session.add(list(batches.values()))
 
         def request(phase: Phase, dst: int, share: int) -> bytes:
@@ -602,15 +602,16 @@ class ThresholdCKKS:
             about = -1 if phase == Phase.DECRYPT else share
             return server.link.seal(dst, phase, round_idx, _pack(**parts), about=about)
 
+        wire.phase = "decrypt"
         partials: dict[int, multiparty.Batch] = {}
         refused = {}  # present clients whose partial decryption was refused: shares rebuilt
         for c in present:
-            with _clock(wire, SERVER):
+            with wire.clock(SERVER):
                 ask = wire.carry(SERVER, c, request(Phase.DECRYPT, c, c))
             try:
-                with _clock(wire, c):
+                with wire.clock(c):
                     reply = wire.carry(c, SERVER, e.clients[c].decrypt(ask, round_idx))
-                with _clock(wire, SERVER):
+                with wire.clock(SERVER):
                     partials[c] = server.partial(c, c, reply, round_idx, count)
             except (MessageRefused, io.EnvelopeError) as err:
                 refused[c] = str(err)
@@ -628,10 +629,11 @@ class ThresholdCKKS:
                 f"than n - t = {n - t} (t - 1 colluding rebuilders could then hold them all): "
                 f"nothing was decrypted, and the next round runs set-up again"
             )
+        wire.phase = "recover"
         for i, j in enumerate(missing):
             partials[j] = self._recover(wire, e, j, survivors, i, request, round_idx, count)
         e.rebuilt |= set(missing)
-        with _clock(wire, SERVER):
+        with wire.clock(SERVER):
             result = server.session.fuse([partials[c] for c in cohort], length)
         cost = {**wire.cost(), "rebuilt": missing, "partials_refused": refused}
         if setup is not None:
@@ -651,20 +653,20 @@ class ThresholdCKKS:
         others = [h for h in survivors if h != rebuilder][: e.t - 1]
         forwarded = {}
         for h in others:
-            with _clock(wire, SERVER):
+            with wire.clock(SERVER):
                 ask = server.link.seal(
                     h, Phase.RECOVER, round_idx, str(rebuilder).encode(), about=dealer
                 )
             message = wire.carry(SERVER, h, ask)
-            with _clock(wire, h):
+            with wire.clock(h):
                 sealed = wire.carry(h, SERVER, e.clients[h].forward(message, round_idx, dealer))
             forwarded[h] = wire.carry(SERVER, _recipient(sealed), sealed)
         message = wire.carry(SERVER, rebuilder, request(Phase.REBUILD, rebuilder, dealer))
         try:
-            with _clock(wire, rebuilder):
+            with wire.clock(rebuilder):
                 reply = e.clients[rebuilder].rebuild(message, round_idx, dealer, forwarded)
             reply = wire.carry(rebuilder, SERVER, reply)
-            with _clock(wire, SERVER):
+            with wire.clock(SERVER):
                 return server.partial(rebuilder, dealer, reply, round_idx, count)
         except (
             MessageRefused,
@@ -676,15 +678,6 @@ class ThresholdCKKS:
                 f"client {rebuilder} could not rebuild client {dealer}'s key share ({err}); "
                 f"nothing was decrypted"
             ) from None
-
-
-@contextmanager
-def _clock(wire: Wire, party: int) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        wire.seconds[party] += time.perf_counter() - start
 
 
 def _check_inputs(inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
