@@ -121,7 +121,12 @@ def _stated(proto, n: int, p: int) -> dict:
     if hasattr(proto, "error_bound"):
         return {"error_bound": proto.error_bound(n)}
     stated = proto.stated_error(p)
-    return {"error_bound": 6 * stated["error_std"], "error_std": stated["error_std"]}
+    return {
+        "error_bound": 6 * stated["error_std"],
+        "error_std": stated["error_std"],
+        "flooding_sigma": stated["flooding_sigma"],
+        "t": stated["t"],
+    }
 
 
 def measure(protocol: str, n: int, p: int, dropout: float) -> dict:
@@ -136,23 +141,44 @@ def extrapolate(
     """A cell predicted from measured ones (see the module docstring), or None."""
 
     def get(n_, p_):
-        return cells.get(cell_key(protocol, n_, p_, dropout))
+        c = cells.get(cell_key(protocol, n_, p_, dropout))
+        return c if c and c["measured"] else None
 
-    same_n = sorted(q for q in sizes if q < p and get(n, q) and get(n, q)["measured"])
-    if len(same_n) >= 2:
-        lo, hi = get(n, same_n[-2]), get(n, same_n[-1])
-        f = (p - same_n[-1]) / (same_n[-1] - same_n[-2])
-        out = {k: hi[k] + f * (hi[k] - lo[k]) for k in COSTS}
-        out.update(setup_bytes=hi["setup_bytes"], setup_seconds=hi["setup_seconds"])
-        how = (
-            f"linear in P from P = {same_n[-2]:g} and {same_n[-1]:g} at n = {n} "
-            "(set-up as measured: it does not depend on P)"
-        )
-    else:
-        smaller = sorted(m for m in clients if m < n and get(m, p))
-        if not smaller:
+    def slope(m: int) -> tuple[dict, str] | None:
+        """Each cost's growth per parameter at cohort m, from its two largest measured sizes
+        up to p."""
+        qs = [q for q in sizes if q <= p and get(m, q)]
+        if len(qs) < 2:
             return None
-        base, m = get(smaller[-1], p), smaller[-1]
+        lo, hi = get(m, qs[-2]), get(m, qs[-1])
+        return {k: (hi[k] - lo[k]) / (qs[-1] - qs[-2]) for k in COSTS}, f"{qs[-2]:g}, {qs[-1]:g}"
+
+    same = sorted(q for q in sizes if q < p and get(n, q))
+    own = slope(n)
+    smaller = [m for m in sorted(clients, reverse=True) if m < n and slope(m)]
+    if same and (own or smaller):
+        q = same[-1]
+        base = get(n, q)
+        if own:
+            rate, at = own
+            how = f"linear in P from P = {at} at n = {n}"
+        else:
+            m = smaller[0]
+            rate, at = slope(m)
+            rate = {k: v * (n / m if k.startswith("server") else 1.0) for k, v in rate.items()}
+            how = (
+                f"n = {n}, P = {q:g} as measured, plus the growth in P measured at n = {m} "
+                f"(P = {at}; the server's x {n / m:g})"
+            )
+        out = {k: base[k] + rate[k] * (p - q) for k in COSTS}
+        out.update(setup_bytes=base["setup_bytes"], setup_seconds=base["setup_seconds"])
+        how += " (set-up as measured: it does not depend on P)"
+    else:
+        below = sorted(m for m in clients if m < n and cells.get(cell_key(protocol, m, p, dropout)))
+        if not below:
+            return None
+        m = below[-1]
+        base = cells[cell_key(protocol, m, p, dropout)]
         out = {k: base[k] * (n / m if k.startswith("server") else 1.0) for k in COSTS}
         how = f"client costs as at n = {m}, server costs x {n / m:g}"
     out.update(summed=None, max_abs_error=None, error_bound=None, measured=False, how=how)
@@ -161,7 +187,6 @@ def extrapolate(
 
 def run(protocols, clients, sizes, dropouts, path: Path, console: Console) -> dict:
     doc = _load(path)
-    doc["machine"] = machine()
     cells = doc["cells"]
     grid = [(pr, n, p, d) for pr in protocols for n in clients for p in sizes for d in dropouts]
     todo = [g for g in grid if cell_key(*g) not in cells and measurable(g[0], g[1], g[2])]
@@ -169,7 +194,7 @@ def run(protocols, clients, sizes, dropouts, path: Path, console: Console) -> di
         task = bar.add_task("secagg cells", total=len(todo), last="")
         for pr, n, p, d in todo:
             row = measure(pr, n, p, d)
-            row["measured"] = True
+            row.update(measured=True, machine=machine())
             cells[cell_key(pr, n, p, d)] = row
             save_json(doc, path)
             bar.update(

@@ -42,3 +42,18 @@ def test_a_larger_cohort_than_measured_scales_the_server_only():
     guess = bench.extrapolate(cells, "x", 100, 5, 0.0, (10, 100), (5,))
     assert guess["client_bytes_sent"] == 2.0 and guess["server_seconds"] == 20.0
     assert guess["measured"] is False and "server costs x 10" in guess["how"]
+
+
+def test_a_measured_small_update_at_a_large_cohort_borrows_the_growth_in_p_from_a_smaller_one():
+    def cell(v):
+        return {**dict.fromkeys(bench.COSTS, v), "measured": True}
+
+    cells = {
+        cell_key("x", 10, 1, 0.0): cell(1.0),
+        cell_key("x", 10, 2, 0.0): cell(3.0),  # +2 per parameter at n = 10
+        cell_key("x", 100, 1, 0.0): cell(5.0),
+    }
+    guess = bench.extrapolate(cells, "x", 100, 3, 0.0, (10, 100), (1, 2, 3))
+    assert guess["client_bytes_sent"] == 5.0 + 2 * 2  # the client's growth as at n = 10
+    assert guess["server_seconds"] == 5.0 + 20 * 2  # the server's x 10
+    assert guess["setup_bytes"] == 5.0 and "as measured" in guess["how"]
