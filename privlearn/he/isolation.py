@@ -160,6 +160,27 @@ class Material:
         _raise_for(answer, what)
 
 
+def check_public_keys(context: bytes, payloads: Sequence[bytes], what: str) -> None:
+    """Parse untrusted public keys (multiparty key contributions, OpenFHE's payloads) under
+    ``context`` and add them together, in a fork of the worker; raise if one is refused."""
+    sections = {"context": context, **{str(i): p for i, p in enumerate(payloads)}}
+    memory = MEMORY_MARGIN + KEY_PARSE_FACTOR * _size(sections)
+    answer = _ask(("keys", "", context, list(payloads), memory), _load_timeout(sections))
+    index = answer.get("index")
+    try:
+        _raise_for(answer, what if index is None else f"{what} {index}")
+    except CorruptError as e:
+        raise KeyRefused(str(e), index) from None
+
+
+class KeyRefused(CorruptError):
+    """A public key that does not parse or add; `index`: its position (None: unknown)."""
+
+    def __init__(self, message: str, index: int | None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 def _drop(key: str) -> None:
     if _owner == os.getpid():
         _dropped.append(key)
@@ -185,6 +206,10 @@ def _answer(states: dict, op: str, key: str, *args) -> dict:
     if op == "drop":
         states.pop(key, None)
         return {}
+    if op == "keys":
+        context, payloads, memory = args
+        sections = {"context": context, **{str(i): p for i, p in enumerate(payloads)}}
+        return _in_fork(lambda: _add_keys(context, payloads), _load_timeout(sections), memory)
     if op == "load":
         sections, probe = args
         answer = {}
@@ -221,6 +246,26 @@ def _load(sections: dict, *, with_rotations: bool):
     elif keys is not None:
         ofhe.DeserializeEvalAutomorphismKeyString(keys, SER)
     return cc
+
+
+def _add_keys(context: bytes, payloads: list[bytes]) -> None:
+    import openfhe as ofhe
+
+    from privlearn.he.openfhe_backend import SER
+
+    cc = ofhe.DeserializeCryptoContextString(context, SER)
+    keys = []
+    for i, payload in enumerate(payloads):
+        try:
+            keys.append(ofhe.DeserializePublicKeyString(payload, SER))
+        except Exception as e:  # noqa: BLE001 - OpenFHE raises RuntimeError subclasses
+            raise _Refused(i, f"OpenFHE could not read it: {e}") from None
+    joint = keys[0]
+    for i, key in enumerate(keys[1:], 1):
+        try:
+            joint = cc.MultiAddPubKeys(joint, key, "probe")
+        except Exception as e:  # noqa: BLE001
+            raise _Refused(i, f"it does not add to the others: {e}") from None
 
 
 def _canary(cc, payloads: list[bytes], expect: list, tag: str) -> None:

@@ -93,6 +93,14 @@ class MultipartyError(ValueError):
     """A key contribution, ciphertext or partial decryption cannot be used."""
 
 
+class KeyContributionError(MultipartyError):
+    """A key contribution refused at set-up; `index`: its position (None: unknown)."""
+
+    def __init__(self, message: str, index: int | None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 def _error_variance(params: CKKSParams, parties: int, summands: int) -> float:
     """Per coefficient, the variance of the key-dependent error of a sum of fresh ciphertexts.
 
@@ -173,8 +181,18 @@ class Session:
     # -- keys -----------------------------------------------------------------------------------
     def joint_public_key(self, contributions: list[bytes]) -> bytes:
         """The server's step: add the lead's public key (first) and the others' into the joint
-        key, tagged with the SHA-256 of all of them. Contributions are parsed in this process:
-        set-up trusts them to be OpenFHE's."""
+        key, tagged with the SHA-256 of all of them. The contributions are parsed and added in
+        the isolation worker first: a crafted one is refused, naming its position."""
+        envs = [
+            io.unpack(c, kind="mp_public_key", backend=BACKEND, params_fingerprint=self.fingerprint)
+            for c in contributions
+        ]
+        try:
+            isolation.check_public_keys(
+                ofhe.Serialize(self._cc, SER), [e.payload for e in envs], "key contribution"
+            )
+        except isolation.KeyRefused as e:
+            raise KeyContributionError(str(e), e.index) from None
         keys = [self._read_public_key(c) for c in contributions]
         tag = hashlib.sha256(b"".join(contributions)).hexdigest()
         joint = keys[0]

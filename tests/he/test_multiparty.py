@@ -181,3 +181,21 @@ def test_malformed_ciphertexts_are_refused_with_the_reason(keyed):
     )
     with pytest.raises(io.ForeignParametersError):
         server.read(_repack(server, [foreign["c0"]] + payloads[1:]), count=count, partial=False)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "flipped"])
+def test_a_crafted_key_contribution_is_refused_by_position_not_a_crash(keyed, how):
+    """Set-up parses every contribution in the isolation worker first: a crafted one names
+    its position instead of crashing the server's process."""
+    server, parties, *_ = keyed
+    good = [p.public_key for p in parties[:3]]
+    env = io.unpack(good[2], kind="mp_public_key")
+    payload = {
+        "garbage": b"\x00" * 64,
+        "truncated": env.payload[: len(env.payload) // 2],
+        "flipped": env.payload[:40] + bytes([env.payload[40] ^ 0xFF]) + env.payload[41:],
+    }[how]
+    crafted = io.pack("mp_public_key", env.backend, env.params_fingerprint, payload, env.meta)
+    with pytest.raises(mp.KeyContributionError) as refused:
+        session().joint_public_key([*good[:2], crafted])
+    assert refused.value.index == 2

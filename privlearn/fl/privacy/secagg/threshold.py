@@ -385,7 +385,14 @@ class _Server:
         return self._keys[cid]
 
     def joint_key(self) -> bytes:
-        joint = self.session.joint_public_key([self._keys[c] for c in self.cohort])
+        try:
+            joint = self.session.joint_public_key([self._keys[c] for c in self.cohort])
+        except multiparty.KeyContributionError as e:
+            who = "a client" if e.index is None else f"client {self.cohort[e.index]}"
+            raise AggregationFailed(
+                f"set-up failed: {who} sent a key contribution that was refused ({e}); no "
+                "joint key was made and nothing was encrypted"
+            ) from None
         self.session.set_public_key(joint)
         return joint
 
