@@ -142,6 +142,8 @@ NON_DEFAULT_DP = {
     "dp_denominator": "clipped",
     "accountant": "pld",
     "dp_seed": 5,
+    "secure_aggregation": "masking",  # DP-FedAvg's sums through secure aggregation
+    "secagg_dropout": 0.1,
 }
 
 
