@@ -6,10 +6,11 @@ N(0, (z C)^2) is added once to the sum and the result divided by a denominator. 
 counts once whatever its sample count: sample weights would let one client's contribution
 grow without bound, so the DP reducer ignores them (the mean is unweighted).
 
-The mechanism is split where secure aggregation would cut it: `clip_client` runs on a
-client (it returns the clipped update and the below-clip bit the adaptive clip needs) and
-`noisy_step` sees only `Sums` (the sum of clipped updates, the count of below-clip bits, the
-number of clients). `dp_mean` composes the two on stacked rows for a plain server.
+The mechanism is split where secure aggregation would cut it: each client clips its own
+row (the clipped update and the below-clip bit the adaptive clip needs) and `noisy_step`
+sees only `Sums` (the sum of clipped updates, the count of below-clip bits, the number of
+clients). `dp_mean` composes the two on stacked rows for a plain server, and its `Split`
+hands the clipped rows to a secure aggregation instead.
 
 Per-layer clipping gives each of the L leaves the clip C / sqrt(L) (an equal split), so the
 per-leaf clips sum in quadrature to C and the sensitivity, and so the noise, are those of a
@@ -149,12 +150,6 @@ def _clip_rows(values: Params, clip: float, per_layer: bool) -> tuple[Params, to
         k: per_leaf.update(Updates({k: v}, ones), (), {})[0].values[k] for k, v in values.items()
     }
     return clipped, bits
-
-
-def clip_client(update: Params, clip: float, per_layer: bool = False) -> tuple[Params, float]:
-    """One client's side: its update (no leading axis) clipped, and its below-clip bit."""
-    clipped, bits = _clip_rows({k: v[None] for k, v in update.items()}, clip, per_layer)
-    return {k: v[0] for k, v in clipped.items()}, float(bits[0])
 
 
 def client_sums(values: Params, clip: float, per_layer: bool = False) -> Sums:

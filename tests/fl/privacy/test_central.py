@@ -27,7 +27,6 @@ from privlearn.fl.privacy.central import (
     CentralDP,
     Sums,
     client_sums,
-    clip_client,
     dp_mean,
     dp_state,
     noisy_step,
@@ -50,6 +49,12 @@ ROWS = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]]), "b": torch.tensor([[0.0], [
 
 def _t(*v):
     return torch.tensor(v)
+
+
+def clip_client(update, clip, per_layer=False):
+    """One client's clipped row and its below-clip bit, as that client computes them."""
+    s = client_sums({k: v[None] for k, v in update.items()}, clip, per_layer)
+    return s.total, float(s.below)
 
 
 def test_flat_clip_on_hand_worked_rows():
