@@ -167,7 +167,8 @@ def _secure_update(algo, server, bank, plan, result, rng, secure, round_idx, sta
     u = result.updates
     w = u.weight.to(torch.float64)
     summands = {"step": algo.sum_split.summands(server, u), "loss": u.loss * w, "weight": w}
-    rows = T.flat_rows(T.tree_map(lambda t: t.to(torch.float64), summands)).cpu().numpy()
+    like = T.tree_map(lambda t: t.to(torch.float64), summands)
+    rows = T.flat_rows(like).cpu().numpy()
     excluded = {
         int(plan.clients[r]): f"withheld its update: {why}" for r, why in result.rejected.items()
     }
@@ -191,7 +192,6 @@ def _secure_update(algo, server, bank, plan, result, rng, secure, round_idx, sta
         unfinished=[f"client {c}: {why}" for c, why in sorted(agg.unfinished.items())],
         cost=agg.cost,
     )
-    like = T.tree_map(lambda t: t.to(torch.float64), summands)
     sums = T.unflat(torch.from_numpy(agg.total).to(w.device), like)
     sums["step"] = T.tree_map(lambda s, t: s.to(t.dtype), sums["step"], summands["step"])
     stats.train_loss = float(sums["loss"] / sums["weight"])
