@@ -157,3 +157,9 @@ def test_degree_and_threshold_defaults():
     assert (p.degree(1000), p.shares_needed(p.degree(1000))) == (40, 14)
     with pytest.raises(ValueError, match="threshold"):
         MaskingParams(neighbours=4, threshold=5).shares_needed(4)
+
+
+def test_a_delivered_share_without_a_sender_id_is_refused_not_dropped():
+    body = struct.pack("<I", 2) + masking._frame([struct.pack("<i", 3) + b"blob", b"ab"])
+    with pytest.raises(masking.MessageError, match="no sender id"):
+        masking._read_blobs(body)

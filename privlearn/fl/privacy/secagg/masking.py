@@ -309,7 +309,9 @@ def _read_blobs(body: bytes) -> list[tuple[int, bytes]]:
         raise MessageError("truncated message")
     (m,) = struct.unpack_from("<I", body)
     parts = _unframe(body, 4, m)
-    return [(_ID.unpack_from(p)[0], p[4:]) for p in parts if len(p) >= 4]
+    if any(len(p) < _ID.size for p in parts):
+        raise MessageError("a delivered share has no sender id")
+    return [(_ID.unpack_from(p)[0], p[_ID.size :]) for p in parts]
 
 
 @dataclass
