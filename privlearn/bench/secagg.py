@@ -12,6 +12,7 @@ Plaintext FedAvg sends float32 deltas and the server adds them in float32.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -211,8 +212,6 @@ def run(protocols, clients, sizes, dropouts, path: Path, console: Console) -> di
 
 
 def _load(path: Path) -> dict:
-    import json
-
     if path.exists():
         doc = json.loads(path.read_text())
         if doc.get("benchmark") == "secagg":

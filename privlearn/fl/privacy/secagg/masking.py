@@ -345,11 +345,11 @@ class SecAggPlus:
         sizes = {np.asarray(v).size for v in inputs.values()}
         if len(sizes) != 1:
             raise ValueError(f"every client's input must have the same length, got {sorted(sizes)}")
-        k = self.params.degree(len(order)) if len(order) > 1 else 0
         if len(order) < 2:
             raise AggregationFailed(
                 f"secure aggregation needs at least 2 clients, got {len(order)}"
             )
+        k = self.params.degree(len(order))
         t = self.params.shares_needed(k)
         wire = Wire()
         server = MaskingServer(round_idx, order, k, t, sizes.pop(), self.params.frac_bits, wire)
