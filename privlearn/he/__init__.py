@@ -19,6 +19,7 @@ from privlearn.he.backend import (
 )
 from privlearn.he.cost import CostCounter, Counts, TimeModel
 from privlearn.he.io import EnvelopeError
+from privlearn.he.noise import NoiseModel
 from privlearn.he.params import PRESETS, CKKSParams, InsecureParametersError, get_params
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "InsecureParametersError",
     "LevelError",
     "MissingKeyError",
+    "NoiseModel",
     "Operand",
     "ParameterMismatchError",
     "TimeModel",

@@ -1,4 +1,4 @@
-"""Measure OpenFHE's noise per operation, for the simulator's noise model.
+"""Measure OpenFHE's noise per operation, for the noise model (:mod:`privlearn.he.noise`).
 
     python -m privlearn.he.calibrate [PRESET ...]
 
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from privlearn.he import ClientContext, Evaluator, get_params
+from privlearn.he.noise import CALIBRATION_FILE
 
-OUT = Path(__file__).with_name("noise_calibration.json")
+OUT = Path(__file__).with_name(CALIBRATION_FILE)
 
 
 def _std(err: np.ndarray) -> float:

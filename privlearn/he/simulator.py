@@ -4,8 +4,8 @@ THIS IS NOT ENCRYPTION. A simulator "ciphertext" holds its slot values in the cl
 simulator exists to develop and test algorithms at full size, fast: it obeys the same level
 rules as the real backend (the shared base class enforces them), raises the same errors, counts
 the same operations, and adds Gaussian noise of the size OpenFHE shows for the same parameters
-after encryption, each rescale, each key switch and each bootstrap (calibrated by
-``python -m privlearn.he.calibrate``, stored in ``noise_calibration.json``). Anything that
+after encryption, each rescale, each key switch and each bootstrap (:mod:`privlearn.he.noise`,
+calibrated by ``python -m privlearn.he.calibrate``). Anything that
 claims to protect data must run on a real backend.
 
 One check only the simulator can make: bootstrapping slots outside [-1, 1] raises here, where
@@ -14,10 +14,7 @@ OpenFHE would silently return garbage.
 
 from __future__ import annotations
 
-import json
 import secrets
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -25,61 +22,12 @@ import numpy as np
 from privlearn.he import io
 from privlearn.he.backend import ClientContext, LevelError, bundle_header
 from privlearn.he.backend import Evaluator as _EvaluatorBase
-from privlearn.he.params import PRESETS, CKKSParams
+from privlearn.he.noise import NoiseModel
+from privlearn.he.params import CKKSParams
 
 BACKEND = "simulator"
 NOT_ENCRYPTION = "SIMULATOR - NOT ENCRYPTION: slot values travel in the clear"
 BOOTSTRAP_INPUT_BOUND = 1.0
-
-
-@dataclass(frozen=True)
-class NoiseModel:
-    """Standard deviation of the error each operation adds, per real and imaginary part of a
-    slot, in absolute units (for slot values of order 1)."""
-
-    fresh: float
-    rescale: float
-    keyswitch: float
-    bootstrap: float
-    source: str
-
-    @classmethod
-    def for_params(cls, params: CKKSParams) -> NoiseModel:
-        """The calibration measured for this preset, or one scaled from the nearest preset
-        (error grows as sqrt(N) and shrinks as the scale 2^scale_bits)."""
-        table = _calibration()
-        entry = table.get(params.name)
-        if entry and entry["fingerprint"] == params.fingerprint():
-            return cls(**entry["sigma"], source=f"calibrated on {entry['measured_on']}")
-        ref_name = "n16-boot" if params.bootstrappable else "n16-d24"
-        if ref_name not in table:
-            raise RuntimeError(
-                f"noise calibration for {ref_name} is missing; "
-                "run `python -m privlearn.he.calibrate`"
-            )
-        ref, ref_p = table[ref_name], PRESETS[ref_name]
-        f = np.sqrt(params.ring_dim / ref_p.ring_dim) * 2.0 ** (
-            ref_p.scale_bits - params.scale_bits
-        )
-        s = ref["sigma"]
-        return cls(
-            s["fresh"] * f,
-            s["rescale"] * f,
-            s["keyswitch"] * f,
-            s["bootstrap"],
-            source=f"scaled from {ref_name}'s calibration",
-        )
-
-
-_CALIBRATION: dict | None = None
-
-
-def _calibration() -> dict:
-    global _CALIBRATION
-    if _CALIBRATION is None:
-        text = resources.files("privlearn.he").joinpath("noise_calibration.json").read_text()
-        _CALIBRATION = json.loads(text)
-    return _CALIBRATION
 
 
 class _SimMixin:
