@@ -59,3 +59,9 @@ def client_info(plan: RoundPlan, dtype: torch.dtype) -> dict:
     """What client_init learns about each cohort member: its id and sample count (in the
     data's precision: update weights built from it meet float64 deltas in float64 runs)."""
     return {"id": plan.clients, "n": plan.n.to(dtype)}
+
+
+def poisoned(t: torch.Tensor) -> torch.Tensor:
+    """A rejected client's stand-in leaf: NaN, or 0 where the field holds integers (so that
+    screening drops the row by name)."""
+    return torch.full_like(t, float("nan")) if t.is_floating_point() else torch.zeros_like(t)
