@@ -17,6 +17,7 @@ import torch
 from privlearn.fl.engine import make_engine
 from privlearn.fl.plan import plan_round
 from privlearn.fl.rounds import init_federation, run_round, server_rng
+from privlearn.fl.run import Experiment, RunConfig, run_experiment
 
 from .helpers import LocalWork, Sampling, make, max_abs_diff, run
 
@@ -33,14 +34,30 @@ TOL = 1e-6  # float32 parameters of order one: a few ulps, as between vectorised
 
 
 @pytest.fixture(scope="module")
-def engine():
-    """A 2-worker engine on its own local cluster, stopped after the module's tests."""
+def cluster():
+    """One local cluster on loopback for the module, with room for two 2-worker engines."""
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(cluster):
+    """A 2-worker engine on the module's cluster (which it leaves running when closed)."""
     e = RayEngine(workers=2)
     try:
         yield e
     finally:
         e.close()
-    assert not ray.is_initialized()
+    assert ray.is_initialized()
 
 
 def _crash_once(algo, tokens):
@@ -95,7 +112,7 @@ def test_data_is_placed_once_per_worker(engine, digits_dir):
     before = fetched()
     run(algo, model, ds, engine, 3, SAMPLING, WORK)
     after = fetched()
-    assert [{k: a[k] - b[k] for k in a} for a, b in zip(after, before)] == [
+    assert [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)] == [
         {"algo": 1, "data": 1}
     ] * 2
 
@@ -171,3 +188,47 @@ def test_unreachable_address_is_a_quick_clear_error():
     with pytest.raises(ValueError, match="expected host:port"):
         RayEngine(address="no-port-here")
     assert time.perf_counter() - t0 < 5
+
+
+def _small_run(tmp_path, **kw):
+    return RunConfig(
+        dataset="digits",
+        model="mclr",
+        n_clients=6,
+        clients_per_round=4,
+        rounds=2,
+        batch_size=16,
+        out=str(tmp_path / kw.get("engine", "vectorised")),
+        **kw,
+    )
+
+
+def test_fl_run_on_ray_matches_vectorised_and_closes(cluster, tmp_path, monkeypatch):
+    """`privlearn fl run --engine ray`'s path: the same losses and accuracy as the
+    vectorised engine, and the engine's workers are stopped after the run, or a failed one."""
+    closed = []
+    real_close = RayEngine.close
+    monkeypatch.setattr(RayEngine, "close", lambda self: closed.append(real_close(self)))
+    vec = run_experiment(_small_run(tmp_path), progress=False)
+    got = run_experiment(_small_run(tmp_path, engine="ray", ray_workers=2), progress=False)
+    for a, b in zip(vec["rounds"], got["rounds"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=TOL)
+        assert a["test_acc"] == b["test_acc"]
+    assert len(closed) == 1
+
+    def fail(*args):
+        raise RuntimeError("a round failed")
+
+    monkeypatch.setattr(Experiment, "round", fail)
+    with pytest.raises(RuntimeError, match="a round failed"):
+        run_experiment(_small_run(tmp_path / "failed", engine="ray", ray_workers=1))
+    assert len(closed) == 2
+
+
+def test_ray_fields_need_the_ray_engine():
+    with pytest.raises(ValueError, match="ray_workers apply to --engine ray only"):
+        RunConfig(ray_workers=2)
+    with pytest.raises(ValueError, match="ray_workers: must be >= 1"):
+        RunConfig(engine="ray", ray_workers=0)
+    with pytest.raises(ValueError, match="device: the ray engine's workers compute on CPU"):
+        RunConfig(engine="ray", device="cuda")

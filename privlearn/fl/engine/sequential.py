@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import shape_mismatch
 from privlearn.fl.algorithms.base import Algorithm
