@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from typing import Any
 
 import ray
@@ -140,17 +141,20 @@ class RayEngine:
 
     def _start(self, workers: int | None, address: str | None) -> None:
         quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-        if address is None:  # a local cluster on loopback, one CPU slot per worker thread
-            cpus = (workers or os.cpu_count() or 1) * self.threads
-            ray.init(
-                address="local",
-                num_cpus=cpus,
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                **quiet,
-            )
-        else:
-            ray.init(address=address, **quiet)
+        with warnings.catch_warnings():  # Ray's tip about accelerator variables, at every start
+            warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
+            if address is None:  # a local cluster on loopback, one CPU slot per worker thread
+                ray.init(
+                    address="local",
+                    num_cpus=(workers or os.cpu_count() or 1) * self.threads,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    # no dashboard, so no metrics agent: without this each worker logs an error
+                    _system_config={"enable_metrics_collection": False},
+                    **quiet,
+                )
+            else:
+                ray.init(address=address, **quiet)
         self.address = ray.get_runtime_context().gcs_address
         self._owns_ray = True
 
