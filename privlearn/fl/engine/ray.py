@@ -81,10 +81,10 @@ def _reachable(address: str, timeout: float) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise ConnectionError(
-            f"cannot reach the Ray cluster at {address!r} ({e}); start its head with "
-            "`ray start --head` and pass the address it prints, or leave ray_address unset "
-            "to start a local cluster"
+        raise ValueError(
+            f"ray_address {address!r}: cannot reach a Ray cluster there ({e}); start its head "
+            "with `ray start --head` and pass the address it prints, or leave ray_address "
+            "unset to start a local cluster"
         ) from None
 
 
@@ -115,7 +115,7 @@ class RayEngine:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads, self.options, self.retries = threads, (threads, chunk_size, compile), retries
         self.shard_seconds: list[float] = []  # each shard's time in its worker, last round
-        self._placed: dict[str, tuple] = {}  # "algo"/"data" -> (what, key, [ObjectRef])
+        self._placed: dict[str, tuple] = {}  # "algo"/"data" -> (parts, key, [ObjectRef])
         self._key = 0
         self._owns_ray = False
         self.actors: list = []
@@ -165,10 +165,10 @@ class RayEngine:
         try:
             ray.get([a.status.remote() for a in actors], timeout=START_TIMEOUT_S)
         except rex.GetTimeoutError:
-            raise RuntimeError(
-                f"the Ray cluster at {self.address} did not start {len(actors)} workers of "
-                f"{self.threads} CPU each within {START_TIMEOUT_S:.0f} s (its resources: "
-                f"{ray.cluster_resources()}); lower ray_workers or threads"
+            raise ValueError(
+                f"ray_workers: the Ray cluster at {self.address} did not start {len(actors)} "
+                f"workers of {self.threads} CPU each within {START_TIMEOUT_S:.0f} s (its "
+                f"resources: {ray.cluster_resources()}); lower ray_workers or threads"
             ) from None
 
     def close(self) -> None:
@@ -234,7 +234,7 @@ class RayEngine:
                         self._await_ready([self.actors[i]])
                         pending[submit(i)] = (i, attempt + 1)
                         continue
-                    except RuntimeError as start:
+                    except ValueError as start:
                         reason = f"{reason}; no replacement worker: {start}"
                 lost[i] = (
                     f"worker lost: its Ray worker died {attempt + 1} time(s) running this "
