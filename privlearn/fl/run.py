@@ -99,13 +99,8 @@ CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
     "metrics.png",
     "partition.png",
 )
-RESUMABLE = (
-    "rounds",
-    "eval_every",
-    "out",
-    "threads",
-    "ray_address",
-)  # what may change when resuming
+# what may change when resuming
+RESUMABLE = ("rounds", "eval_every", "out", "threads", "ray_address")
 
 
 def _opt(default: Any, help: str, unset: str | None = None) -> Any:
