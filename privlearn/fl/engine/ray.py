@@ -237,8 +237,8 @@ class RayEngine:
                     except ValueError as start:
                         reason = f"{reason}; no replacement worker: {start}"
                 lost[i] = (
-                    f"worker lost: its Ray worker died {attempt + 1} time(s) running this "
-                    f"client's shard of {len(shards[i])} ({reason})"
+                    f"worker lost: the Ray worker running this client's shard of "
+                    f"{len(shards[i])} died ({attempt + 1} attempt(s); {reason})"
                 )
         return self._assemble(algo, server, client_states, plan, data, shards, done, lost)
 
