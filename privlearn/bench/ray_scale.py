@@ -178,3 +178,46 @@ def print_table(doc: dict, console: Console) -> None:
             f"{r['projected_round_seconds_10x_cohort']:.1f}",
         )
     console.print(p)
+
+
+def plot(doc: dict, path: Path) -> Path:
+    """Seconds per round against machines: measured Ray rows, the single-process line and
+    the projection (dashed, labelled as such)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ray_rows = [r for r in doc["results"] if r["workers"]]
+    ax.plot(
+        [r["workers"] for r in ray_rows],
+        [r["median_round_seconds"] for r in ray_rows],
+        "o",
+        label="measured: ray, workers on this machine",
+    )
+    single = next(r for r in doc["results"] if r["workers"] is None)
+    ax.axhline(
+        single["median_round_seconds"], color="grey", label="measured: vectorised, 1 process"
+    )
+    if "projected" in doc:
+        p = doc["projected"]
+        ax.plot(
+            [r["machines"] for r in p],
+            [r["projected_round_seconds"] for r in p],
+            "--",
+            label="projected: machines of one measured worker",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("workers (machines)")
+    ax.set_ylabel("seconds per round (log)")
+    load = max(r["machine"]["loadavg_1m"] for r in doc["results"])
+    ax.set_title(f"{WORKLOAD}, {doc['machine_before']['host_cpus']} cores, load <= {load:.0f}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -351,6 +351,9 @@ def ray_scale(
     out: Path = typer.Option(
         Path("results/bench-ray.json"), help="JSON output", callback=check_out_file
     ),
+    figure: Path = typer.Option(
+        Path("results/bench-ray.png"), help="PNG output", callback=check_out_file
+    ),
 ) -> None:
     """Seconds per round at 1000 clients: vectorised vs Ray with N workers, and a projection."""
     from privlearn.bench import ray_scale as bench
@@ -360,7 +363,8 @@ def ray_scale(
         raise UsageError(f"--workers {workers!r}: expected worker counts >= 1, e.g. 1,2")
     doc = bench.run(rounds, counts, seed, out, console)
     bench.print_table(doc, console)
-    console.print(f"wrote {out}")
+    bench.plot(doc, figure)
+    console.print(f"wrote {out} and {figure}")
 
 
 ROBUSTNESS_PARTS = ("grid", "reproduce", "cost", "all")
