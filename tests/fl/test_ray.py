@@ -44,7 +44,6 @@ def cluster():
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
-        _system_config={"enable_metrics_collection": False},
     )
     try:
         yield

@@ -149,8 +149,6 @@ class RayEngine:
                     num_cpus=(workers or os.cpu_count() or 1) * self.threads,
                     include_dashboard=False,
                     _node_ip_address="127.0.0.1",
-                    # no dashboard, so no metrics agent: without this each worker logs an error
-                    _system_config={"enable_metrics_collection": False},
                     **quiet,
                 )
             else:
