@@ -2,7 +2,9 @@
 
 An engine runs one round's cohort: client_init, the planned local steps, client_final.
 It returns stacked updates in plan order. The vectorised engine is checked against the
-sequential one (same plan, same algorithm) to float tolerance.
+sequential one (same plan, same algorithm) to float tolerance, the ray engine against the
+vectorised one. An engine that starts processes (ray) also has `close()`, which
+`Experiment.close` calls.
 """
 
 from __future__ import annotations
