@@ -2,7 +2,8 @@
 same plan) on a local cluster of 2 workers; a worker lost mid-round is retried or its
 clients are reported as rejected and the round completes; a bad address fails at once.
 
-One local cluster serves the module (Ray starts in ~10 s here); workloads are tiny."""
+One local cluster serves the module (starting Ray and its workers is the slow part);
+workloads are tiny."""
 
 from __future__ import annotations
 
