@@ -343,6 +343,30 @@ def fl_speed(
     console.print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
+@app.command("ray")
+def ray_scale(
+    workers: str = typer.Option("1,2", help="Ray worker counts to time, comma-separated"),
+    rounds: int = typer.Option(3, min=1, help="timed rounds per setting (after one warm-up)"),
+    seed: int = typer.Option(0, help="seed shared by every setting"),
+    out: Path = typer.Option(
+        Path("results/bench-ray.json"), help="JSON output", callback=check_out_file
+    ),
+    figure: Path = typer.Option(
+        Path("results/bench-ray.png"), help="PNG output", callback=check_out_file
+    ),
+) -> None:
+    """Seconds per round at 1000 clients: vectorised vs Ray with N workers, and a projection."""
+    from privlearn.bench import ray_scale as bench
+
+    counts = _ints("workers", workers)
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--workers {workers!r}: expected worker counts >= 1, e.g. 1,2")
+    doc = bench.run(rounds, counts, seed, out, console)
+    bench.print_table(doc, console)
+    bench.plot(doc, figure)
+    console.print(f"wrote {out} and {figure}")
+
+
 ROBUSTNESS_PARTS = ("grid", "reproduce", "cost", "all")
 
 

@@ -134,6 +134,35 @@ class RoundPlan:
             None if self.drawn_len is None else f(self.drawn_len),
         )
 
+    def take(self, rows: torch.Tensor) -> RoundPlan:
+        """The plan of rows `rows` alone, in that order (a shard of the cohort): each client
+        keeps its steps and batches, and the sample order holds only those clients' parts,
+        so a shard ships no other client's indices."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.clients.device)
+        members = set(self.clients[rows].tolist())
+        keep = lambda ids: [c for c in ids if c in members]  # noqa: E731
+        if self.drawn is not None:  # no sample order: each step's rows are in `drawn`
+            order, base = self.order, self.base[rows]
+        else:
+            ends = torch.cat([self.base[1:], self.base.new_tensor([len(self.order)])])
+            lengths = (ends - self.base)[rows]
+            base = torch.cumsum(lengths, 0) - lengths
+            pos = torch.repeat_interleave(self.base[rows] - base, lengths)
+            order = self.order[pos + torch.arange(len(pos), device=pos.device)]
+        return RoundPlan(
+            self.clients[rows],
+            self.n[rows],
+            self.nb[rows],
+            self.steps[rows],
+            base,
+            order,
+            self.batch_size,
+            keep(self.stragglers),
+            keep(self.dropped),
+            None if self.drawn is None else self.drawn[rows],
+            None if self.drawn_len is None else self.drawn_len[rows],
+        )
+
     def batch_rows(
         self, rows: torch.Tensor, t: int, limit: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

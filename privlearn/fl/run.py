@@ -66,7 +66,7 @@ from privlearn.fl.data import (
     plot_heatmap,
     summary,
 )
-from privlearn.fl.engine import TrainData, make_engine
+from privlearn.fl.engine import ENGINES, TrainData, make_engine
 from privlearn.fl.evaluate import global_accuracy, personal_accuracy
 from privlearn.fl.models import build_model
 from privlearn.fl.plan import LocalWork, Sampling, plan_round
@@ -99,7 +99,8 @@ CHECKPOINT, METRICS, PLOT, PARTITION_PLOT = (
     "metrics.png",
     "partition.png",
 )
-RESUMABLE = ("rounds", "eval_every", "out", "threads")  # what may change when resuming
+# what may change when resuming
+RESUMABLE = ("rounds", "eval_every", "out", "threads", "ray_address")
 
 
 def _opt(default: Any, help: str, unset: str | None = None) -> Any:
@@ -140,6 +141,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "chunk_size",
             "threads",
             "root_size",
+            "ray_workers",
         )
     ),
     *((k, _positive, "must be a finite number > 0") for k in ("beta", "lr")),
@@ -181,6 +183,8 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("defence", lambda v: v in DEFENCES, f"must be one of {', '.join(sorted(DEFENCES))}"),
     ("device", lambda v: re.fullmatch(r"cpu|cuda(:\d+)?", v), "must be cpu, cuda or cuda:N"),
     ("data_root", lambda v: v.strip() != "", "must not be empty (leave it unset)"),
+    ("engine", lambda v: v in ENGINES, f"must be one of {', '.join(ENGINES)}"),
+    ("ray_address", lambda v: v.strip() != "", "must not be empty (leave it unset)"),
     *(
         (k, _finite_values, "values must be finite numbers, strings, lists or mappings")
         for k in ("algo_params", "attack_params", "defence_params")
@@ -395,7 +399,9 @@ class RunConfig:
         None, "seed of the DP noise (repeatable runs, NOT private)", unset="OS entropy"
     )
     # execution
-    engine: str = _opt("vectorised", "vectorised (clients stacked) or sequential")
+    engine: str = _opt(
+        "vectorised", "vectorised (clients stacked), sequential, or ray (vectorised shards)"
+    )
     device: str = _opt("cpu", "cpu or cuda")
     chunk_size: int | None = _opt(
         None, "most clients stacked at once (vectorised)", unset="the whole cohort"
@@ -403,6 +409,14 @@ class RunConfig:
     compile: bool = _opt(False, "torch.compile the local step (vectorised)")
     threads: int | None = _opt(
         None, "torch and BLAS threads; 1 is fastest on small, shared CPUs", unset="torch's"
+    )
+    ray_workers: int | None = _opt(
+        None, "Ray workers, one shard of each cohort each (ray)", unset="the cluster's CPUs"
+    )
+    ray_address: str | None = _opt(
+        None,
+        "an existing Ray cluster: host:port, ray://host:port or auto (ray)",
+        unset="a local cluster",
     )
     seed: int = _opt(0, "seed of the partition, the model and every round's draws")
     eval_every: int = _opt(1, "evaluate every this many rounds (and after the last)")
@@ -435,6 +449,7 @@ class RunConfig:
             )
         self._check_dp()
         self._check_secure()
+        self._check_ray()
         if self.sampling == "uniform" and self.straggler_policy == "drop" and active < 1:
             raise ValueError(
                 f"config key stragglers: {self.stragglers} drops every one of the "
@@ -492,6 +507,17 @@ class RunConfig:
             raise ValueError(
                 f"config key defence: {self.defence} inspects each client's update, which "
                 "secure aggregation hides from the server; run one or the other"
+            )
+
+    def _check_ray(self) -> None:
+        """The Ray fields only with the ray engine, whose workers compute on CPU."""
+        if self.engine != "ray":
+            given = [k for k in ("ray_workers", "ray_address") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"config keys {', '.join(given)} apply to --engine ray only")
+        elif self.device != "cpu":
+            raise ValueError(
+                f"config key device: the ray engine's workers compute on CPU, got {self.device!r}"
             )
 
     def participation(self) -> Participation:
@@ -661,7 +687,6 @@ class Experiment:
                 )
             except ValueError as e:
                 raise ValueError(f"config key dp: {e}") from None
-        engine = make_engine(cfg.engine, cfg.chunk_size, cfg.compile)
         data, scenario = build_scenario(cfg, data, model, algo)
         secure = None
         if cfg.secure_aggregation is not None:
@@ -672,7 +697,27 @@ class Experiment:
                 refuse_secure(algo, scenario)
             except ValueError as e:
                 raise ValueError(f"config key secure_aggregation: {e}") from None
+        # last: every check has passed before an engine starts processes (ray)
+        engine = make_engine(
+            cfg.engine,
+            cfg.chunk_size,
+            cfg.compile,
+            ray_workers=cfg.ray_workers,
+            ray_address=cfg.ray_address,
+            threads=cfg.threads,
+        )
         return cls(cfg, data, model, algo, engine, scenario, budget, mechanism, secure)
+
+    def close(self) -> None:
+        """Stop what the engine started (the ray engine's workers and cluster)."""
+        if hasattr(self.engine, "close"):
+            self.engine.close()
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def privacy(self) -> dict | None:
         """What the run's guarantee is, for the metrics document's top level."""
@@ -986,8 +1031,8 @@ def run_experiment(
     """Run (or resume) an experiment; returns the metrics document also written to JSON."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
-        return _run(cfg, resume, console or Console(), progress)
+    with _exclusive(out), contextlib.ExitStack() as stack:
+        return _run(cfg, resume, console or Console(), progress, stack)
 
 
 @contextlib.contextmanager
@@ -1004,7 +1049,9 @@ def _exclusive(out: Path):
         yield
 
 
-def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict:
+def _run(
+    cfg: RunConfig, resume: bool, console: Console, progress: bool, stack: contextlib.ExitStack
+) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
@@ -1014,7 +1061,7 @@ def _run(cfg: RunConfig, resume: bool, console: Console, progress: bool) -> dict
         )
     if resume and not ckpt_path.exists():
         raise FileNotFoundError(f"nothing to resume: {ckpt_path} does not exist")
-    exp = Experiment.build(cfg)
+    exp = stack.enter_context(Experiment.build(cfg))  # closed when the run ends, or fails
     counts = label_counts(exp.data.y_train.cpu().numpy(), exp.data.clients, exp.data.n_classes)
     doc = {
         "config": asdict(cfg),

@@ -144,6 +144,10 @@ NON_DEFAULT_DP = {
     "dp_seed": 5,
     "secure_aggregation": "masking",  # DP-FedAvg's sums through secure aggregation
     "secagg_dropout": 0.1,
+    "engine": "ray",  # the Ray fields need the ray engine, on CPU
+    "device": "cpu",
+    "ray_workers": 3,
+    "ray_address": "10.0.0.5:6379",
 }
 
 

@@ -160,6 +160,33 @@ def test_plan_batches_cover_each_epoch_exactly_once():
             assert n >= 1
 
 
+@pytest.mark.parametrize(
+    "work",
+    [
+        LocalWork(2, 8, stragglers=0.3, straggler_policy="partial"),
+        LocalWork(1, 8, sampler="poisson"),
+    ],
+    ids=["shuffle", "poisson"],
+)
+def test_a_plans_rows_taken_keep_their_batches(work):
+    """RoundPlan.take (a shard of the cohort): each taken row reads the batches it read in
+    the whole plan, and the shard's sample order holds only its clients' samples."""
+    plan = plan_round(_clients(), Sampling("all"), work, seed=0, round_idx=1)
+    rows = torch.tensor([3, 0, 2])
+    part = plan.take(rows)
+    assert part.clients.tolist() == plan.clients[rows].tolist()
+    assert set(part.stragglers) <= set(part.clients.tolist())
+    for j, row in enumerate(rows.tolist()):
+        for t in range(int(plan.steps[row])):
+            assert torch.equal(part.client_batch(j, t), plan.client_batch(row, t))
+    for t in range(int(plan.steps.max())):
+        (a, ma), (b, mb) = plan.batch_rows(rows, t), part.batch_rows(torch.arange(3), t)
+        assert torch.equal(ma, mb) and torch.equal(a[ma], b[mb])
+    if work.sampler == "shuffle":
+        mine = set(np.concatenate([_clients()[c] for c in part.clients.tolist()]).tolist())
+        assert set(part.order.tolist()) == mine
+
+
 def test_stragglers_heterogeneous_epochs_and_determinism():
     clients = [np.arange(i * 40, i * 40 + 40) for i in range(10)]
     drop = plan_round(clients, Sampling("all"), LocalWork(5, 10, stragglers=0.5), 1, 3)

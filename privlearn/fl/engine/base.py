@@ -2,7 +2,9 @@
 
 An engine runs one round's cohort: client_init, the planned local steps, client_final.
 It returns stacked updates in plan order. The vectorised engine is checked against the
-sequential one (same plan, same algorithm) to float tolerance.
+sequential one (same plan, same algorithm) to float tolerance, the ray engine against the
+vectorised one. An engine that starts processes (ray) also has `close()`, which
+`Experiment.close` calls.
 """
 
 from __future__ import annotations
@@ -59,3 +61,9 @@ def client_info(plan: RoundPlan, dtype: torch.dtype) -> dict:
     """What client_init learns about each cohort member: its id and sample count (in the
     data's precision: update weights built from it meet float64 deltas in float64 runs)."""
     return {"id": plan.clients, "n": plan.n.to(dtype)}
+
+
+def poisoned(t: torch.Tensor) -> torch.Tensor:
+    """A rejected client's stand-in leaf: NaN, or 0 where the field holds integers (so that
+    screening drops the row by name)."""
+    return torch.full_like(t, float("nan")) if t.is_floating_point() else torch.zeros_like(t)

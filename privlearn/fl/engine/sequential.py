@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import shape_mismatch
 from privlearn.fl.algorithms.base import Algorithm
-from privlearn.fl.engine.base import CohortResult, TrainData, client_info
+from privlearn.fl.engine.base import CohortResult, TrainData, client_info, poisoned
 from privlearn.fl.plan import RoundPlan
 
 
@@ -47,13 +45,8 @@ class SequentialEngine:
             reason = shape_mismatch(update, template)
             if reason is not None:  # keep the row, poisoned, so screening drops it by name
                 rejected[row] = f"malformed update: {reason}"
-                update = T.tree_map(_poisoned, template)
+                update = T.tree_map(poisoned, template)
                 new_cs = cs
             updates.append(update)
             states.append(new_cs)
         return CohortResult(T.stack(updates), T.stack(states), rejected)
-
-
-def _poisoned(t: torch.Tensor) -> torch.Tensor:
-    """A rejected client's stand-in leaf: NaN, or 0 where the field holds integers."""
-    return torch.full_like(t, float("nan")) if t.is_floating_point() else torch.zeros_like(t)
