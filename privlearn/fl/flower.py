@@ -231,10 +231,13 @@ class Fleet:
             )
             for n in nodes
         ]
-        replies = list(grid.send_and_receive(ask, timeout=cfg.flower_timeout))
         node_of, sizes = {}, [0] * cfg.n_clients
-        for m in replies:
-            src = m.metadata.src_node_id
+        for src, m in zip(nodes, exchange(grid, ask, cfg.flower_timeout), strict=True):
+            if m is None:
+                raise TimeoutError(
+                    f"SuperNode {src} did not answer within {cfg.flower_timeout:g} s "
+                    "(flower_timeout)"
+                )
             if m.has_error():
                 raise ValueError(f"SuperNode {src} refused to join: {m.error.reason}")
             pid, n = int(m.content["node"]["partition-id"]), int(m.content["node"]["n"])
@@ -280,16 +283,13 @@ class Fleet:
                 Message(content, dst_node_id=self.node_of[c], message_type=MessageType.TRAIN)
             )
         timeout = self.exp.cfg.flower_timeout
-        replies = {
-            m.metadata.src_node_id: m for m in self.grid.send_and_receive(out, timeout=timeout)
-        }
+        replies = exchange(self.grid, out, timeout)
         updates, rejected = [], {}
-        for row, c in enumerate(plan.clients.tolist()):
+        for row, (c, reply) in enumerate(zip(plan.clients.tolist(), replies, strict=True)):
             node = self.node_of[c]
             like = _template(
                 algo, server, T.rows(bank0, 0), c, int(plan.n[row]), self.dtype, self.probe
             )
-            reply = replies.get(node)
             try:
                 if reply is None:
                     raise ValueError(
@@ -314,6 +314,24 @@ class Fleet:
             for c in plan.clients.tolist():
                 if c not in lost:
                     self.kept[c] = r
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message | None]:
+    """Push `messages`, then pull until each has its reply or `timeout` seconds pass: the
+    replies in message order, None where none came. (Grid.send_and_receive returns replies
+    unordered, and an error the SuperLink sends for a node it lost comes from the SuperLink,
+    not the node, so replies are matched by the message they answer.)"""
+    ids = list(grid.push_messages(messages))
+    got: dict[str, Message] = {}
+    pending = {i for i in ids if i is not None}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for m in grid.pull_messages(pending):
+            got[m.metadata.reply_to_message_id] = m
+        pending -= set(got)
+        if pending:
+            time.sleep(0.5)
+    return [got.get(i) for i in ids]
 
 
 def _poisoned(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,249 @@
+"""privlearn on a real Flower deployment: a `flower-superlink` and three `flower-supernode`
+processes on loopback (one federation for the module, killed in teardown), runs submitted
+with `flwr run`. Flower starts a `flwr-clientapp` process per message, so a round costs a few
+seconds even for a tiny model; the default tests run 2 + 1 rounds, the longer ones are slow.
+
+Stated tolerance: the Flower run and privlearn's sequential engine run the same functions on
+the same batches in the same order, so their final models must agree to 1e-6 (float32) and
+their test accuracies to 1e-9."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from flwr.app import Array, ConfigRecord, Message, RecordDict  # noqa: E402
+
+from privlearn.fl import flower_deploy as D  # noqa: E402
+from privlearn.fl import tree as T  # noqa: E402
+from privlearn.fl.flower import SERVER_STATE, from_record, to_record, wire_bytes  # noqa: E402
+from privlearn.fl.run import Experiment, RunConfig  # noqa: E402
+
+N = 3
+TINY = dict(
+    dataset="digits",
+    n_clients=N,
+    sampling="all",
+    epochs=1,
+    batch_size=32,
+    model="mclr",
+    threads=1,
+    engine="sequential",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Federation:
+    root: Path
+    control: str
+    nodes: list  # Popen per partition
+    logs: list[Path]
+
+    def run(self, cfg: RunConfig, name: str, timeout: float = 300) -> dict:
+        app = D.write_app(self.root / f"app-{name}", cfg)
+        D.submit(app, self.root / "home", self.root / f"run-{name}.log", timeout)
+        doc = json.loads((Path(cfg.out) / "metrics.json").read_text())
+        assert doc["status"] == "complete", doc
+        return doc
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flower")
+    fleet, control, appio = (f"127.0.0.1:{_free_port()}" for _ in range(3))
+    tls = D.Tls()
+    procs = []
+    try:
+        link = D.start(
+            D.superlink_command(fleet, control, appio, tls), root / "home", root / "l.log"
+        )
+        procs.append(link)
+        D.wait_listening(control, link, root / "l.log", timeout=60)
+        D.wait_listening(fleet, link, root / "l.log", timeout=60)
+        logs = [root / f"node{i}.log" for i in range(N)]
+        for i in range(N):
+            cmd = D.supernode_command(fleet, f"127.0.0.1:{_free_port()}", i, N, tls)
+            procs.append(D.start(cmd, root / f"node{i}", logs[i]))
+        D.write_connection(root / "home", control, tls)
+        yield Federation(root, control, procs[1:], logs)
+    finally:
+        for p in procs:
+            D.stop(p)
+    assert all(p.poll() is not None for p in procs)
+
+
+def _engine_run(cfg: RunConfig) -> tuple[dict, list[dict]]:
+    """The same config on privlearn's own (sequential) engine: final server, per-round stats."""
+    exp = Experiment.build(cfg)
+    server, bank = exp.init_state()
+    rounds = []
+    for r in range(cfg.rounds):
+        server, stats, _ = exp.round(server, bank, r)
+        rounds.append({"train_loss": stats.train_loss, **exp.evaluate(server, bank)})
+    return server, rounds
+
+
+def _check_equivalent(cfg: RunConfig, doc: dict) -> None:
+    server, rounds = _engine_run(cfg)
+    flower = torch.load(Path(cfg.out) / SERVER_STATE, weights_only=True)
+    pairs = zip(T.leaves(server), T.leaves(flower), strict=True)
+    gap = max(float((a - b).abs().max()) for a, b in pairs)
+    assert gap <= 1e-6, f"Flower's model differs from the engine's by {gap}"
+    for ours, theirs in zip(rounds, doc["rounds"], strict=True):
+        assert theirs["rejected"] == [] and theirs["clients"] == N
+        assert abs(ours["test_acc"] - theirs["test_acc"]) <= 1e-9
+        assert abs(ours["train_loss"] - theirs["train_loss"]) <= 1e-6
+        assert theirs["bytes_down"] > 0 and theirs["bytes_up"] > 0
+
+
+@pytest.fixture(scope="module")
+def scaffold_run(federation):
+    """SCAFFOLD, whose control variates c_i must persist on the nodes between rounds."""
+    cfg = RunConfig(**TINY, algorithm="scaffold", rounds=2, out=str(federation.root / "scaffold"))
+    return cfg, federation.run(cfg, "scaffold")
+
+
+def test_scaffold_on_flower_matches_the_engine(scaffold_run):
+    cfg, doc = scaffold_run
+    _check_equivalent(cfg, doc)
+    # the server state (params + c) down, the update (delta, dc, weight, loss, steps) up
+    n_params = 64 * 10 + 10
+    for r in doc["rounds"]:
+        assert r["bytes_down"] >= N * 2 * n_params * 4
+        assert r["bytes_up"] >= N * 2 * n_params * 4
+
+
+@pytest.mark.slow
+def test_fedavg_with_sampling_on_flower_matches_the_engine(federation):
+    cfg = RunConfig(
+        **{**TINY, "sampling": "uniform"},
+        clients_per_round=2,
+        algorithm="fedavg",
+        rounds=3,
+        out=str(federation.root / "fedavg"),
+    )
+    doc = federation.run(cfg, "fedavg")
+    _check_equivalent(cfg, doc)
+
+
+def _count(log: Path, text: str) -> int:
+    return log.read_text(errors="replace").count(text) if log.exists() else 0
+
+
+def test_a_supernode_killed_mid_round_is_left_out(federation, scaffold_run):
+    """SIGKILL one SuperNode once it has received its train message: the round completes,
+    after flower_timeout, with the other two clients, naming the lost one. (Last: the
+    module's federation has one node fewer afterwards.)"""
+    slowest = max(r["seconds"] for r in scaffold_run[1]["rounds"])
+    cfg = RunConfig(
+        **TINY,
+        algorithm="fedavg",
+        rounds=1,
+        flower_timeout=max(15.0, 1.5 * slowest),
+        out=str(federation.root / "killed"),
+    )
+    victim, log = federation.nodes[2], federation.logs[2]
+    seen = _count(log, "Receiving: train message")
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(doc=federation.run(cfg, "killed")))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while _count(log, "Receiving: train message") == seen and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _count(log, "Receiving: train message") > seen, "node 2 never got its train message"
+    os.killpg(victim.pid, signal.SIGKILL)
+    runner.join(timeout=cfg.flower_timeout + 120)
+    assert not runner.is_alive()
+    doc = result["doc"]
+    (entry,) = doc["rounds"]
+    node = doc["nodes"]["2"]
+    assert entry["skipped"] is None and entry["test_acc"] is not None
+    # no reply by the timeout, or (if Flower's heartbeat noticed first) its error reply
+    (lost,) = entry["rejected"]
+    assert lost.startswith(f"client 2: SuperNode {node}: ")
+
+
+def test_an_unreachable_superlink_is_named():
+    port = _free_port()
+    with pytest.raises(ValueError, match=f"cannot reach the SuperLink at 127.0.0.1:{port}"):
+        D.reachable(f"127.0.0.1:{port}", "SuperLink", timeout=2)
+
+
+def test_wire_format_round_trips_and_names_a_wrong_shape():
+    cfg = RunConfig(**TINY, algorithm="scaffold", rounds=1, out="unused")
+    exp = Experiment.build(cfg)
+    server, _ = exp.init_state()
+    back = from_record(to_record(server), server)
+    assert all(torch.equal(a, b) for a, b in zip(T.leaves(back), T.leaves(server), strict=True))
+    record = to_record(server)
+    assert wire_bytes(RecordDict({"s": record})) > sum(t.numel() * 4 for t in T.leaves(server))
+    record["['params']['fc.bias']"] = Array(np.zeros(7, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"fc.bias.*shape \(7,\), expected \(10,\)"):
+        from_record(record, server)
+    record.pop("['params']['fc.bias']")
+    with pytest.raises(ValueError, match="fields missing"):
+        from_record(record, server)
+    with pytest.raises(ValueError, match="expected an ArrayRecord"):
+        from_record(ConfigRecord({"x": 1}), server)
+
+
+def test_a_malformed_reply_is_named_and_excluded():
+    """A node replying with a wrong-shaped update loses its row, named with its node id,
+    and the round goes on with the others (the Fleet against a stand-in grid)."""
+    from privlearn.fl.engine.base import TrainData
+    from privlearn.fl.flower import Fleet
+    from privlearn.fl.rounds import run_round, server_rng
+
+    cfg = RunConfig(**TINY, algorithm="fedavg", rounds=1, out="unused")
+    exp = Experiment.build(cfg)
+    server, bank = exp.init_state()
+    fleet = None  # set below; the grid answers the plan the fleet draws
+
+    class Grid:
+        """Replies as honest nodes would (the engine's updates), node 11 wrongly shaped."""
+
+        def push_messages(self, messages):
+            self.sent = list(messages)
+            for i, m in enumerate(self.sent):  # as Flower's grid sets it when pushing
+                m.metadata.__dict__["_message_id"] = f"m{i}"
+            return [m.metadata.message_id for m in self.sent]
+
+        def pull_messages(self, ids):
+            plan = fleet.plan(0)
+            data = TrainData(exp.data.x_train, exp.data.y_train)
+            res = exp.engine.run_clients(exp.algo, server, T.rows(bank, plan.clients), plan, data)
+            out = []
+            for row, m in enumerate(self.sent):
+                rec = to_record(T.rows(res.updates, row))
+                if m.metadata.dst_node_id == 11:
+                    rec[".delta['fc.weight']"] = Array(np.zeros((3, 3), dtype=np.float32))
+                out.append(Message(RecordDict({"update": rec}), reply_to=m))
+            return out
+
+    fleet = Fleet(Grid(), exp, {0: 10, 1: 11, 2: 12}, [len(c) for c in exp.data.clients])
+    empty = TrainData(exp.data.x_test[:0], exp.data.y_test[:0])
+    new, stats = run_round(exp.algo, fleet, server, {}, fleet.plan(0), empty, server_rng(0, 0))
+    assert [str(r) for r in stats.rejected] == [
+        "client 1: SuperNode 11: delta['fc.weight'] has shape (3, 3), expected (10, 64)"
+    ]
+    assert stats.skipped is None and not torch.equal(
+        new["params"]["fc.weight"], server["params"]["fc.weight"]
+    )
