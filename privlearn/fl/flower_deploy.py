@@ -111,10 +111,12 @@ def supernode_command(
     ]
 
 
-def start(command: list[str], home: Path, log: Path) -> subprocess.Popen:
+def start(command: list[str], home: Path, log: Path | None) -> subprocess.Popen:
     """A Flower process in its own process group (so `stop` ends its children too), its
-    output in `log`."""
+    output in `log` (None: this terminal)."""
     home.mkdir(parents=True, exist_ok=True)
+    if log is None:
+        return subprocess.Popen(command, env=env(home), start_new_session=True)
     with open(log, "ab") as fh:
         return subprocess.Popen(
             command, env=env(home), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
@@ -210,12 +212,12 @@ def write_connection(home: Path, control: str, tls: Tls) -> None:
     lines.append(f'address = "{control}"')
     if tls.root_certificates:
         lines.append(f"root-certificates = {json.dumps(str(tls.root_certificates))}")
-    else:
+    elif not tls.certfile:  # with a certificate but no CA file: the system's roots verify it
         lines.append("insecure = true")
     (home / "config.toml").write_text("\n".join(lines) + "\n")
 
 
-def submit(app: Path, home: Path, log: Path, timeout: float) -> None:
+def submit(app: Path, home: Path, log: Path, timeout: float | None = None) -> None:
     """`flwr run` the app on the connection in `home`, streaming the run's log into `log`
     until the run ends (or `timeout` seconds pass)."""
     with open(log, "ab") as fh:
@@ -235,3 +237,59 @@ def submit(app: Path, home: Path, log: Path, timeout: float) -> None:
     if done.returncode != 0:
         tail = log.read_text(errors="replace")[-800:]
         raise RuntimeError(f"flwr run failed ({done.returncode}): {tail}")
+
+
+def local(address: str) -> str:
+    """Where this machine connects to a server bound at `address` (0.0.0.0 means loopback)."""
+    host, port = _split(address)
+    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "::", "") else address
+
+
+def serve(
+    cfg: RunConfig,
+    home: Path,
+    fleet: str,
+    control: str,
+    serverappio: str,
+    tls: Tls,
+    node_auth: bool = False,
+) -> dict:
+    """Start a SuperLink, run `cfg` on the federation that joins it (the ServerApp waits
+    `flower_timeout` for one SuperNode per client), stop the SuperLink; the run's metrics."""
+    write_app(home / "app", cfg)  # refuses what the Flower host does not run, before starting
+    log = home / "superlink.log"
+    link = start(superlink_command(fleet, control, serverappio, tls, node_auth), home, log)
+    try:
+        wait_listening(local(control), link, log, timeout=60)
+        write_connection(home, local(control), tls)
+        submit(home / "app", home, home / "run.log")
+    finally:
+        stop(link)
+    metrics = Path(cfg.out) / "metrics.json"
+    doc = json.loads(metrics.read_text()) if metrics.exists() else {"status": "not started"}
+    if doc["status"] != "complete":
+        tail = (home / "run.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"the Flower run ended {doc['status']} (log {home / 'run.log'}): {tail}")
+    return doc
+
+
+def join(
+    superlink: str,
+    partition: int,
+    partitions: int,
+    clientappio: str,
+    tls: Tls,
+    home: Path,
+    auth_key: str | None = None,
+) -> int:
+    """Run a SuperNode for one partition in this terminal until it ends (Ctrl-C stops it)."""
+    if not 0 <= partition < partitions:
+        raise ValueError(f"--partition-id {partition} must be in 0..{partitions - 1}")
+    reachable(superlink, "SuperLink")
+    node = start(
+        supernode_command(superlink, clientappio, partition, partitions, tls, auth_key), home, None
+    )
+    try:
+        return node.wait()
+    finally:
+        stop(node)

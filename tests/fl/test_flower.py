@@ -247,3 +247,17 @@ def test_a_malformed_reply_is_named_and_excluded():
     assert stats.skipped is None and not torch.equal(
         new["params"]["fc.weight"], server["params"]["fc.weight"]
     )
+
+
+def test_join_names_an_unreachable_superlink(tmp_path):
+    from typer.testing import CliRunner
+
+    from privlearn.cli import app
+
+    port = _free_port()
+    args = ["fl", "join", "--superlink", f"127.0.0.1:{port}", "--partition-id", "0"]
+    args += ["--num-partitions", "3", "--insecure", "--home", str(tmp_path / "node")]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2
+    assert f"cannot reach the SuperLink at 127.0.0.1:{port}" in done.output
+    assert not (tmp_path / "node").exists()  # refused before anything started
