@@ -13,12 +13,14 @@ privlearn, so that the apps import the same code as the process that started the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,7 +125,7 @@ def start(command: list[str], home: Path, log: Path | None) -> subprocess.Popen:
         )
 
 
-def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """End a process started by `start` and its children: SIGTERM, then SIGKILL."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -139,6 +141,24 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises SystemExit while the block runs, so its `finally` stops the Flower
+    processes it started (they run in their own sessions and would outlive it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -256,7 +276,20 @@ def serve(
 ) -> dict:
     """Start a SuperLink, run `cfg` on the federation that joins it (the ServerApp waits
     `flower_timeout` for one SuperNode per client), stop the SuperLink; the run's metrics."""
+    metrics = Path(cfg.out) / "metrics.json"
+    if metrics.exists():
+        raise FileExistsError(f"{cfg.out} already holds a run's metrics; choose another --out")
     write_app(home / "app", cfg)  # refuses what the Flower host does not run, before starting
+    with _sigterm_unwinds():
+        _run_on_superlink(home, fleet, control, serverappio, tls, node_auth)
+    doc = json.loads(metrics.read_text()) if metrics.exists() else {"status": "not started"}
+    if doc["status"] != "complete":
+        tail = (home / "run.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"the Flower run ended {doc['status']} (log {home / 'run.log'}): {tail}")
+    return doc
+
+
+def _run_on_superlink(home, fleet, control, serverappio, tls, node_auth) -> None:
     log = home / "superlink.log"
     link = start(superlink_command(fleet, control, serverappio, tls, node_auth), home, log)
     try:
@@ -265,12 +298,6 @@ def serve(
         submit(home / "app", home, home / "run.log")
     finally:
         stop(link)
-    metrics = Path(cfg.out) / "metrics.json"
-    doc = json.loads(metrics.read_text()) if metrics.exists() else {"status": "not started"}
-    if doc["status"] != "complete":
-        tail = (home / "run.log").read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"the Flower run ended {doc['status']} (log {home / 'run.log'}): {tail}")
-    return doc
 
 
 def join(
@@ -286,10 +313,10 @@ def join(
     if not 0 <= partition < partitions:
         raise ValueError(f"--partition-id {partition} must be in 0..{partitions - 1}")
     reachable(superlink, "SuperLink")
-    node = start(
-        supernode_command(superlink, clientappio, partition, partitions, tls, auth_key), home, None
-    )
-    try:
-        return node.wait()
-    finally:
-        stop(node)
+    with _sigterm_unwinds():
+        command = supernode_command(superlink, clientappio, partition, partitions, tls, auth_key)
+        node = start(command, home, None)
+        try:
+            return node.wait()
+        finally:
+            stop(node)
