@@ -261,3 +261,45 @@ def test_join_names_an_unreachable_superlink(tmp_path):
     assert done.exit_code == 2
     assert f"cannot reach the SuperLink at 127.0.0.1:{port}" in done.output
     assert not (tmp_path / "node").exists()  # refused before anything started
+
+
+def test_a_node_commits_its_state_only_once_the_server_kept_that_update():
+    """SCAFFOLD's c_i on one node: round 0's new state stays pending; the round-1 message
+    says whether round 0's update was kept (kept=0) or not (kept=-1), and only then is it
+    the state the node trains from."""
+    from flwr.app import Context, MessageType
+
+    from privlearn.fl.flower import _PENDING, _STATE, CONFIG_KEY, _train
+    from privlearn.fl.rounds import init_federation
+
+    cfg = RunConfig(**TINY, algorithm="scaffold", rounds=2, out="unused")
+    exp = Experiment.build(cfg)
+    server, bank = init_federation(exp.algo, exp.model, 1, cfg.seed)
+    n = len(exp.data.clients[1])
+    nb = -(-n // cfg.batch_size)
+
+    def train(context, r, kept):
+        job = {"round": r, "client": 1, "n": n, "nb": nb, "steps": nb, "batch": 32, "kept": kept}
+        content = RecordDict({"server": to_record(server), "plan": ConfigRecord(job)})
+        _train(Message(content, dst_node_id=1, message_type=MessageType.TRAIN), context)
+
+    for kept, committed in ((-1, False), (0, True)):
+        context = Context(
+            run_id=1,
+            node_id=1,
+            node_config={"partition-id": 1, "num-partitions": N},
+            state=RecordDict(),
+            run_config={CONFIG_KEY: json.dumps(dataclasses.asdict(cfg))},
+        )
+        train(context, 0, -1)
+        assert _STATE not in context.state
+        after_round_0 = from_record(context.state[_PENDING], T.rows(bank, 0))
+        assert any(bool(t.abs().sum() > 0) for t in T.leaves(after_round_0))  # c_i moved
+        train(context, 1, kept)
+        assert (_STATE in context.state) == committed
+        if committed:
+            state = from_record(context.state[_STATE], T.rows(bank, 0))
+            assert all(
+                torch.equal(a, b)
+                for a, b in zip(T.leaves(state), T.leaves(after_round_0), strict=True)
+            )
