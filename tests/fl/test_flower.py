@@ -1,7 +1,8 @@
 """privlearn on a real Flower deployment: a `flower-superlink` and three `flower-supernode`
 processes on loopback (one federation for the module, killed in teardown), runs submitted
 with `flwr run`. Flower starts a `flwr-clientapp` process per message, so a round costs a few
-seconds even for a tiny model; the default tests run 2 + 1 rounds, the longer ones are slow.
+seconds even for a tiny model; the default tests run SCAFFOLD for 2 rounds, the longer ones
+(sampled FedAvg, a SuperNode killed mid-round) are slow.
 
 Stated tolerance: the Flower run and privlearn's sequential engine run the same functions on
 the same batches in the same order, so their final models must agree to 1e-6 (float32) and
@@ -97,7 +98,10 @@ def _engine_run(cfg: RunConfig) -> tuple[dict, list[dict]]:
     rounds = []
     for r in range(cfg.rounds):
         server, stats, _ = exp.round(server, bank, r)
-        rounds.append({"train_loss": stats.train_loss, **exp.evaluate(server, bank)})
+        rounds.append(
+            {"clients": len(stats.clients), "train_loss": stats.train_loss}
+            | exp.evaluate(server, bank)
+        )
     return server, rounds
 
 
@@ -108,7 +112,7 @@ def _check_equivalent(cfg: RunConfig, doc: dict) -> None:
     gap = max(float((a - b).abs().max()) for a, b in pairs)
     assert gap <= 1e-6, f"Flower's model differs from the engine's by {gap}"
     for ours, theirs in zip(rounds, doc["rounds"], strict=True):
-        assert theirs["rejected"] == [] and theirs["clients"] == N
+        assert theirs["rejected"] == [] and theirs["clients"] == ours["clients"]
         assert abs(ours["test_acc"] - theirs["test_acc"]) <= 1e-9
         assert abs(ours["train_loss"] - theirs["train_loss"]) <= 1e-6
         assert theirs["bytes_down"] > 0 and theirs["bytes_up"] > 0
@@ -148,6 +152,7 @@ def _count(log: Path, text: str) -> int:
     return log.read_text(errors="replace").count(text) if log.exists() else 0
 
 
+@pytest.mark.slow  # its round waits flower_timeout (or Flower's heartbeat) for the lost node
 def test_a_supernode_killed_mid_round_is_left_out(federation, scaffold_run):
     """SIGKILL one SuperNode once it has received its train message: the round completes,
     after flower_timeout, with the other two clients, naming the lost one. (Last: the
