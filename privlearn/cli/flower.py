@@ -147,9 +147,15 @@ def serve_command(
 
 
 def join(
-    superlink: str = typer.Option(..., help="the SuperLink's Fleet API, HOST:PORT"),
-    partition_id: int = typer.Option(..., help="this node's data partition (client id)"),
-    num_partitions: int = typer.Option(..., help="partitions in the run (its n_clients)"),
+    superlink: str = typer.Option(
+        ..., help="the SuperLink's Fleet API, HOST:PORT", show_default="required"
+    ),
+    partition_id: int = typer.Option(
+        ..., help="this node's data partition (client id)", show_default="required"
+    ),
+    num_partitions: int = typer.Option(
+        ..., help="partitions in the run (its n_clients)", show_default="required"
+    ),
     clientappio_address: str = typer.Option(
         "127.0.0.1:9094", help="this node's ClientAppIo API (one free port per node)"
     ),

@@ -308,3 +308,23 @@ def test_a_node_commits_its_state_only_once_the_server_kept_that_update():
                 torch.equal(a, b)
                 for a, b in zip(T.leaves(state), T.leaves(after_round_0), strict=True)
             )
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--dp", "central"], "the Flower deployment runs plain algorithms"),
+        ([], "give either the TLS certificate flags or --insecure"),
+    ],
+    ids=["dp", "no-tls-choice"],
+)
+def test_serve_refuses_before_starting_anything(tmp_path, args, words):
+    from typer.testing import CliRunner
+
+    from privlearn.cli import app
+
+    out = tmp_path / "run"
+    insecure = ["--insecure"] if args else []
+    done = CliRunner().invoke(app, ["fl", "serve", *insecure, *args, "--out", str(out)])
+    assert done.exit_code == 2 and words in done.output, done.output
+    assert not (out / "flower" / "superlink.log").exists()
