@@ -328,3 +328,81 @@ def test_serve_refuses_before_starting_anything(tmp_path, args, words):
     done = CliRunner().invoke(app, ["fl", "serve", *insecure, *args, "--out", str(out)])
     assert done.exit_code == 2 and words in done.output, done.output
     assert not (out / "flower" / "superlink.log").exists()
+
+
+def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (what docs/flower.md makes with openssl)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("privlearn test CA"))
+        .issuer_name(name("privlearn test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.crt", folder / "server.crt", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.mark.slow
+def test_a_run_over_tls(tmp_path):
+    """The SuperLink with a certificate, SuperNodes and `flwr run` verifying it: one round."""
+    ca, cert, key = _certificates(tmp_path)
+    server_tls = D.Tls(certfile=str(cert), keyfile=str(key), ca_certfile=str(ca))
+    client_tls = D.Tls(root_certificates=str(ca))
+    fleet, control, appio = (f"127.0.0.1:{_free_port()}" for _ in range(3))
+    procs = []
+    try:
+        log = tmp_path / "l.log"
+        procs.append(D.start(D.superlink_command(fleet, control, appio, server_tls), tmp_path, log))
+        D.wait_listening(control, procs[0], log, timeout=60)
+        for i in range(2):
+            cmd = D.supernode_command(fleet, f"127.0.0.1:{_free_port()}", i, 2, client_tls)
+            procs.append(D.start(cmd, tmp_path / f"node{i}", tmp_path / f"node{i}.log"))
+        D.write_connection(tmp_path, control, client_tls)
+        cfg = RunConfig(**{**TINY, "n_clients": 2}, rounds=1, out=str(tmp_path / "run"))
+        D.submit(D.write_app(tmp_path / "app", cfg), tmp_path, tmp_path / "run.log", timeout=300)
+        doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert doc["status"] == "complete" and doc["rounds"][0]["rejected"] == []
+    finally:
+        for p in procs:
+            D.stop(p)
