@@ -10,6 +10,7 @@ their test accuracies to 1e-9."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -86,6 +87,9 @@ def federation(tmp_path_factory):
         D.write_connection(root / "home", control, tls)
         yield Federation(root, control, procs[1:], logs)
     finally:
+        for p in procs:  # all at once: each takes seconds to shut down
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             D.stop(p)
     assert all(p.poll() is not None for p in procs)
