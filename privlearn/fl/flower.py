@@ -1,12 +1,13 @@
 """Any privlearn `Algorithm` on a real Flower federation (Message API, flwr 1.30).
 
-Flower owns the round loop, so it is a host, not an engine. The ServerApp here is the
-server side of `rounds.run_round` unchanged: `plan_round` samples the cohort and assigns the
-work, screening drops bad updates by name, `algo.server_update` steps the model. Only the
-engine is different: `Fleet.run_clients` sends each planned client the server state as an
-ArrayRecord and collects its update, so a reply that is missing (a node that left), an
+Flower owns the round loop, so it is a host, not an engine. `AlgorithmStrategy` is a
+Flower Message-API strategy whose rounds are `rounds.run_round` unchanged: configure_train
+is `plan_round` (the cohort and each client's work) and one message per planned client
+carrying the server state as an ArrayRecord; aggregate_train hands the replies to
+run_round through `Fleet`, the engine, so a reply that is missing (a node that left), an
 error, or malformed (wrong fields, shapes or dtypes against the update template) becomes
-that client's rejected row, named with its node. The ClientApp runs the algorithm's own
+that client's rejected row, named with its node, and screening and `algo.server_update`
+do the rest. The ClientApp runs the algorithm's own
 client_init / client_step / client_final through the sequential engine on the node's one
 client and its own rows. Client state (SCAFFOLD's c_i, Ditto's personal model) lives on the
 node (Flower's `Context.state`), never on the server: the node keeps its new state pending
@@ -28,9 +29,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from torch.utils import _pytree as pytree
 
 from privlearn.fl import tree as T
@@ -197,103 +207,61 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 class Fleet:
-    """The joined nodes as an engine: which node holds which client, and each client's last
-    kept round (what tells a node to commit its pending state)."""
+    """The joined nodes as an engine: which node holds which client, each client's last kept
+    round (what tells a node to commit its pending state), and the bytes sent both ways.
+    `messages` is what a round sends; `run_clients` reads the replies the strategy hands it
+    (`replies`, in message order, None where none came)."""
 
     name = "flower"
 
-    def __init__(self, grid: Grid, exp: Experiment, node_of: dict[int, int], sizes: list[int]):
-        self.grid, self.exp, self.node_of, self.sizes = grid, exp, node_of, sizes
+    def __init__(self, exp: Experiment, node_of: dict[int, int], sizes: list[int]):
+        self.exp, self.node_of, self.sizes = exp, node_of, sizes
         self.kept: dict[int, int] = {}
-        self.round_idx = 0  # the round run_clients serves (set by the server loop)
         self.bytes_down = self.bytes_up = 0
+        self.replies: list[Message | None] = []
+        self.timeout = exp.cfg.flower_timeout
         x = exp.data.x_test
         self.probe = {"x": x[:1], "y": exp.data.y_test[:1], "mask": torch.ones(1, dtype=x.dtype)}
         self.dtype = TrainData(x, exp.data.y_test).dtype
 
-    @classmethod
-    def join(cls, grid: Grid, exp: Experiment) -> Fleet:
-        """Wait for one node per client (cfg.flower_timeout) and ask each its partition."""
-        cfg, deadline = exp.cfg, time.monotonic() + exp.cfg.flower_timeout
-        nodes = list(grid.get_node_ids())
-        while len(nodes) < cfg.n_clients and time.monotonic() < deadline:
-            time.sleep(0.5)
-            nodes = list(grid.get_node_ids())
-        if len(nodes) < cfg.n_clients:
-            raise TimeoutError(
-                f"{len(nodes)} of {cfg.n_clients} SuperNodes joined within "
-                f"{cfg.flower_timeout:g} s (flower_timeout); start one per partition: "
-                f"privlearn fl join --partition-id i --num-partitions {cfg.n_clients}"
-            )
-        ask = [
-            Message(
-                RecordDict({"who": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY
-            )
-            for n in nodes
-        ]
-        node_of, sizes = {}, [0] * cfg.n_clients
-        for src, m in zip(nodes, exchange(grid, ask, cfg.flower_timeout), strict=True):
-            if m is None:
-                raise TimeoutError(
-                    f"SuperNode {src} did not answer within {cfg.flower_timeout:g} s "
-                    "(flower_timeout)"
-                )
-            if m.has_error():
-                raise ValueError(f"SuperNode {src} refused to join: {m.error.reason}")
-            pid, n = int(m.content["node"]["partition-id"]), int(m.content["node"]["n"])
-            if pid in node_of:
-                raise ValueError(f"SuperNodes {node_of[pid]} and {src} both hold partition {pid}")
-            node_of[pid], sizes[pid] = src, n
-        missing = sorted(set(range(cfg.n_clients)) - set(node_of))
-        if missing:
-            raise ValueError(f"no SuperNode answered for partitions {missing}")
-        return cls(grid, exp, node_of, sizes)
-
     def plan(self, r: int) -> RoundPlan:
-        cfg = self.exp.cfg
-        sizes = [np.arange(n) for n in self.sizes]
-        w = cfg.work()
-        return plan_round(
-            sizes, cfg.sampling_spec(), w, cfg.seed, r, self.exp.algo.batches_per_step
-        )
+        """Round r's plan, from the sample counts the nodes reported."""
+        cfg, sizes = self.exp.cfg, [np.arange(n) for n in self.sizes]
+        steps = self.exp.algo.batches_per_step
+        return plan_round(sizes, cfg.sampling_spec(), cfg.work(), cfg.seed, r, steps)
+
+    def messages(self, server: dict, plan: RoundPlan, r: int) -> list[Message]:
+        """One train message per planned client: the server state and its work."""
+        state, out = to_record(server), []
+        for row, c in enumerate(plan.clients.tolist()):
+            job = {
+                "round": r,
+                "client": c,
+                "n": int(plan.n[row]),
+                "nb": int(plan.nb[row]),
+                "steps": int(plan.steps[row]),
+                "batch": plan.batch_size,
+                "kept": self.kept.get(c, -1),
+            }
+            content = RecordDict({"server": state, "plan": ConfigRecord(job)})
+            self.bytes_down += wire_bytes(content)
+            out.append(
+                Message(content, dst_node_id=self.node_of[c], message_type=MessageType.TRAIN)
+            )
+        return out
 
     def run_clients(
         self, algo: Algorithm, server: dict, client_states: Any, plan: RoundPlan, data: TrainData
     ) -> CohortResult:
-        r = self.round_idx
         _, bank0 = init_federation(algo, self.exp.model, 1, self.exp.cfg.seed)
-        out, node_row = [], {}
-        state = to_record(server)
-        for row, c in enumerate(plan.clients.tolist()):
-            job = ConfigRecord(
-                {
-                    "round": r,
-                    "client": c,
-                    "n": int(plan.n[row]),
-                    "nb": int(plan.nb[row]),
-                    "steps": int(plan.steps[row]),
-                    "batch": plan.batch_size,
-                    "kept": self.kept.get(c, -1),
-                }
-            )
-            content = RecordDict({"server": state, "plan": job})
-            self.bytes_down += wire_bytes(content)
-            node_row[self.node_of[c]] = row
-            out.append(
-                Message(content, dst_node_id=self.node_of[c], message_type=MessageType.TRAIN)
-            )
-        timeout = self.exp.cfg.flower_timeout
-        replies = exchange(self.grid, out, timeout)
         updates, rejected = [], {}
-        for row, (c, reply) in enumerate(zip(plan.clients.tolist(), replies, strict=True)):
-            node = self.node_of[c]
-            like = _template(
-                algo, server, T.rows(bank0, 0), c, int(plan.n[row]), self.dtype, self.probe
-            )
+        for row, (c, reply) in enumerate(zip(plan.clients.tolist(), self.replies, strict=True)):
+            node, n = self.node_of[c], int(plan.n[row])
+            like = _template(algo, server, T.rows(bank0, 0), c, n, self.dtype, self.probe)
             try:
                 if reply is None:
                     raise ValueError(
-                        f"sent no reply within {timeout:g} s (flower_timeout): "
+                        f"sent no reply within {self.timeout:g} s (flower_timeout): "
                         "it left the federation or is too slow"
                     )
                 if reply.has_error():
@@ -316,22 +284,124 @@ class Fleet:
                     self.kept[c] = r
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message | None]:
-    """Push `messages`, then pull until each has its reply or `timeout` seconds pass: the
-    replies in message order, None where none came. (Grid.send_and_receive returns replies
-    unordered, and an error the SuperLink sends for a node it lost comes from the SuperLink,
-    not the node, so replies are matched by the message they answer.)"""
-    ids = list(grid.push_messages(messages))
-    got: dict[str, Message] = {}
-    pending = {i for i in ids if i is not None}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for m in grid.pull_messages(pending):
-            got[m.metadata.reply_to_message_id] = m
-        pending -= set(got)
-        if pending:
-            time.sleep(0.5)
-    return [got.get(i) for i in ids]
+def answers(sent: list[Message], replies: Any) -> list[Message | None]:
+    """The replies in the order of the messages they answer (Flower's grid sets each sent
+    message's id as it pushes it), None where none came. Matched by id, not by sender: the
+    error the SuperLink sends for a node it lost comes from the SuperLink."""
+    by_id = {m.metadata.reply_to_message_id: m for m in replies}
+    return [by_id.get(m.metadata.message_id) for m in sent]
+
+
+def join(grid: Grid, exp: Experiment) -> Fleet:
+    """Wait for one node per client (cfg.flower_timeout) and ask each its partition."""
+    cfg, deadline = exp.cfg, time.monotonic() + exp.cfg.flower_timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < cfg.n_clients and time.monotonic() < deadline:
+        time.sleep(0.5)
+        nodes = list(grid.get_node_ids())
+    if len(nodes) < cfg.n_clients:
+        raise TimeoutError(
+            f"{len(nodes)} of {cfg.n_clients} SuperNodes joined within "
+            f"{cfg.flower_timeout:g} s (flower_timeout); start one per partition: "
+            f"privlearn fl join --partition-id i --num-partitions {cfg.n_clients}"
+        )
+    ask = [
+        Message(
+            RecordDict({"who": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY
+        )
+        for n in nodes
+    ]
+    replies = answers(ask, grid.send_and_receive(ask, timeout=cfg.flower_timeout))
+    node_of, sizes = {}, [0] * cfg.n_clients
+    for src, m in zip(nodes, replies, strict=True):
+        if m is None:
+            raise TimeoutError(
+                f"SuperNode {src} did not answer within {cfg.flower_timeout:g} s (flower_timeout)"
+            )
+        if m.has_error():
+            raise ValueError(f"SuperNode {src} refused to join: {m.error.reason}")
+        pid, n = int(m.content["node"]["partition-id"]), int(m.content["node"]["n"])
+        if pid in node_of:
+            raise ValueError(f"SuperNodes {node_of[pid]} and {src} both hold partition {pid}")
+        node_of[pid], sizes[pid] = src, n
+    missing = sorted(set(range(cfg.n_clients)) - set(node_of))
+    if missing:
+        raise ValueError(f"no SuperNode answered for partitions {missing}")
+    return Fleet(exp, node_of, sizes)
+
+
+class AlgorithmStrategy(Strategy):
+    """A privlearn Algorithm as a Flower Message-API strategy. configure_train: the round's
+    plan (cohort and work) and one message per planned client; aggregate_train: each reply
+    checked against the update template, then `rounds.run_round` (screening, the
+    algorithm's server_update). The full server state (SCAFFOLD's c, a server optimiser's
+    moments) stays here; the arrays Flower passes around are the global model's. Each
+    round's entry (clients, loss, rejections with why, bytes both ways, seconds) is kept in
+    `rounds`."""
+
+    def __init__(self, fleet: Fleet):
+        exp = fleet.exp
+        self.fleet, self.exp = fleet, exp
+        self.server, _ = init_federation(exp.algo, exp.model, 1, exp.cfg.seed)
+        self.rounds: list[dict] = []
+        self._sent: list[Message] = []
+
+    def global_arrays(self) -> ArrayRecord:
+        """The global model's parameters by state-dict name (empty for models kept local)."""
+        gm = self.exp.algo.global_model(self.server)
+        return ArrayRecord({} if gm is None else {k: t.detach().cpu() for k, t in gm[0].items()})
+
+    def configure_train(self, server_round, arrays, config, grid) -> list[Message]:
+        r = server_round - 1
+        self._t0, self._bytes = time.perf_counter(), (self.fleet.bytes_down, self.fleet.bytes_up)
+        self._plan = self.fleet.plan(r)
+        self._sent = self.fleet.messages(self.server, self._plan, r)
+        return self._sent
+
+    def aggregate_train(self, server_round, replies) -> tuple[ArrayRecord, MetricRecord]:
+        r, plan, exp = server_round - 1, self._plan, self.exp
+        self.fleet.replies = answers(self._sent, replies)
+        empty = TrainData(exp.data.x_test[:0], exp.data.y_test[:0])
+        rng = server_rng(exp.cfg.seed, r)
+        self.server, stats = run_round(exp.algo, self.fleet, self.server, {}, plan, empty, rng)
+        self.fleet.commit(plan, stats, r)
+        down, up = self._bytes
+        entry = {
+            "round": server_round,
+            "clients": len(stats.clients),
+            "train_loss": stats.train_loss,
+            "seconds": round(time.perf_counter() - self._t0, 4),
+            "rejected": [str(x) for x in stats.rejected],
+            "skipped": stats.skipped,
+            "bytes_down": self.fleet.bytes_down - down,
+            "bytes_up": self.fleet.bytes_up - up,
+        }
+        self.rounds.append(entry)
+        metrics = {k: entry[k] for k in ("clients", "bytes_down", "bytes_up")}
+        if stats.train_loss is not None:
+            metrics["train_loss"] = stats.train_loss
+        return self.global_arrays(), MetricRecord(metrics)
+
+    def configure_evaluate(self, server_round, arrays, config, grid) -> list[Message]:
+        return []  # the server evaluates the global model itself (evaluate)
+
+    def aggregate_evaluate(self, server_round, replies) -> None:
+        return None
+
+    def summary(self) -> None:
+        cfg = self.exp.cfg
+        print(f"privlearn {cfg.algorithm} on {cfg.dataset}, {cfg.n_clients} SuperNodes", flush=True)
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Central evaluation on the pooled test set (Flower's evaluate_fn)."""
+        cfg = self.exp.cfg
+        if server_round == 0 or (server_round % cfg.eval_every and server_round != cfg.rounds):
+            return None
+        g = global_accuracy(self.exp.algo, self.exp.model, self.server, self.exp.data)
+        if g is None:
+            return None
+        self.rounds[-1]["test_acc"] = g[0]
+        return MetricRecord({"test_acc": g[0]})
 
 
 def _poisoned(t: torch.Tensor) -> torch.Tensor:
@@ -348,39 +418,21 @@ def _serve(grid: Grid, context: Context) -> None:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     exp = Experiment.build(cfg)
-    fleet = Fleet.join(grid, exp)
-    server, _ = init_federation(exp.algo, exp.model, 1, cfg.seed)
+    strategy = AlgorithmStrategy(join(grid, exp))
     doc = {
         "config": cfg.__dict__,
         "host": "flower",
         "status": "running",
-        "nodes": {str(c): n for c, n in fleet.node_of.items()},
-        "rounds": [],
+        "nodes": {str(c): n for c, n in strategy.fleet.node_of.items()},
+        "rounds": strategy.rounds,
     }
-    empty = TrainData(exp.data.x_test[:0], exp.data.y_test[:0])
-    for r in range(cfg.rounds):
-        plan = fleet.plan(r)
-        fleet.round_idx = r
-        down, up = fleet.bytes_down, fleet.bytes_up
-        t0 = time.perf_counter()
-        server, stats = run_round(exp.algo, fleet, server, {}, plan, empty, server_rng(cfg.seed, r))
-        fleet.commit(plan, stats, r)
-        entry = {
-            "round": r + 1,
-            "clients": len(stats.clients),
-            "train_loss": stats.train_loss,
-            "seconds": round(time.perf_counter() - t0, 4),
-            "rejected": [str(x) for x in stats.rejected],
-            "skipped": stats.skipped,
-            "bytes_down": fleet.bytes_down - down,
-            "bytes_up": fleet.bytes_up - up,
-        }
-        if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
-            g = global_accuracy(exp.algo, exp.model, server, exp.data)
-            entry["test_acc"] = None if g is None else g[0]
-        doc["rounds"].append(entry)
-        print(f"privlearn round {r + 1}: {json.dumps(entry)}", flush=True)
-        (out / "metrics.json").write_text(json.dumps(doc, indent=1))
-    torch.save(server, out / SERVER_STATE)
+    strategy.start(
+        grid,
+        strategy.global_arrays(),
+        num_rounds=cfg.rounds,
+        timeout=cfg.flower_timeout,
+        evaluate_fn=strategy.evaluate,
+    )
+    torch.save(strategy.server, out / SERVER_STATE)
     doc["status"] = "complete"
     (out / "metrics.json").write_text(json.dumps(doc, indent=1))

@@ -216,45 +216,37 @@ def test_wire_format_round_trips_and_names_a_wrong_shape():
 
 def test_a_malformed_reply_is_named_and_excluded():
     """A node replying with a wrong-shaped update loses its row, named with its node id,
-    and the round goes on with the others (the Fleet against a stand-in grid)."""
+    and the round goes on with the others (the strategy, fed replies as nodes would send)."""
     from privlearn.fl.engine.base import TrainData
-    from privlearn.fl.flower import Fleet
-    from privlearn.fl.rounds import run_round, server_rng
+    from privlearn.fl.flower import AlgorithmStrategy, Fleet
 
     cfg = RunConfig(**TINY, algorithm="fedavg", rounds=1, out="unused")
     exp = Experiment.build(cfg)
+    strategy = AlgorithmStrategy(
+        Fleet(exp, {0: 10, 1: 11, 2: 12}, [len(c) for c in exp.data.clients])
+    )
     server, bank = exp.init_state()
-    fleet = None  # set below; the grid answers the plan the fleet draws
-
-    class Grid:
-        """Replies as honest nodes would (the engine's updates), node 11 wrongly shaped."""
-
-        def push_messages(self, messages):
-            self.sent = list(messages)
-            for i, m in enumerate(self.sent):  # as Flower's grid sets it when pushing
-                m.metadata.__dict__["_message_id"] = f"m{i}"
-            return [m.metadata.message_id for m in self.sent]
-
-        def pull_messages(self, ids):
-            plan = fleet.plan(0)
-            data = TrainData(exp.data.x_train, exp.data.y_train)
-            res = exp.engine.run_clients(exp.algo, server, T.rows(bank, plan.clients), plan, data)
-            out = []
-            for row, m in enumerate(self.sent):
-                rec = to_record(T.rows(res.updates, row))
-                if m.metadata.dst_node_id == 11:
-                    rec[".delta['fc.weight']"] = Array(np.zeros((3, 3), dtype=np.float32))
-                out.append(Message(RecordDict({"update": rec}), reply_to=m))
-            return out
-
-    fleet = Fleet(Grid(), exp, {0: 10, 1: 11, 2: 12}, [len(c) for c in exp.data.clients])
-    empty = TrainData(exp.data.x_test[:0], exp.data.y_test[:0])
-    new, stats = run_round(exp.algo, fleet, server, {}, fleet.plan(0), empty, server_rng(0, 0))
-    assert [str(r) for r in stats.rejected] == [
+    sent = strategy.configure_train(1, None, None, None)
+    for i, m in enumerate(sent):  # as Flower's grid sets it when pushing
+        m.metadata.__dict__["_message_id"] = f"m{i}"
+    plan = strategy.fleet.plan(0)
+    data = TrainData(exp.data.x_train, exp.data.y_train)
+    honest = exp.engine.run_clients(exp.algo, server, T.rows(bank, plan.clients), plan, data)
+    replies = []
+    for row, m in enumerate(sent):
+        rec = to_record(T.rows(honest.updates, row))
+        if m.metadata.dst_node_id == 11:
+            rec[".delta['fc.weight']"] = Array(np.zeros((3, 3), dtype=np.float32))
+        replies.append(Message(RecordDict({"update": rec}), reply_to=m))
+    arrays, metrics = strategy.aggregate_train(1, reversed(replies))  # any order
+    (entry,) = strategy.rounds
+    assert entry["rejected"] == [
         "client 1: SuperNode 11: delta['fc.weight'] has shape (3, 3), expected (10, 64)"
     ]
-    assert stats.skipped is None and not torch.equal(
-        new["params"]["fc.weight"], server["params"]["fc.weight"]
+    assert entry["skipped"] is None and metrics["clients"] == 3
+    assert not torch.equal(strategy.server["params"]["fc.weight"], server["params"]["fc.weight"])
+    assert torch.equal(
+        arrays.to_torch_state_dict()["fc.weight"], strategy.server["params"]["fc.weight"]
     )
 
 
