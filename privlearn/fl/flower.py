@@ -7,9 +7,9 @@ carrying the server state as an ArrayRecord; aggregate_train hands the replies t
 run_round through `Fleet`, the engine, so a reply that is missing (a node that left), an
 error, or malformed (wrong fields, shapes or dtypes against the update template) becomes
 that client's rejected row, named with its node, and screening and `algo.server_update`
-do the rest. The ClientApp runs the algorithm's own
-client_init / client_step / client_final through the sequential engine on the node's one
-client and its own rows. Client state (SCAFFOLD's c_i, Ditto's personal model) lives on the
+do the rest. The ClientApp runs the algorithm's own client_init / client_step /
+client_final through the sequential engine on the node's one client and its own rows.
+Client state (SCAFFOLD's c_i, Ditto's personal model) lives on the
 node (Flower's `Context.state`), never on the server: the node keeps its new state pending
 and commits it when the server's next message says that update was kept, so a node's state
 follows the same rule as the bank of `run_round`.
