@@ -233,6 +233,8 @@ class Fleet:
     def messages(self, server: dict, plan: RoundPlan, r: int) -> list[Message]:
         """One train message per planned client: the server state and its work."""
         state, out = to_record(server), []
+        # samples a step (a Poisson plan's batch_size is its padded width instead)
+        batch = self.exp.cfg.batch_size * self.exp.algo.batches_per_step
         for row, c in enumerate(plan.clients.tolist()):
             job = {
                 "round": r,
@@ -240,7 +242,7 @@ class Fleet:
                 "n": int(plan.n[row]),
                 "nb": int(plan.nb[row]),
                 "steps": int(plan.steps[row]),
-                "batch": plan.batch_size,
+                "batch": batch,
                 "kept": self.kept.get(c, -1),
             }
             content = RecordDict({"server": state, "plan": ConfigRecord(job)})

@@ -227,7 +227,8 @@ def client_plan(
     round_idx: int,
 ) -> RoundPlan:
     """Client `client`'s row of round `round_idx`'s plan, drawn by the client itself from the
-    work the server assigned (`steps` of `nb` batches an epoch, `batch_size` samples a step),
+    work the server assigned (`steps` of `nb` batches an epoch, `batch_size` samples a step:
+    the batch size times the algorithm's batches per step, also under Poisson sampling),
     over its own n rows numbered 0..n-1 (a Flower node holds only its rows). Its batches are
     those `plan_round` draws for it: a permutation of local positions picks the same rows."""
     t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731

@@ -402,3 +402,22 @@ def test_a_run_over_tls(tmp_path):
     finally:
         for p in procs:
             D.stop(p)
+
+
+@pytest.mark.parametrize("sampler", ["shuffle", "poisson"])
+def test_a_node_draws_the_batches_the_pooled_plan_gives_it(sampler):
+    """plan.client_plan over a node's local rows 0..n-1 picks, step by step, the rows that
+    plan_round picks for that client from the pooled data."""
+    from privlearn.fl.plan import LocalWork, Sampling, client_plan, plan_round
+
+    rng = np.random.default_rng(0)
+    clients = [np.sort(rng.choice(500, size=k, replace=False)) for k in (23, 40, 7)]
+    work = LocalWork(epochs=2, batch_size=8, sampler=sampler)
+    plan = plan_round(clients, Sampling("all"), work, seed=3, round_idx=4)
+    for row, c in enumerate(plan.clients.tolist()):
+        n, nb, steps = int(plan.n[row]), int(plan.nb[row]), int(plan.steps[row])
+        mine = client_plan(n, c, steps, nb, work.batch_size, work, seed=3, round_idx=4)
+        for t in range(steps):
+            pooled = plan.client_batch(row, t)
+            local = torch.as_tensor(clients[c])[mine.client_batch(0, t)]
+            assert torch.equal(local, pooled), (c, t)
