@@ -367,6 +367,29 @@ def ray_scale(
     console.print(f"wrote {out} and {figure}")
 
 
+@app.command("flower")
+def flower(
+    rounds: int = typer.Option(5, min=1, help="rounds"),
+    nodes: int = typer.Option(3, min=1, help="SuperNodes (clients, all sampled every round)"),
+    algorithm: str = typer.Option("fedavg", help="the algorithm both hosts run"),
+    timeout: float = typer.Option(1800, min=1, help="seconds the deployment may take"),
+    out: Path = typer.Option(
+        Path("results/bench-flower.json"), help="JSON output", callback=check_out_file
+    ),
+    work: Path = typer.Option(
+        Path("results/flower-run"),
+        help="folder for the processes' logs and Flower state",
+        callback=check_out_dir,
+    ),
+) -> None:
+    """A real Flower deployment on loopback (fl serve + fl join) vs the sequential engine."""
+    from privlearn.bench import flower as bench
+
+    doc = bench.run(rounds, nodes, algorithm, out, work, timeout)
+    bench.print_table(doc, console)
+    console.print(f"wrote {out}")
+
+
 ROBUSTNESS_PARTS = ("grid", "reproduce", "cost", "all")
 
 

@@ -162,3 +162,8 @@ def threats() -> None:
             doc = (inspect.getdoc(table[name]) or "").split("\n\n")[0].replace("\n", " ")
             t.add_row(name, ", ".join(f"{k}={v}" for k, v in hp.items()) or "—", doc)
         console.print(t)
+
+
+from privlearn.cli import flower  # noqa: E402 - its commands join this group
+
+flower.register(app)

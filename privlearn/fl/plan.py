@@ -245,6 +245,44 @@ def _padded(batches: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor
     return torch.as_tensor(rows), torch.as_tensor(lengths)
 
 
+def client_plan(
+    n: int,
+    client: int,
+    steps: int,
+    nb: int,
+    batch_size: int,
+    work: LocalWork,
+    seed: int,
+    round_idx: int,
+) -> RoundPlan:
+    """Client `client`'s row of round `round_idx`'s plan, drawn by the client itself from the
+    work the server assigned (`steps` of `nb` batches an epoch, `batch_size` samples a step:
+    the batch size times the algorithm's batches per step, also under Poisson sampling),
+    over its own n rows numbered 0..n-1 (a Flower node holds only its rows). Its batches are
+    those `plan_round` draws for it: a permutation of local positions picks the same rows."""
+    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
+    local = np.arange(n)
+    if work.sampler == "poisson":
+        drawn, drawn_len = _padded(
+            [client_poisson(local, min(1.0, batch_size / n), steps, seed, round_idx, client)]
+        )
+        return RoundPlan(
+            t([client]),
+            t([n]),
+            t([nb]),
+            t([steps]),
+            t([0]),
+            t([]),
+            drawn.shape[2],
+            [],
+            [],
+            drawn,
+            drawn_len,
+        )
+    order = client_order(local, seed, round_idx, client, -(-steps // max(nb, 1)))
+    return RoundPlan(t([client]), t([n]), t([nb]), t([steps]), t([0]), t(order), batch_size, [], [])
+
+
 def plan_round(
     clients: list[np.ndarray],
     sampling: Sampling,

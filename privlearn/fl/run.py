@@ -144,7 +144,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
             "ray_workers",
         )
     ),
-    *((k, _positive, "must be a finite number > 0") for k in ("beta", "lr")),
+    *((k, _positive, "must be a finite number > 0") for k in ("beta", "lr", "flower_timeout")),
     *(
         (k, lambda v: 0 <= v < np.inf, "must be a finite number >= 0")
         for k in (
@@ -407,6 +407,11 @@ class RunConfig:
         None, "most clients stacked at once (vectorised)", unset="the whole cohort"
     )
     compile: bool = _opt(False, "torch.compile the local step (vectorised)")
+    flower_timeout: float = _opt(
+        120.0,
+        "Flower deployment: seconds the server waits for the nodes to join and for each "
+        "round's replies (a node that has not replied is left out of that round)",
+    )
     threads: int | None = _opt(
         None, "torch and BLAS threads; 1 is fastest on small, shared CPUs", unset="torch's"
     )
