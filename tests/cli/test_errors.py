@@ -117,9 +117,9 @@ def test_every_output_option_is_checked_when_parsed():
     """Any option that names a path to write goes through the writability check."""
     for path, cmd in _commands(get_command(app)):
         for p in cmd.params:
-            if p.name in ("out", "export", "markdown", "work", "home"):
+            if p.name in ("out", "export", "markdown", "work", "home", "figure"):
                 assert _checked(p), (path, p.name)
-    assert {"--out", "--export", "--markdown", "--work", "--home"} == OUTPUTS
+    assert {"--out", "--export", "--markdown", "--work", "--home", "--figure"} == OUTPUTS
 
 
 @pytest.mark.parametrize(
