@@ -8,11 +8,11 @@ Methods (`METHODS`), each a client-side encoder paired with a server-side decode
   (contractive, as EF and EF21 need) under error feedback.
 - ``qsgd`` (Alistarh et al. 2017): s levels, stochastic rounding, unbiased; a float32 norm and
   per coordinate a sign bit and a level index in 0..s, bit-packed at a fixed width.
-- ``dadaquant`` (Hönig et al. 2022): qsgd's payload with time- and client-adaptive levels. The
-  server doubles q when the training loss stops falling (its moving average made no new low
-  for `PATIENCE` rounds); client i of the cohort gets q_i = q p_i^(2/3) sqrt(sum p^(2/3) /
-  sum p^2) (p: cohort weight shares), which keeps the aggregate's variance bound
-  sum p_i^2 / q_i^2 at fixed q's while minimising sum q_i.
+- ``dadaquant`` (Hönig et al. 2022): qsgd's payload with time- and client-adaptive levels.
+  The server doubles q when the training loss stops falling (its moving average made no new
+  low, by a relative `MARGIN`, for `PATIENCE` rounds); client i of the cohort gets
+  q_i = q p_i^(2/3) sqrt(sum p^(2/3) / sum p^2) (p: cohort weight shares), which keeps the
+  aggregate's variance bound sum p_i^2 / q_i^2 at fixed q's while minimising sum q_i.
 
 Error feedback (`FEEDBACK`, top-k and rand-k only; the quantisers are unbiased already):
 - ``ef`` (Seide et al. 2014, Stich et al. 2018): e_i keeps what compression dropped; the
@@ -50,7 +50,7 @@ DEFAULT_RATIO = 0.1
 DEFAULT_LEVELS = {"qsgd": 8, "dadaquant": 1}
 DEFAULT_MOMENTUM = 0.1
 # DAdaQuant's time schedule (our choice of constants; the paper tunes them per task)
-EMA, PATIENCE, MAX_LEVELS = 0.9, 3, 2**16
+EMA, PATIENCE, MARGIN, MAX_LEVELS = 0.9, 3, 0.01, 2**16
 
 # payload tags: the first byte of every payload
 TOPK, RANDK, RANDK_SCALED, QSGD = 1, 2, 3, 4
@@ -347,14 +347,14 @@ class Compressor:
 
     def observe(self, state: dict, train_loss: float) -> None:
         """DAdaQuant's time-adaptive step after a round: double q once the moving average of
-        the training loss has made no new low for PATIENCE rounds."""
+        the training loss has made no new low (by MARGIN relative) for PATIENCE rounds."""
         if self.method != "dadaquant":
             return
         s = state["schedule"]
         ema = train_loss if int(s["seen"]) == 0 else EMA * float(s["ema"]) + (1 - EMA) * train_loss
         s["seen"] += 1
         s["ema"].fill_(ema)
-        if int(s["seen"]) == 1 or ema < float(s["low"]):
+        if int(s["seen"]) == 1 or ema < (1 - MARGIN) * float(s["low"]):
             s["low"].fill_(ema)
             s["since"].zero_()
             return
