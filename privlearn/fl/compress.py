@@ -148,10 +148,10 @@ def encode_qsgd(rows: torch.Tensor, levels: np.ndarray, rng: torch.Generator) ->
         rows_w = np.flatnonzero(widths == w)
         rec = np.zeros(len(rows_w), _record(QSGD, x.shape[1], bits=int(w)))
         rec["tag"], rec["levels"], rec["norm"] = QSGD, levels[rows_w], norm[rows_w].numpy()
-        bits = (codes[rows_w, :, None] >> np.arange(w, dtype=np.uint32)) & 1
-        rec["bits"] = np.packbits(
-            bits.astype(np.uint8).reshape(len(rows_w), -1), axis=1, bitorder="little"
-        )
+        bits = np.empty((len(rows_w), x.shape[1], w), np.uint8)
+        for b in range(w):  # bit b of every code (a loop over bits, not clients)
+            bits[:, :, b] = (codes[rows_w] >> b) & 1
+        rec["bits"] = np.packbits(bits.reshape(len(rows_w), -1), axis=1, bitorder="little")
         for i, p in zip(rows_w, _split(rec), strict=True):
             out[i] = p
     return out
@@ -194,9 +194,10 @@ def decode(payloads: list[bytes], n_params: int) -> torch.Tensor:
             w = _width_of(size, n_params, q)
             rec = _parse(blob, _record(QSGD, n_params, bits=w), size)
             bits = np.unpackbits(rec["bits"], axis=1, count=n_params * w, bitorder="little")
-            codes = (bits.reshape(len(members), n_params, w).astype(np.int64) << np.arange(w)).sum(
-                -1
-            )
+            bits = bits.reshape(len(members), n_params, w)
+            codes = np.zeros((len(members), n_params), np.int64)
+            for b in range(w):
+                codes |= bits[:, :, b].astype(np.int64) << b
             sign = 1.0 - 2.0 * torch.from_numpy(codes & 1).float()
             step = torch.from_numpy(rec["norm"] / rec["levels"].astype(np.float32))[:, None]
             out[rows] = step * torch.from_numpy(codes >> 1).float() * sign
