@@ -173,25 +173,31 @@ def decode(payloads: list[bytes], n_params: int) -> torch.Tensor:
     """The [K, P] float32 rows that `payloads` encode, from their bytes alone (and P): one
     vectorised decode per group of payloads with the same layout."""
     out = torch.zeros(len(payloads), n_params, dtype=torch.float32)
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int, bytes], list[int]] = {}
     for i, p in enumerate(payloads):
-        if len(p) < 1:
-            raise ValueError(f"payload {i} is empty")
-        groups.setdefault((p[0], len(p)), []).append(i)
-    for (tag, size), members in groups.items():
+        if len(p) < 5:
+            raise ValueError(f"payload {i} has {len(p)} bytes, shorter than any header")
+        groups.setdefault((p[0], len(p), p[1:5]), []).append(i)  # tag, size, k or levels
+    for (tag, size, head), members in groups.items():
         blob = b"".join(payloads[i] for i in members)
         rows = torch.as_tensor(members)
+        count = int(np.frombuffer(head, "<u4")[0])
         if tag in (TOPK, RANDK, RANDK_SCALED):
-            k = int(np.frombuffer(blob[1:5], "<u4")[0])
+            k = count
+            if not 1 <= k <= n_params:
+                raise ValueError(f"payload {members[0]} claims k = {k} of {n_params} values")
             rec = _parse(blob, _record(tag, n_params, k), size)
             val = torch.from_numpy(rec["val"].copy())
             idx = rec["idx"] if tag == TOPK else seed_indices(rec["seed"], n_params, k)
+            if idx.max() >= n_params:
+                raise ValueError(f"payload {members[0]} names an index beyond {n_params} values")
             if tag == RANDK_SCALED:
                 val = val * (n_params / k)
             out[rows[:, None], torch.from_numpy(idx.astype(np.int64))] = val
         elif tag == QSGD:
-            q = int(np.frombuffer(blob[1:5], "<u4")[0])
-            w = _width_of(size, n_params, q)
+            if count < 1:
+                raise ValueError(f"payload {members[0]} has 0 quantisation levels")
+            w = _width_of(size, n_params, count)
             rec = _parse(blob, _record(QSGD, n_params, bits=w), size)
             bits = np.unpackbits(rec["bits"], axis=1, count=n_params * w, bitorder="little")
             bits = bits.reshape(len(members), n_params, w)
@@ -207,7 +213,7 @@ def decode(payloads: list[bytes], n_params: int) -> torch.Tensor:
 
 
 def _width_of(size: int, n_params: int, levels: int) -> int:
-    """A qsgd group's bit width, from its payload size (payloads of one size share it)."""
+    """A qsgd group's bit width, checked against its payload size."""
     w = level_bits(levels)
     if _record(QSGD, n_params, bits=w).itemsize != size:
         raise ValueError(

@@ -99,6 +99,12 @@ def test_decode_rejects_payloads_whose_size_contradicts_the_header():
     assert q[0] == QSGD
     with pytest.raises(ValueError, match="does not hold"):
         decode([q + b"\x00"], P)
+    with pytest.raises(ValueError, match="0 quantisation levels"):
+        decode([q[:1] + bytes(4) + q[5:]], P)
+    with pytest.raises(ValueError, match="claims k = 5 of 4"):
+        decode([good], 4)
+    with pytest.raises(ValueError, match="shorter than any header"):
+        decode([b"\x01"], P)
 
 
 def _feedback_rounds(compressor, deltas):
