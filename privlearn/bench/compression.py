@@ -105,7 +105,6 @@ def run(
     """Every (dataset, method, seed) run not already in `out`; the file is rewritten after each."""
     console = console or Console()
     doc = json.loads(out.read_text()) if out.exists() else {"runs": {}}
-    doc["machine"] = machine()
     doc["setup"] = {**SETUP, "targets": TARGETS, "ratio": RATIO, "levels": LEVELS}
     jobs = [(d, m, s) for d in datasets for m in methods for s in seeds]
     with progress_bar(console) as bar:
@@ -114,6 +113,7 @@ def run(
             key, cfg = cell_key(d, m, s), config(d, m, rounds[d], s)
             conf = asdict(cfg)
             if doc["runs"].get(key, {}).get("config") != conf:
+                doc["machine"] = machine()  # of the latest run (each run keeps its load)
                 t0 = time.perf_counter()
                 res = _curve(cfg)
                 res.update(wall_seconds=time.perf_counter() - t0, load_1m=os.getloadavg()[0])
@@ -139,13 +139,15 @@ def rows(doc: dict) -> list[dict]:
     out = []
     for (d, m), rs in groups.items():
         reach = [_reach(r, TARGETS[d]) for r in rs]
+        last = [np.mean(r["acc"][-LAST:]) for r in rs]
         out.append(
             {
                 "dataset": d,
                 "method": m,
                 "seeds": len(rs),
                 "rounds": len(rs[0]["acc"]),
-                "final_acc": float(np.mean([np.mean(r["acc"][-LAST:]) for r in rs])),
+                "final_acc": float(np.mean(last)),
+                "final_acc_std": float(np.std(last)),
                 "best_acc": float(np.mean([r["best_acc"] for r in rs])),
                 "uploaded_mb": float(np.mean([sum(r["bytes"]) for r in rs]) / 1e6),
                 "ratio": float(
@@ -169,7 +171,7 @@ def print_table(doc: dict, console: Console) -> None:
         t.add_row(
             r["dataset"],
             r["method"],
-            f"{r['final_acc']:.3f}",
+            f"{r['final_acc']:.3f} ± {r['final_acc_std']:.3f}",
             f"{r['best_acc']:.3f}",
             f"{r['uploaded_mb']:.2f}",
             f"{r['ratio']:.1f}x",
@@ -180,14 +182,16 @@ def print_table(doc: dict, console: Console) -> None:
 
 def markdown(doc: dict) -> str:
     lines = [
-        f"| dataset | method | rounds | acc (last {LAST} rounds) | best acc | uploaded MB "
+        f"| dataset | method | seeds | rounds | acc (last {LAST} rounds, ± std over seeds) "
+        "| best acc | uploaded MB "
         "| compression | MB to target acc |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows(doc):
         reach = "not reached" if r["mb_to_target"] is None else f"{r['mb_to_target']:.2f}"
         lines.append(
-            f"| {r['dataset']} | {r['method']} | {r['rounds']} | {r['final_acc']:.3f} | "
+            f"| {r['dataset']} | {r['method']} | {r['seeds']} | {r['rounds']} | "
+            f"{r['final_acc']:.3f} ± {r['final_acc_std']:.3f} | "
             f"{r['best_acc']:.3f} | {r['uploaded_mb']:.2f} | {r['ratio']:.1f}x | "
             f"{reach} ({r['target']:.0%}) |"
         )
