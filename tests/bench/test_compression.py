@@ -24,5 +24,5 @@ def test_two_rounds_count_the_payloads_and_write_table_and_curves(tmp_path):
     assert runs[cell_key("digits", "DAdaQuant (from s=1)", 0)]["bytes"][0] == 10 * (
         9 + -(-2 * p // 8)
     )
-    assert "| digits | top-k + EF21 | 2 |" in out.with_suffix(".md").read_text()
+    assert "| digits | top-k + EF21 | 1 | 2 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
