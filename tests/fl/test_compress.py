@@ -248,3 +248,17 @@ def test_algorithms_with_other_uploads_are_refused_at_the_first_round(tmp_path):
             RunConfig(**BASE, algorithm="scaffold", compress="topk", rounds=1, out=str(tmp_path)),
             progress=False,
         )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compress": "topk", "error_feedback": "ef21", "dp": "central", "noise_multiplier": 0.5},
+        {"compress": "qsgd", "defence": "median"},
+    ],
+    ids=["central-dp", "defence"],
+)
+def test_compression_composes_with_central_dp_and_defences(tmp_path, options):
+    doc = run_experiment(RunConfig(**BASE, **options, rounds=2, out=str(tmp_path)), progress=False)
+    assert all(0 < e["upload"]["bytes"] < e["upload"]["uncompressed_bytes"] for e in doc["rounds"])
+    assert all(not e["skipped"] for e in doc["rounds"])
