@@ -101,10 +101,22 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def _hashes(seeds: np.ndarray, n: int) -> np.ndarray:
+    """[K, n] pseudo-random uint64s, row k a function of seeds[k] alone."""
+    return _mix(_mix(seeds.astype(np.uint64))[:, None] + np.arange(n, dtype=np.uint64))
+
+
+def client_seeds(seed: int, round_idx: int, stream: int, clients: torch.Tensor) -> np.ndarray:
+    """One seed per client for (run seed, round, stream): what a client draws from, the same
+    in a simulated cohort and a deployed client alone."""
+    base = np.random.default_rng([seed, round_idx, stream]).integers(2**63, dtype=np.uint64)
+    return _mix(base + clients.cpu().numpy().astype(np.uint64))
+
+
 def seed_indices(seeds: np.ndarray, n_params: int, k: int) -> np.ndarray:
     """The k sorted coordinates seed s selects (the k smallest hashes of (s, j)): what a
     rand-k client and the server both derive from the seed, so only the seed travels."""
-    keys = _mix(_mix(seeds.astype(np.uint64))[:, None] + np.arange(n_params, dtype=np.uint64))
+    keys = _hashes(seeds, n_params)
     return np.sort(np.argpartition(keys, k - 1, axis=1)[:, :k], axis=1)
 
 
@@ -131,15 +143,16 @@ def encode_randk(rows: torch.Tensor, k: int, seeds: np.ndarray, scaled: bool) ->
 # --- quantisers ------------------------------------------------------------------------------
 
 
-def encode_qsgd(rows: torch.Tensor, levels: np.ndarray, rng: torch.Generator) -> list[bytes]:
+def encode_qsgd(rows: torch.Tensor, levels: np.ndarray, seeds: np.ndarray) -> list[bytes]:
     """QSGD of each row of [K, P] at that row's level count (levels: [K] ints >= 1): level
-    index floor(s |u_j| / ||u|| + U[0, 1)), so E[decoded] = u. Rows with equal bit widths are
-    packed together."""
+    index floor(s |u_j| / ||u|| + U[0, 1)), so E[decoded] = u, U drawn from the row's seed
+    (24-bit uniforms). Rows with equal bit widths are packed together."""
     x = rows.float().cpu()
     norm = x.norm(dim=1)
     s = torch.as_tensor(levels, dtype=torch.float32)
     scaled = x.abs() / norm.clamp_min(torch.finfo(torch.float32).tiny)[:, None] * s[:, None]
-    dither = torch.rand(x.shape, generator=rng, dtype=torch.float32)
+    dither = torch.from_numpy((_hashes(seeds, x.shape[1]) >> np.uint64(40)).astype(np.float32))
+    dither = dither * 2.0**-24
     lvl = torch.minimum(torch.floor(scaled + dither), s[:, None]).to(torch.int64)
     codes = (lvl * 2 + (x < 0)).numpy().astype(np.uint32)
     out: list[bytes | None] = [None] * len(levels)
@@ -304,9 +317,12 @@ class Compressor:
         clients: torch.Tensor,
         weights: torch.Tensor,
         round_idx: int,
+        levels: np.ndarray | None = None,
     ) -> Upload:
         """Encode the clients' true updates `rows` ([K, P]) as they would, decode them as the
-        server would, and return what the server aggregates."""
+        server would, and return what the server aggregates. DAdaQuant's per-client `levels`
+        default to `client_levels` of the cohort's `weights`; a deployed client, which does
+        not see the cohort, takes the level the server sent it."""
         mem = {
             m: state[m][clients.to(state[m].device)].to(rows.device) for m in MEMORY[self.feedback]
         }
@@ -319,24 +335,21 @@ class Compressor:
             target = v - mem["g"]
         else:
             target = rows
-        levels = None
+        if levels is not None and self.method != "dadaquant":
+            raise ValueError(f"per-client levels are DAdaQuant's; {self.method} takes none")
         if self.method == "topk":
             payloads = encode_topk(target, self.k(rows.shape[1]))
         elif self.method == "randk":
-            base = np.random.default_rng([self.seed, round_idx, 4]).integers(2**63, dtype=np.uint64)
-            seeds = _mix(base + clients.cpu().numpy().astype(np.uint64))
+            seeds = client_seeds(self.seed, round_idx, 4, clients)
             payloads = encode_randk(
                 target, self.k(rows.shape[1]), seeds, scaled=self.feedback is None
             )
         else:
             if self.method == "qsgd":
                 levels = np.full(len(rows), self.start_levels, dtype=np.int64)
-            else:
+            elif levels is None:
                 levels = client_levels(int(state["schedule"]["q"]), weights)
-            g = torch.Generator().manual_seed(
-                int(np.random.default_rng([self.seed, round_idx, 3]).integers(2**62))
-            )
-            payloads = encode_qsgd(target, levels, g)
+            payloads = encode_qsgd(target, levels, client_seeds(self.seed, round_idx, 3, clients))
         sent = decode(payloads, rows.shape[1]).to(device=rows.device, dtype=rows.dtype)
         if self.feedback == "ef":
             return Upload(sent, payloads, {"e": target - sent}, levels)

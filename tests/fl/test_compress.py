@@ -61,16 +61,16 @@ def test_randk_indices_come_from_the_seed_and_scaling_is_unbiased():
 def test_qsgd_error_is_within_norm_over_s_and_unbiased():
     u = _rows()
     levels = np.array([1, 2, 3, 8, 100, 65536])
-    got = decode(encode_qsgd(u, levels, torch.Generator().manual_seed(0)), P)
+    got = decode(encode_qsgd(u, levels, np.arange(6, dtype=np.uint64)), P)
     bound = u.norm(dim=1) / torch.as_tensor(levels, dtype=torch.float32)
     assert ((got - u).abs().max(1).values <= bound * (1 + 1e-5)).all()
     assert torch.equal(got.sign() * (got != 0), u.sign() * (got != 0))
     n = 3000
-    many = decode(encode_qsgd(u[:1].expand(n, P), np.full(n, 2), torch.Generator()), P)
+    many = decode(encode_qsgd(u[:1].expand(n, P), np.full(n, 2), np.arange(n)), P)
     # per coordinate the variance is at most (norm / s)^2 / 4
     se = float(u[0].norm()) / 2 / 2 / math.sqrt(n)
     assert (many.mean(0) - u[0]).abs().max() < 5 * se
-    zero = decode(encode_qsgd(torch.zeros(1, P), np.array([4]), torch.Generator()), P)
+    zero = decode(encode_qsgd(torch.zeros(1, P), np.array([4]), np.arange(1)), P)
     assert torch.equal(zero, torch.zeros(1, P))
 
 
@@ -84,7 +84,7 @@ def test_byte_counts_are_the_layout_sizes(p):
     seeds = np.arange(3, dtype=np.uint64)
     assert [len(x) for x in encode_randk(u, k, seeds, True)] == [1 + 4 + 8 + k * 4] * 3
     levels = np.array([1, 8, 8])
-    sizes = [len(x) for x in encode_qsgd(u, levels, torch.Generator())]
+    sizes = [len(x) for x in encode_qsgd(u, levels, seeds)]
     assert sizes == [1 + 4 + 4 + math.ceil(p * level_bits(q) / 8) for q in levels]
     assert level_bits(1) == 2 and level_bits(8) == 5 and level_bits(7) == 4
 
@@ -95,7 +95,7 @@ def test_decode_rejects_payloads_whose_size_contradicts_the_header():
         decode([good[:-1]], P)
     with pytest.raises(ValueError, match="unknown tag"):
         decode([b"\x09" + good[1:]], P)
-    q = encode_qsgd(_rows(k=1), np.array([8]), torch.Generator())[0]
+    q = encode_qsgd(_rows(k=1), np.array([8]), np.arange(1))[0]
     assert q[0] == QSGD
     with pytest.raises(ValueError, match="does not hold"):
         decode([q + b"\x00"], P)
@@ -262,3 +262,16 @@ def test_compression_composes_with_central_dp_and_defences(tmp_path, options):
     doc = run_experiment(RunConfig(**BASE, **options, rounds=2, out=str(tmp_path)), progress=False)
     assert all(0 < e["upload"]["bytes"] < e["upload"]["uncompressed_bytes"] for e in doc["rounds"])
     assert all(not e["skipped"] for e in doc["rounds"])
+
+
+@pytest.mark.parametrize("method", ["randk", "qsgd"])
+def test_a_client_alone_sends_what_it_sends_in_a_cohort(method):
+    """Random draws depend on (seed, round, client) only: a deployed client's payload is the
+    one the simulated cohort produced for it."""
+    c = Compressor(method)
+    u, clients = _rows(k=4), torch.tensor([3, 5, 8, 9])
+    cohort = c.upload(c.init(10, P, torch.float32), u, clients, torch.ones(4), 7)
+    alone = c.upload(c.init(10, P, torch.float32), u[2:3], clients[2:3], torch.ones(1), 7)
+    assert alone.payloads == cohort.payloads[2:3]
+    other_round = c.upload(c.init(10, P, torch.float32), u[2:3], clients[2:3], torch.ones(1), 8)
+    assert other_round.payloads != alone.payloads
