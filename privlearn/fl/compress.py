@@ -318,13 +318,17 @@ class Compressor:
         weights: torch.Tensor,
         round_idx: int,
         levels: np.ndarray | None = None,
+        slots: torch.Tensor | None = None,
     ) -> Upload:
         """Encode the clients' true updates `rows` ([K, P]) as they would, decode them as the
         server would, and return what the server aggregates. DAdaQuant's per-client `levels`
         default to `client_levels` of the cohort's `weights`; a deployed client, which does
-        not see the cohort, takes the level the server sent it."""
+        not see the cohort, takes the level the server sent it. `slots`: the rows of `state`
+        that hold these clients' memory (default `clients`; a deployed client keeps a
+        one-row state and passes slot 0)."""
+        slots = clients if slots is None else slots
         mem = {
-            m: state[m][clients.to(state[m].device)].to(rows.device) for m in MEMORY[self.feedback]
+            m: state[m][slots.to(state[m].device)].to(rows.device) for m in MEMORY[self.feedback]
         }
         if self.feedback == "ef":
             target = rows + mem["e"]
@@ -359,11 +363,11 @@ class Compressor:
         memory = {"g": g_new} if self.feedback == "ef21" else {"v": v, "g": g_new}
         return Upload(g_new, payloads, memory, levels)
 
-    def keep(self, state: dict, clients: torch.Tensor, upload: Upload, kept: torch.Tensor) -> None:
+    def keep(self, state: dict, slots: torch.Tensor, upload: Upload, kept: torch.Tensor) -> None:
         """Write the memory of the clients whose update the server accepted (rows `kept` of
-        the upload), in place."""
+        the upload) into their `slots` of `state`, in place."""
         for m, rows in upload.memory.items():
-            state[m][clients[kept].to(state[m].device)] = rows[kept].to(state[m])
+            state[m][slots[kept].to(state[m].device)] = rows[kept].to(state[m])
 
     def observe(self, state: dict, train_loss: float) -> None:
         """DAdaQuant's time-adaptive step after a round: double q once the moving average of

@@ -264,14 +264,19 @@ def test_compression_composes_with_central_dp_and_defences(tmp_path, options):
     assert all(not e["skipped"] for e in doc["rounds"])
 
 
-@pytest.mark.parametrize("method", ["randk", "qsgd"])
-def test_a_client_alone_sends_what_it_sends_in_a_cohort(method):
+@pytest.mark.parametrize(("method", "feedback"), [("randk", "ef21"), ("qsgd", None)])
+def test_a_client_alone_sends_what_it_sends_in_a_cohort(method, feedback):
     """Random draws depend on (seed, round, client) only: a deployed client's payload is the
     one the simulated cohort produced for it."""
-    c = Compressor(method)
+    c = Compressor(method, feedback=feedback)
     u, clients = _rows(k=4), torch.tensor([3, 5, 8, 9])
     cohort = c.upload(c.init(10, P, torch.float32), u, clients, torch.ones(4), 7)
-    alone = c.upload(c.init(10, P, torch.float32), u[2:3], clients[2:3], torch.ones(1), 7)
+    one = c.init(1, P, torch.float32)  # a deployed client's own one-row state
+    slot = torch.tensor([0])
+    alone = c.upload(one, u[2:3], clients[2:3], torch.ones(1), 7, slots=slot)
     assert alone.payloads == cohort.payloads[2:3]
-    other_round = c.upload(c.init(10, P, torch.float32), u[2:3], clients[2:3], torch.ones(1), 8)
+    other_round = c.upload(one, u[2:3], clients[2:3], torch.ones(1), 8, slots=slot)
     assert other_round.payloads != alone.payloads
+    if feedback:  # its memory lands in its own slot
+        c.keep(one, slot, alone, torch.tensor([0]))
+        assert torch.equal(one["g"][0], cohort.memory["g"][2])
