@@ -567,11 +567,8 @@ def compression(
     seeds: str = typer.Option("0", help="comma-separated"),
     out: Path = typer.Option(
         Path("results/bench-compression.json"),
-        help="JSON output (and the Markdown table beside it)",
+        help="JSON output (the Markdown table and PNG curves beside it)",
         callback=check_out_file,
-    ),
-    figure: Path = typer.Option(
-        None, help="PNG of the curves", callback=check_out_file, show_default="beside --out"
     ),
 ) -> None:
     """Accuracy vs cumulative uploaded bytes: top-k, rand-k (with EF, EF21, EF21-SGDM), QSGD,
@@ -589,6 +586,6 @@ def compression(
     doc = bench.run(names, chosen, per, _ints("seeds", seeds), out, console)
     bench.print_table(doc, console)
     out.with_suffix(".md").write_text(bench.markdown(doc))
-    png = figure or out.with_suffix(".png")
+    png = out.with_suffix(".png")
     bench.plot(doc, png)
     console.print(f"wrote {out}, {out.with_suffix('.md')} and {png}")
