@@ -137,7 +137,8 @@ def rows(doc: dict) -> list[dict]:
     for r in doc["runs"].values():
         groups.setdefault((r["dataset"], r["method"]), []).append(r)
     out = []
-    for (d, m), rs in groups.items():
+    order = list(METHODS)
+    for (d, m), rs in sorted(groups.items(), key=lambda g: (g[0][0], order.index(g[0][1]))):
         reach = [_reach(r, TARGETS[d]) for r in rs]
         last = [np.mean(r["acc"][-LAST:]) for r in rs]
         out.append(
