@@ -24,7 +24,9 @@ Error feedback (`FEEDBACK`, top-k and rand-k only; the quantisers are unbiased a
 
 Every encoder works on the cohort's [K, P] update matrix at once (one topk, one quantisation);
 a payload is a numpy structured record, so its size is exactly its `len()` in bytes and the
-server decodes a whole cohort from the bytes alone (`decode`). The error-feedback memory is a
+server decodes a whole cohort from the bytes alone (`decode`). Random draws (rand-k's indices,
+QSGD's rounding) come from (seed, round, client) alone (`client_seeds`), so a deployed client
+sends what the simulation sends for it. The error-feedback memory is a
 [N, P] bank per kind (`Compressor.init`), held as one copy: under EF21 the server's g_i equals
 the client's by construction. A client whose upload the server rejects keeps its old memory,
 as it keeps its old algorithm state.
