@@ -604,3 +604,35 @@ def secagg(
     out.with_suffix(".md").write_text(bench.markdown(doc) + "\n")
     bench.plot(doc, out.with_suffix(".png"))
     console.print(f"wrote {out} and its .md / .png")
+
+
+@app.command("compression")
+def compression(
+    datasets: str = typer.Option("digits,mnist5k", help="comma-separated"),
+    methods: str = typer.Option(None, help="comma-separated", show_default="every method"),
+    rounds: str = typer.Option("digits=60,mnist5k=40", help="rounds per dataset"),
+    seeds: str = typer.Option("0", help="comma-separated"),
+    out: Path = typer.Option(
+        Path("results/bench-compression.json"),
+        help="JSON output (the Markdown table and PNG curves beside it)",
+        callback=check_out_file,
+    ),
+) -> None:
+    """Accuracy vs cumulative uploaded bytes: top-k, rand-k (with EF, EF21, EF21-SGDM), QSGD,
+    DAdaQuant against uncompressed FedAvg."""
+    from privlearn.bench import compression as bench
+
+    names = datasets.split(",")
+    chosen = methods.split(",") if methods else list(bench.METHODS)
+    choices("datasets", names, bench.TARGETS)
+    choices("methods", chosen, bench.METHODS)
+    per = {k: int(v) for k, v in _pairs("rounds", rounds).items() if v.isdigit() and int(v) > 0}
+    missing = [d for d in names if d not in per]
+    if missing:
+        raise UsageError(f"--rounds gives no positive count for {missing} (e.g. {names[0]}=40)")
+    doc = bench.run(names, chosen, per, _ints("seeds", seeds), out, console)
+    bench.print_table(doc, console)
+    out.with_suffix(".md").write_text(bench.markdown(doc))
+    png = out.with_suffix(".png")
+    bench.plot(doc, png)
+    console.print(f"wrote {out}, {out.with_suffix('.md')} and {png}")

@@ -13,6 +13,7 @@ from torch.utils import _pytree as pytree
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import Rejection, screen
 from privlearn.fl.algorithms.base import Algorithm, ClientUpdate
+from privlearn.fl.compress import Compression
 from privlearn.fl.engine.base import Engine, TrainData
 from privlearn.fl.models import Model
 from privlearn.fl.plan import RoundPlan
@@ -31,8 +32,13 @@ class RoundStats:
     verdict: Verdict = field(default_factory=Verdict)  # what the defence decided
     skipped: str | None = None  # why a round with a cohort left the model as it was
     secure: dict | None = None  # under secure aggregation: protocol, cost, unfinished clients
+    upload: dict | None = None  # under compression: bytes sent and their uncompressed size
 
 
+REFUSE_COMPRESSED = (
+    "compressed uploads are decoded per client, and secure aggregation hides every client's "
+    "upload inside a masked sum: run one or the other"
+)
 SCREENING_OFF = "off: under secure aggregation the server sees no client's row to screen"
 
 
@@ -87,6 +93,7 @@ def run_round(
     scenario: Scenario | None = None,
     round_idx: int = 0,
     secure: SecureRound | None = None,
+    compression: Compression | None = None,
 ) -> tuple[dict, RoundStats]:
     """Train the planned cohort, drop bad updates (naming the clients), defend, update the
     server, and write surviving clients' new states into `bank` (in place).
@@ -94,11 +101,15 @@ def run_round(
     With a `scenario`, attacker rows train on their poisoned data and forge their uploads
     in round `round_idx` (0-based) while the attack is active, and the scenario's defence
     runs on the screened uploads before the algorithm's server update. With `secure`, the
-    server receives only the sum of the clients' summands (`_secure_update`)."""
+    server receives only the sum of the clients' summands (`_secure_update`). With
+    `compression`, each client's delta reaches the server as the compressor's payload, and
+    the server screens and aggregates what it decodes."""
     t0 = time.perf_counter()
     stats = RoundStats(clients=plan.clients.tolist())
     if secure is not None:
         refuse_secure(algo, scenario)
+        if compression is not None:
+            raise ValueError(REFUSE_COMPRESSED)
     if len(plan) == 0:
         return server, stats
     cohort_states = T.rows(bank, plan.clients)
@@ -116,6 +127,12 @@ def run_round(
         # with every update it sent, kept or not: the server saw it, so reusing its noise or
         # leaving its steps uncounted would break the guarantee
         T.put_rows_(bank["dp"], plan.clients, result.client_states["dp"])
+    pending = None
+    if compression is not None:
+        result.updates, pending = compression.round(
+            result.updates, plan.clients, list(result.rejected), round_idx
+        )
+        stats.upload = pending.report
     if secure is not None:
         server = _secure_update(algo, server, bank, plan, result, rng, secure, round_idx, stats)
         stats.seconds = time.perf_counter() - t0
@@ -142,6 +159,8 @@ def run_round(
         else:
             server = new
             T.put_rows_(bank, plan.clients[kept], T.rows(result.client_states, kept))
+            if pending is not None:
+                compression.commit(pending, plan.clients, keep, stats.train_loss)
     stats.seconds = time.perf_counter() - t0
     return server, stats
 

@@ -57,6 +57,16 @@ from privlearn.fl.algorithms import (
     build_algorithm,
     takes_reducer,
 )
+from privlearn.fl.compress import (
+    DEFAULT_LEVELS,
+    DEFAULT_MOMENTUM,
+    DEFAULT_RATIO,
+    FEEDBACK,
+    METHODS,
+    Compression,
+    Compressor,
+    compression_problem,
+)
 from privlearn.fl.data import (
     DATASETS,
     SCHEMES,
@@ -85,6 +95,7 @@ from privlearn.fl.privacy.secagg import PROTOCOLS, make_aggregator
 from privlearn.fl.robust import ATTACKS, DEFENCES
 from privlearn.fl.robust.run import backdoor_accuracy, build_scenario, round_report
 from privlearn.fl.rounds import (
+    REFUSE_COMPRESSED,
     SCREENING_OFF,
     SecureRound,
     init_federation,
@@ -215,6 +226,9 @@ DP_FIELDS = (
     "accountant",
     "dp_seed",
 )
+
+
+COMPRESS_FIELDS = ("compress", "compress_ratio", "compress_levels", "error_feedback", "ef_momentum")
 
 
 @functools.cache
@@ -398,6 +412,23 @@ class RunConfig:
     dp_seed: int | None = _opt(
         None, "seed of the DP noise (repeatable runs, NOT private)", unset="OS entropy"
     )
+    # compressed uploads (privlearn.fl.compress; docs/compression.md)
+    compress: str | None = _opt(
+        None, f"compress each client's model delta: {', '.join(METHODS)}", unset="none"
+    )
+    compress_ratio: float | None = _opt(
+        None, "topk / randk: share of the coordinates sent", unset=str(DEFAULT_RATIO)
+    )
+    compress_levels: int | None = _opt(
+        None,
+        "qsgd: quantisation levels s; dadaquant: the levels it starts from (doubled when the "
+        "training loss plateaus)",
+        unset=", ".join(f"{k} {v}" for k, v in DEFAULT_LEVELS.items()),
+    )
+    error_feedback: str | None = _opt(
+        None, f"error feedback of topk / randk: {', '.join(FEEDBACK)}", unset="none"
+    )
+    ef_momentum: float | None = _opt(None, "EF21-SGDM's momentum eta", unset=str(DEFAULT_MOMENTUM))
     # execution
     engine: str = _opt(
         "vectorised", "vectorised (clients stacked), sequential, or ray (vectorised shards)"
@@ -455,6 +486,7 @@ class RunConfig:
         self._check_dp()
         self._check_secure()
         self._check_ray()
+        self._check_compress()
         if self.sampling == "uniform" and self.straggler_policy == "drop" and active < 1:
             raise ValueError(
                 f"config key stragglers: {self.stragglers} drops every one of the "
@@ -524,6 +556,34 @@ class RunConfig:
             raise ValueError(
                 f"config key device: the ray engine's workers compute on CPU, got {self.device!r}"
             )
+
+    def _check_compress(self) -> None:
+        """Compression's settings agree, and it meets neither secure aggregation (which hides
+        the per-client payloads the server decodes) nor batch norm (uploaded uncompressed)."""
+        problem = compression_problem(*(getattr(self, k) for k in COMPRESS_FIELDS))
+        if problem:
+            raise ValueError(problem)
+        if self.compress is None:
+            return
+        if self.secure_aggregation is not None:
+            raise ValueError(f"config key compress: {REFUSE_COMPRESSED}")
+        if self.model in ("mlp-bn", "cnn-bn"):
+            raise ValueError(
+                f"config key compress: {self.model} uploads batch-norm statistics beside the "
+                "delta, which compression leaves raw; use a model without batch norm"
+            )
+
+    def compressor(self) -> Compressor | None:
+        if self.compress is None:
+            return None
+        return Compressor(
+            self.compress,
+            self.compress_ratio,
+            self.compress_levels,
+            self.error_feedback,
+            self.ef_momentum,
+            self.seed,
+        )
 
     def participation(self) -> Participation:
         """How one client enters a round, for the accountant."""
@@ -656,6 +716,7 @@ class Experiment:
     budget: Budget | None = None  # the privacy budget, with --dp
     mechanism: CentralDP | None = None  # with --dp central
     secure: SecureRound | None = None  # with --secure-aggregation
+    compression: Compression | None = None  # with --compress (its state: init_state)
 
     @classmethod
     def build(cls, cfg: RunConfig) -> Experiment:
@@ -702,6 +763,13 @@ class Experiment:
                 refuse_secure(algo, scenario)
             except ValueError as e:
                 raise ValueError(f"config key secure_aggregation: {e}") from None
+        compressor = cfg.compressor()
+        compression = None
+        if compressor is not None:
+            dtype = next(iter(model.init(torch.Generator())[0].values())).dtype
+            compression = Compression(
+                compressor, cfg.n_clients, model.n_params(), dtype, cfg.device
+            )
         # last: every check has passed before an engine starts processes (ray)
         engine = make_engine(
             cfg.engine,
@@ -711,7 +779,7 @@ class Experiment:
             ray_address=cfg.ray_address,
             threads=cfg.threads,
         )
-        return cls(cfg, data, model, algo, engine, scenario, budget, mechanism, secure)
+        return cls(cfg, data, model, algo, engine, scenario, budget, mechanism, secure, compression)
 
     def close(self) -> None:
         """Stop what the engine started (the ray engine's workers and cluster)."""
@@ -794,9 +862,12 @@ class Experiment:
         return {"worst_client_epsilon": eps, "worst_client": who}
 
     def init_state(self) -> tuple[dict, Any]:
+        """The run's initial server state and client bank (and a fresh compressor state)."""
         server, bank = init_federation(
             self.algo, self.model, self.cfg.n_clients, self.cfg.seed, self.cfg.device
         )
+        if self.compression is not None:
+            self.compression.reset()
         if self.cfg.dp == "local":
             local_dp.seed_noise(bank, self.cfg.local_dp(self.budget.noise_multiplier))
         return server, bank
@@ -822,6 +893,7 @@ class Experiment:
             self.scenario,
             r,
             self.secure,
+            self.compression,
         )
         return server, stats, plan
 
@@ -897,6 +969,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
 def _inconsistency(ckpt: Any) -> str | None:
     """What in a (checksummed, so self-written or re-signed) checkpoint contradicts itself."""
     keys = {"config", "round", "threads", "server", "bank", "rounds", "defence"}
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if isinstance(config, dict) and config.get("compress") is not None:
+        keys.add("compress")  # the compressor's memory
     if not isinstance(ckpt, dict) or set(ckpt) != keys:
         return f"expected the fields {sorted(keys)}"
     cfg, r, history = ckpt["config"], ckpt["round"], ckpt["rounds"]
@@ -1087,7 +1162,10 @@ def _run(
         ckpt = load_checkpoint(ckpt_path, cfg.device)
         _check_resume(ckpt["config"], cfg)
         fresh_server, fresh_bank = exp.init_state()
-        for name, fresh in (("server", fresh_server), ("bank", fresh_bank)):
+        states = [("server", fresh_server), ("bank", fresh_bank)]
+        if exp.compression is not None:
+            states.append(("compress", exp.compression.state))
+        for name, fresh in states:
             problem = _state_mismatch(ckpt[name], fresh, name)
             if problem:
                 raise ValueError(f"{ckpt_path} is inconsistent: {problem}")
@@ -1107,6 +1185,8 @@ def _run(
         )
         if exp.scenario is not None:
             exp.scenario.state = ckpt["defence"]
+        if exp.compression is not None:
+            exp.compression.state = ckpt["compress"]
         console.print(f"resuming {out} after round {start}")
     else:
         server, bank = exp.init_state()
@@ -1165,6 +1245,7 @@ def _run(
                     "partial_stragglers": len(plan.stragglers),
                     **round_report(exp.scenario, stats),
                     **({"secure": stats.secure} if stats.secure is not None else {}),
+                    **({"upload": stats.upload} if stats.upload is not None else {}),
                 }
                 if exp.budget is not None:
                     entry["epsilon"] = exp.budget.epsilon(r + 1)
@@ -1189,6 +1270,7 @@ def _run(
                         "bank": bank,
                         "rounds": doc["rounds"],
                         "defence": None if exp.scenario is None else exp.scenario.state,
+                        **({"compress": exp.compression.state} if exp.compression else {}),
                     },
                     ckpt_path,
                 )

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import privlearn
 from privlearn.cli import app, fields
 from privlearn.fl.data import DataSpec
-from privlearn.fl.run import RunConfig
+from privlearn.fl.run import COMPRESS_FIELDS, RunConfig
 
 from .test_errors import _commands
 
@@ -125,10 +125,20 @@ NON_DEFAULT = {
     "threads": 1,
     "seed": 3,
     "eval_every": 2,
+    "compress": "topk",
+    "compress_ratio": 0.2,
+    "error_feedback": "ef21-sgdm",
+    "ef_momentum": 0.3,
+}
+# quantised uploads take levels, not a ratio or error feedback
+NON_DEFAULT_QUANTISED = {
+    **{k: v for k, v in NON_DEFAULT.items() if k not in COMPRESS_FIELDS},
+    "compress": "dadaquant",
+    "compress_levels": 2,
 }
 # the DP settings, unlike the defaults, on the same config (DP refuses a defence)
 NON_DEFAULT_DP = {
-    **{k: v for k, v in NON_DEFAULT.items() if k not in ("defence", "drop_last")},
+    **{k: v for k, v in NON_DEFAULT.items() if k not in ("defence", "drop_last", *COMPRESS_FIELDS)},
     "record_sampling": "poisson",  # Poisson batches have no last batch to drop
     "dp": "central",
     "noise_multiplier": 1.5,
@@ -170,10 +180,14 @@ def _flags(cfg: dict) -> list[str]:
 
 def test_the_configs_below_set_every_field():
     fields = {f.name for f in dataclasses.fields(RunConfig)}
-    assert set(NON_DEFAULT) | set(NON_DEFAULT_DP) | {"out"} == fields
+    assert set(NON_DEFAULT) | set(NON_DEFAULT_DP) | set(NON_DEFAULT_QUANTISED) | {"out"} == fields
 
 
-@pytest.mark.parametrize("config", [NON_DEFAULT, NON_DEFAULT_DP], ids=["plain", "dp"])
+@pytest.mark.parametrize(
+    "config",
+    [NON_DEFAULT, NON_DEFAULT_DP, NON_DEFAULT_QUANTISED],
+    ids=["plain", "dp", "quantised"],
+)
 def test_yaml_keys_and_flags_give_the_same_config(tmp_path, monkeypatch, config):
     """The same settings as YAML keys and as flags reach `run_experiment` as one config."""
     seen = []
