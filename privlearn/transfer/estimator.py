@@ -9,17 +9,24 @@ Features are scaled as :mod:`privlearn.transfer.prepare` says (``scaler_``); a r
 training range is clipped onto it or refused, by ``out_of_range``.
 
 A fitted classifier pickles (``pickle``, ``joblib``) without its session: no server, process
-or key travels. Plaintext inference needs only the decrypted weights. Encrypted inference
-after unpickling opens a new session on first use: fresh keys, as ``fit`` generated, and the
-weights encrypted under them (nothing encrypted under the old key survives, so it is not
-needed).
+or key travels. The pickle holds the decrypted weights (``coef_``, ``intercept_``), the
+scaler, the spec, the classes and the run's figures (``run_``); no key at all. Plaintext
+inference needs only the decrypted weights. Encrypted inference after unpickling opens a new
+session on first use: fresh keys, as ``fit`` generated, and the weights encrypted under them
+(nothing encrypted under the old key survives, so it is not needed). ``save(path)`` writes
+that pickle and a ``manifest.json`` saying what it holds into a folder; ``load(path)`` reads
+it back. Unpickling runs code: load only folders you saved yourself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pickle
 import warnings
 import weakref
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -31,6 +38,8 @@ from privlearn.transfer.prepare import prepare
 from privlearn.transfer.reference import add_bias, exact_softmax
 from privlearn.transfer.session import EncryptedRun, EncryptedSession
 from privlearn.transfer.train import TrainSpec
+
+MODEL_FILE, MANIFEST_FILE, SAVE_FORMAT = "model.pkl", "manifest.json", 1
 
 # the TrainSpec fields that are the estimator's parameters (classes and features come from data)
 SPEC_PARAMS = tuple(
@@ -198,6 +207,46 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self._labels(y)
         return super().score(X, y, sample_weight=sample_weight)
 
+    # -- saved models ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, data: dict | None = None) -> Path:
+        """Write the fitted classifier to the folder ``path``: ``model.pkl`` (this pickle,
+        written whole or not at all) and ``manifest.json`` (what the pickle holds, in plain
+        JSON; ``data`` describes the features for whoever predicts, e.g. their columns)."""
+        check_is_fitted(self)
+        import privlearn
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": SAVE_FORMAT,
+            "privlearn": privlearn.__version__,
+            "estimator": type(self).__name__,
+            "holds": "decrypted weights, feature scaler, training spec, classes, run figures; "
+            "no key (encrypted inference after loading generates fresh keys)",
+            "classes": self.classes_.tolist(),
+            "n_features": int(self.n_features_in_),
+            "backend": self.run_.backend,
+            "real_encryption": self.run_.real_encryption,
+            "preset": self.run_.preset,
+            "spec": self.spec_.to_meta(),
+            "data": data or {},
+        }
+        _atomic_write(path / MODEL_FILE, pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        _atomic_write(path / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EncryptedSoftmaxClassifier:
+        """The classifier :meth:`save` wrote to ``path`` (unpickled: trust the folder)."""
+        manifest = read_manifest(path)
+        with open(Path(path) / MODEL_FILE, "rb") as f:
+            model = pickle.load(f)
+        if not isinstance(model, cls):
+            raise ValueError(f"{path}/{MODEL_FILE} holds a {type(model).__name__}, not a {cls}")
+        if model.classes_.tolist() != manifest["classes"]:
+            raise ValueError(f"{path}: the manifest and the model disagree on the classes")
+        return model
+
     # -- the session: live, never pickled ---------------------------------------------------------
     def _weights(self) -> np.ndarray:
         return np.column_stack([self.coef_, self.intercept_])
@@ -234,6 +283,35 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         state.pop("_session", None)
         state.pop("_closer", None)
         return state
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The ``manifest.json`` of a folder :meth:`EncryptedSoftmaxClassifier.save` wrote."""
+    path = Path(path)
+    for name in (MANIFEST_FILE, MODEL_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a saved model: it has no {name} (save one with "
+                f"`privlearn he train --data FILE --model {path}` or clf.save({str(path)!r}))"
+            )
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}/{MANIFEST_FILE} is unreadable: {e}") from None
+    version = manifest.get("format") if isinstance(manifest, dict) else None
+    if version != SAVE_FORMAT:
+        raise ValueError(
+            f"{path} was saved in format {version!r}; "
+            f"this privlearn reads format {SAVE_FORMAT}: save the model again"
+        )
+    return manifest
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (an interrupted save leaves no torn file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
