@@ -174,7 +174,7 @@ def predict(ctx: typer.Context, model: Path, plaintext: bool, out: Path | None, 
     if data.y is not None:
         acc = float(np.mean(pred.astype(str) == np.asarray(data.y).astype(str)))
         line += f"; accuracy {acc:.4f} against the labels given"
-    err.print(line + (f"; wrote {out}" if out is not None else ""))
+    err.print(line + (f"; wrote {out}" if out is not None else ""), soft_wrap=True)
 
 
 def _present(path: str | None, target: str | None) -> str | None:
