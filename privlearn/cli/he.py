@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import typer
 
-from privlearn.cli import fields, he_model
+from privlearn.cli import fields, he_estimate, he_model
 from privlearn.cli.errors import UsageError
 from privlearn.cli.options import check_out_dir, choice, console
 from privlearn.he.backend import BACKENDS
@@ -140,3 +140,4 @@ def _run_options(kw: dict) -> dict:
 
 
 app.command("predict")(he_model.predict)
+app.command("estimate")(he_estimate.estimate)

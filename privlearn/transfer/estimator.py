@@ -32,8 +32,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
+from privlearn.transfer.estimate import Estimate, estimate
 from privlearn.transfer.prepare import prepare
 from privlearn.transfer.reference import add_bias, exact_softmax
 from privlearn.transfer.session import EncryptedRun, EncryptedSession
@@ -133,6 +134,7 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
             range_tolerance=self.range_tolerance,
             **{name: getattr(self, name) for name in SPEC_PARAMS},
         )
+        self.fit_rows_ = {"train": len(x), "val": len(x_val)}
         session = self._open_session()
         self.run_: EncryptedRun = session.fit(
             self.scaler_.transform(x),
@@ -207,6 +209,21 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self._labels(y)
         return super().score(X, y, sample_weight=sample_weight)
 
+    def estimate(self, X, y) -> Estimate:
+        """What ``fit(X, y)`` will cost on OpenFHE at this preset, before it runs: seconds per
+        iteration and in total, server memory, bundle size and bytes to the server (see
+        :mod:`privlearn.transfer.estimate`; nothing is encrypted)."""
+        x, y = check_X_y(X, y, dtype=np.float64, ensure_all_finite=False)
+        spec = {name: getattr(self, name) for name in SPEC_PARAMS}
+        return estimate(
+            len(x),
+            x.shape[1],
+            np.unique(y).size,
+            preset=self.preset,
+            validation_fraction=self.validation_fraction,
+            **spec,
+        )
+
     # -- saved models ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, data: dict | None = None) -> Path:
         """Write the fitted classifier to the folder ``path``: ``model.pkl`` (this pickle,
@@ -229,6 +246,8 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
             "real_encryption": self.run_.real_encryption,
             "preset": self.run_.preset,
             "spec": self.spec_.to_meta(),
+            "rows": self.fit_rows_,
+            "run": self.run_.summary(),
             "data": data or {},
         }
         _atomic_write(path / MODEL_FILE, pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))

@@ -43,6 +43,9 @@ class EncryptedRun:
     bytes_to_client: int
     server_ops: dict[str, int]
     peak_memory_gb: dict[str, float]
+    # both ways, by message kind, and "bundle": the public bundle's files (which a server
+    # on another machine must receive once)
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
     transcript: list[bytes] | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
@@ -121,6 +124,7 @@ class EncryptedSession:
         t = time.perf_counter()
         self.link.request(self.client.setup(self.bundle_dir))
         self.seconds["setup"] = time.perf_counter() - t
+        self.bundle_bytes = sum(f.stat().st_size for f in self.bundle_dir.iterdir())
         self.server_ops: dict[str, int] = {}
         self.server_peak_gb: float | None = None
 
@@ -214,6 +218,7 @@ class EncryptedSession:
             bytes_to_client=link.bytes_received,
             server_ops=(self.server.ev.cost.total.as_dict() if self.server else {}),
             peak_memory_gb={"client" if self.proc else "client+server": _peak_gb()},
+            bytes_by_kind={"bundle": self.bundle_bytes, **self.link.bytes_by_kind},
             transcript=getattr(self.link, "transcript", None),
         )
 
