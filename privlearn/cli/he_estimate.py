@@ -45,6 +45,16 @@ ESTIMATE_OPTIONS = [
     ),
     _param("preset", typer.Option("n15-d11", help="CKKS preset (see `privlearn info`)"), str),
     _param("refresh", typer.Option("client", help="client (interactive) or bootstrap"), str),
+    _param(
+        "load",
+        typer.Option(
+            None,
+            min=0,
+            help="the machine's load to scale seconds to",
+            show_default="now; with --model, the run's",
+        ),
+        float | None,
+    ),
     _int("epochs", "training epochs", TrainSpec.epochs, True),
     _int("batch_size", "mini-batch size", TrainSpec.batch_size, True),
     _param(
@@ -90,6 +100,8 @@ def estimate(ctx: typer.Context, model: Path | None, out: Path | None, **kw) -> 
             "classes": len(m["classes"]),
         }
         hyper, preset, val_rows, run = spec, m["preset"], m["rows"]["val"], m["run"]
+        if kw["load"] is None and run.get("load_1m"):
+            kw["load"] = sum(run["load_1m"]) / 2
     elif given:
         from privlearn.transfer.userdata import load_data
 
@@ -97,7 +109,7 @@ def estimate(ctx: typer.Context, model: Path | None, out: Path | None, **kw) -> 
         shape = {"rows": len(data.x), "features": data.x.shape[1], "classes": len(set(data.y))}
     if None in shape.values():
         raise UsageError("give --rows, --features and --classes, or --data FILE, or --model DIR")
-    e = predict_cost(**shape, preset=preset, val_rows=val_rows, **hyper)
+    e = predict_cost(**shape, preset=preset, val_rows=val_rows, load=kw["load"], **hyper)
     got = measured(run) if run is not None else None
     t = Table(
         title=f"{shape['rows']} x {shape['features']}, {shape['classes']} classes, {e.preset}, "
@@ -121,7 +133,15 @@ def estimate(ctx: typer.Context, model: Path | None, out: Path | None, **kw) -> 
             cells += [f"{g:.1f}", f"{g / x:.2f}" if x else "-"]
         t.add_row(*cells)
     console.print(t)
-    console.print(f"time model: OpenFHE {e.preset} measured on {e.time_model}")
+    console.print(
+        f"time model: OpenFHE {e.preset} measured on {e.time_model}; seconds scaled by "
+        f"{e.load_factor:.2f} to load {e.load:.2f}"
+        + (
+            f" (the run's load: {run['load_1m'][0]:.2f} at start, {run['load_1m'][1]:.2f} at end)"
+            if run and run.get("load_1m")
+            else ""
+        )
+    )
     if got and run["backend"] != "openfhe":
         console.print("the measured run used the simulator: its seconds are not OpenFHE's")
     if out is not None:

@@ -11,13 +11,16 @@ bytes. Totals assume every epoch runs (early stopping can only shorten a run).
 Ciphertext bytes are linear in the RNS limbs between the sizes measured at level 1 and at the
 top. The server's memory is the bundle plus the ciphertexts it keeps (weights, momentum, the
 snapshots early stopping may return to, the uploaded batches it reads back one at a time),
-without the Python process itself. Figures hold for the machine and load the time model was
-measured at (it says which).
+without the Python process itself. Seconds are scaled from the load the time model was measured
+at to ``load`` (default: the machine's load now): with more runnable threads than cores each
+gets a share of ``cores / load``, so time grows by ``max(load, cores) / max(load_then,
+cores)``. The machine must be the one the time model was measured on (it says which).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -56,6 +59,8 @@ class Estimate:
     mb_to_server: float
     mb_by_kind: dict[str, float]
     time_model: str
+    load: float
+    load_factor: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -69,10 +74,12 @@ def estimate(
     preset: str = "n15-d11",
     val_rows: int | None = None,
     validation_fraction: float = 0.15,
+    load: float | None = None,
     **hyper,
 ) -> Estimate:
     """The cost of fitting ``rows`` x ``features`` data in ``classes`` classes (``hyper``:
-    :class:`TrainSpec` fields); ``val_rows`` default to the estimator's stratified hold-out."""
+    :class:`TrainSpec` fields) at ``load``; ``val_rows`` default to the estimator's
+    stratified hold-out."""
     if rows < 2 or features < 1 or classes < 2:
         raise ValueError(
             f"need rows >= 2, features >= 1, classes >= 2; got {rows}, {features}, {classes}"
@@ -86,12 +93,14 @@ def estimate(
     tm = TimeModel.from_bench({"rows": [row]}, params.name)
     dry = _dry_run(spec, params.name)
     enc_s, dec_s = row["seconds"]["encrypt"], row["seconds"]["decrypt"]
+    load = os.getloadavg()[0] if load is None else load
+    cores = row["machine"]["host_cpus"]
+    factor = max(load, cores) / max(row["machine"]["loadavg_1m"], cores)
 
     def seconds(phase: str) -> float:
         client = dry[phase]["client"]
-        return (
-            tm.seconds(dry[phase]["server"]) + enc_s * client["encrypt"] + dec_s * client["decrypt"]
-        )
+        ops = tm.seconds(dry[phase]["server"])
+        return factor * (ops + enc_s * client["encrypt"] + dec_s * client["decrypt"])
 
     size = _sizes(row, params.depth)
     per_step, per_val = seconds("step"), seconds("validate")
@@ -99,7 +108,8 @@ def estimate(
     steps = spec.epochs * n_batches
     upload = seconds("upload_train") * n_batches + seconds("upload_val") * n_val
     keys = len(dry["rotations"]) + 1  # rotation keys and conjugation
-    setup = row["seconds"]["keygen"] + row["seconds"]["bundle"] * keys / KEYS_IN_BENCH_BUNDLES
+    per_key = (row["seconds"]["bundle"] + row["seconds"]["load_bundle"]) / KEYS_IN_BENCH_BUNDLES
+    setup = factor * (row["seconds"]["keygen"] + per_key * keys)
     bundle = (keys + 1) * row["sizes_mb"]["rotation_key_mb"] + row["sizes_mb"]["ciphertext_mb_top"]
     repeat = {
         "upload_train": n_batches,
@@ -139,6 +149,8 @@ def estimate(
         mb_to_server=to_server,
         mb_by_kind=dict(by_kind),
         time_model=tm.machine,
+        load=load,
+        load_factor=factor,
     )
 
 

@@ -10,6 +10,7 @@ of its own, linked by a pipe, so the two never share memory.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import resource
 import tempfile
 import time
@@ -46,6 +47,7 @@ class EncryptedRun:
     # both ways, by message kind, and "bundle": the public bundle's files (which a server
     # on another machine must receive once)
     bytes_by_kind: dict[str, int] = field(default_factory=dict)
+    load_1m: tuple[float, float] | None = None  # the machine's load when fit began and ended
     transcript: list[bytes] | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
@@ -152,6 +154,7 @@ class EncryptedSession:
         """Upload, train with early stopping, fetch and decrypt the best epoch's weights; the
         server then serves those weights (re-encrypted by the client) for inference."""
         spec, client, link = self.spec, self.client, self.link
+        load_start = os.getloadavg()[0]
         t = time.perf_counter()
         for msg in client.batches(x, y, "train", self.data_level) + client.batches(
             x_val, y_val, "val", self.data_level
@@ -219,6 +222,7 @@ class EncryptedSession:
             server_ops=(self.server.ev.cost.total.as_dict() if self.server else {}),
             peak_memory_gb={"client" if self.proc else "client+server": _peak_gb()},
             bytes_by_kind={"bundle": self.bundle_bytes, **self.link.bytes_by_kind},
+            load_1m=(load_start, os.getloadavg()[0]),
             transcript=getattr(self.link, "transcript", None),
         )
 

@@ -119,3 +119,24 @@ def test_predict_mistakes_are_one_line(files, model, tmp_path):
         r = _invoke(["he", "predict", *args])
         assert r.exit_code == 2, r.output
         assert r.stderr.startswith("error: ") and word in r.stderr, r.stderr
+
+
+def test_estimate_beside_the_saved_runs_measured_figures(model, tmp_path):
+    out = tmp_path / "estimate.json"
+    r = _invoke(["he", "estimate", "--model", model, "--out", out])
+    assert r.exit_code == 0, r.output
+    assert "measured (simulator)" in r.output and "seconds per iteration" in r.output
+    assert "its seconds are not OpenFHE's" in r.output
+    doc = json.loads(out.read_text())
+    est, got = doc["estimate"], doc["measured"]
+    assert est["steps"] == got["steps"] == 2  # 127 training rows in batches of 64, 1 epoch
+    assert est["rows"] == 127 and est["val_rows"] == 23 and est["preset"] == "n15-d11"
+    # levels, hence ciphertext counts per kind, are the same on both backends
+    assert set(got["mb_by_kind"]) - {"ack", "train_step", "validate", "get_model"} <= set(
+        est["mb_by_kind"]
+    ) | {"set_model"}
+
+
+def test_estimate_without_a_shape_is_one_line():
+    r = _invoke(["he", "estimate", "--rows", "10"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: give --rows, --features and --classes")

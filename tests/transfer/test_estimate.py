@@ -41,7 +41,7 @@ def test_the_figures_add_up_and_scale_with_the_rows(dry, monkeypatch):
     import privlearn.transfer.estimate as est
 
     monkeypatch.setattr(est, "_dry_run", lambda spec, preset: dry)
-    hyper = {"batch_size": 32, "epochs": 2}
+    hyper = {"batch_size": 32, "epochs": 2, "load": 3.92}  # the time model's own load
     small = estimate(64, 8, 3, val_rows=32, **hyper)
     big = estimate(128, 8, 3, val_rows=32, **hyper)
     assert (small.steps, big.steps) == (4, 8)
@@ -61,6 +61,11 @@ def test_the_figures_add_up_and_scale_with_the_rows(dry, monkeypatch):
     tm = TimeModel.default("n15-d11")
     row = measured_preset("n15-d11")
     client = dry["step"]["client"]
+    assert small.load_factor == 1.0
+    assert estimate(64, 8, 3, val_rows=32, **{**hyper, "load": 0.5}).load_factor == 2 / 3.92
+    assert estimate(64, 8, 3, val_rows=32, **{**hyper, "load": 7.84}).seconds_total == (
+        pytest.approx(2 * small.seconds_total)
+    )
     assert small.seconds_per_iteration == pytest.approx(
         tm.seconds(dry["step"]["server"])
         + row["seconds"]["encrypt"] * client["encrypt"]
