@@ -86,6 +86,15 @@ TRAIN_OPTIONS = [
         typer.Option(False, help="run the server in its own process"),
         bool,
     ),
+    _param(
+        "include_secret_key",
+        typer.Option(
+            False,
+            help="with --data: also save the secret key (mode 0600), the public bundle and the "
+            "encrypted weights beside the model",
+        ),
+        bool,
+    ),
     _param("seed", typer.Option(0, help="seed of the split, the batches and the keys"), int),
     _param(
         "out",
@@ -113,6 +122,9 @@ def train(ctx: typer.Context, **kw) -> None:
     if source.data is not None:
         if ctx.get_parameter_source("task") is click.core.ParameterSource.COMMANDLINE:
             raise UsageError("give --task or --data, not both")
+    elif kw["include_secret_key"]:
+        raise UsageError("--include-secret-key saves a model trained with --data")
+    if source.data is not None:
         he_model.train_own_data(source, preset=preset, hyper=hyper, **_run_options(kw))
         return
     from privlearn.transfer.experiment import TASK_DEFAULTS, run_task
@@ -134,9 +146,8 @@ def train(ctx: typer.Context, **kw) -> None:
 
 
 def _run_options(kw: dict) -> dict:
-    return {
-        k: kw[k] for k in ("refresh", "backend", "max_train", "separate_process", "seed", "out")
-    }
+    names = ("refresh", "backend", "max_train", "separate_process", "seed", "out")
+    return {k: kw[k] for k in (*names, "include_secret_key")}
 
 
 app.command("predict")(he_model.predict)

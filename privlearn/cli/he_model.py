@@ -32,6 +32,7 @@ def train_own_data(
     separate_process: bool,
     seed: int,
     out: Path,
+    include_secret_key: bool,
 ) -> None:
     """Load and check ``source``, train on it under encryption, save the model in ``out``."""
     from privlearn.transfer.estimator import EncryptedSoftmaxClassifier
@@ -50,8 +51,8 @@ def train_own_data(
     )
     try:
         clf.fit(x, y)
-        clf.save(out, data=_describe(source, data.columns))
-        _print_run(clf, source, x, out)
+        clf.save(out, data=_describe(source, data.columns), include_secret_key=include_secret_key)
+        _print_run(clf, source, x, out, include_secret_key)
     finally:
         clf.close()
 
@@ -66,7 +67,7 @@ def _describe(source: DataSource, columns) -> dict:
     }
 
 
-def _print_run(clf, source: DataSource, x: np.ndarray, out: Path) -> None:
+def _print_run(clf, source: DataSource, x: np.ndarray, out: Path, with_key: bool) -> None:
     run = clf.run_
     best = run.history[run.best_epoch]
     enc = "real encryption" if run.real_encryption else "SIMULATOR - NOT ENCRYPTION"
@@ -86,7 +87,12 @@ def _print_run(clf, source: DataSource, x: np.ndarray, out: Path) -> None:
     )
     console.print(
         f"saved the model in {out}/ (model.pkl, manifest.json): decrypted weights, scaler and "
-        f"spec; no key"
+        + (
+            "spec; the secret key in keys/secret_key.plhe (mode 0600), the public bundle in "
+            "keys/bundle/, the encrypted weights in encrypted_model.plhe"
+            if with_key
+            else "spec; no key"
+        )
     )
 
 
@@ -124,8 +130,9 @@ PREDICT_OPTIONS = [
 
 @fields.with_options(PREDICT_OPTIONS)
 def predict(ctx: typer.Context, model: Path, plaintext: bool, out: Path | None, **values) -> None:
-    """Predict with a saved model: by default under encryption (fresh keys; the server scores
-    encrypted features), or with --plaintext on the decrypted weights."""
+    """Predict with a saved model: by default under encryption (the server scores encrypted
+    features; under the saved key, or fresh keys if none was saved), or with --plaintext on
+    the decrypted weights."""
     from privlearn.transfer.estimator import EncryptedSoftmaxClassifier, read_manifest
     from privlearn.transfer.reference import exact_softmax
 
@@ -165,10 +172,11 @@ def predict(ctx: typer.Context, model: Path, plaintext: bool, out: Path | None, 
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+    keys = "the saved key" if manifest.get("secret_key") else "fresh keys"
     how = (
         "in the clear (decrypted weights)"
         if plaintext
-        else (f"under encryption ({manifest['backend']}, preset {manifest['preset']}, fresh keys)")
+        else f"under encryption ({manifest['backend']}, preset {manifest['preset']}, {keys})"
     )
     line = f"scored {len(rows)} rows {how}"
     if data.y is not None:

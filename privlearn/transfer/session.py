@@ -86,10 +86,18 @@ class EncryptedSession:
         workdir: str | None = None,
         record_transcript: bool = False,
         insecure_for_testing: bool = False,
+        ctx: ClientContext | None = None,
     ) -> None:
+        """``ctx``: the client's keys, if they exist already (``ClientContext.load``);
+        otherwise fresh ones for ``preset`` on ``backend``."""
         t0 = self._t0 = time.perf_counter()
         self.spec, self.seed = spec, seed
-        self.ctx = ClientContext.create(
+        if ctx is not None and (ctx.params.name, ctx.backend_name) != (preset, backend):
+            raise ValueError(
+                f"the keys are {ctx.params.name} on {ctx.backend_name}; the session is "
+                f"{preset} on {backend}"
+            )
+        self.ctx = ctx or ClientContext.create(
             preset, backend, seed=seed, insecure_for_testing=insecure_for_testing
         )
         self.client = Client(self.ctx, spec, seed=seed)

@@ -140,3 +140,22 @@ def test_estimate_beside_the_saved_runs_measured_figures(model, tmp_path):
 def test_estimate_without_a_shape_is_one_line():
     r = _invoke(["he", "estimate", "--rows", "10"])
     assert r.exit_code == 2 and r.stderr.startswith("error: give --rows, --features and --classes")
+
+
+def test_predict_uses_a_saved_key(files, model, tmp_path):
+    from privlearn.transfer.estimator import EncryptedSoftmaxClassifier, read_manifest
+
+    clf = EncryptedSoftmaxClassifier.load(model)
+    try:
+        clf.save(tmp_path / "keyed", data=read_manifest(model)["data"], include_secret_key=True)
+    finally:
+        clf.close()
+    r = _invoke(["he", "predict", "--model", tmp_path / "keyed", "--data", files / "new.csv"])
+    assert r.exit_code == 0, r.output
+    assert "under encryption (simulator, preset n15-d11, the saved key)" in r.stderr
+    plain = _invoke(["he", "predict", "--model", model, "--data", files / "new.csv", "--plaintext"])
+    assert [row.split(",")[1] for row in r.stdout.splitlines()] == [
+        row.split(",")[1] for row in plain.stdout.splitlines()
+    ]
+    r = _invoke(["he", "train", "--task", "wine", "--include-secret-key"])
+    assert r.exit_code == 2 and "--include-secret-key saves a model trained with --data" in r.stderr

@@ -293,3 +293,40 @@ def test_real_encryption_fitted_pickles_joblibs_and_saves_without_its_key(tmp_pa
             assert np.array_equal(m.predict(x), clf.predict(x))
     finally:
         clf.close()
+
+
+def test_saved_with_its_secret_key_it_serves_under_that_key(fitted, tmp_path):
+    """The key only when asked: mode 0600, beside a bundle and encrypted weights that a
+    server loads with public material alone; the pickle holds no key."""
+    from privlearn.he import io as he_io
+    from privlearn.transfer.protocol import Message
+    from privlearn.transfer.roles import read_matrix
+
+    clf, x, _ = fitted
+    rows = x[140:150]
+    secret = clf._session.ctx._secret_key_bytes()
+    folder = clf.save(tmp_path / "m", include_secret_key=True)
+    key = folder / "keys" / "secret_key.plhe"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert secret in key.read_bytes()
+    assert all(secret not in f.read_bytes() for f in folder.iterdir() if f.is_file())
+    manifest = read_manifest(folder)
+    assert manifest["secret_key"] == "keys/secret_key.plhe"
+    # the server's side: the bundle and the encrypted model file, nothing else
+    ev = Evaluator.from_bundle(folder / manifest["public_bundle"])
+    msg = Message.from_bytes((folder / manifest["encrypted_model"]).read_bytes())
+    w = read_matrix(ev, msg.meta["weights"], msg.blobs)
+    assert w.shape == (3, 14)
+    loaded = EncryptedSoftmaxClassifier.load(folder)
+    try:
+        enc = loaded.decision_function(rows, encrypted=True)
+        assert loaded._session.ctx._secret_key_bytes() == secret  # the saved key, not fresh
+        assert np.max(np.abs(enc - clf.decision_function(rows))) < 1e-5
+    finally:
+        loaded.close()
+    assert "_key_file" not in pickle.loads(pickle.dumps(loaded)).__dict__
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        clf.save(folder, include_secret_key=True)
+    key.chmod(0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        he_io.read_private(key)
