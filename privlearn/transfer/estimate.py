@@ -6,7 +6,8 @@ never on the data. So a dry run on the simulator at the same preset (one upload 
 ``DRY_STEPS`` steps, one validation) counts them, and what ``privlearn bench he-ops``
 measured on OpenFHE for that preset (``privlearn/he/time_models.json``: the time model, the
 encryption and decryption times, ciphertext and key sizes) turns the counts into seconds and
-bytes. Totals assume every epoch runs (early stopping can only shorten a run).
+bytes. The client's flooding bound (simulated once per run, see ``roles.Client``) is timed in
+the dry run itself. Totals assume every epoch runs (early stopping can only shorten a run).
 
 Ciphertext bytes are linear in the RNS limbs between the sizes measured at level 1 and at the
 top. The server's memory is the bundle plus the ciphertexts it keeps (weights, momentum, the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -104,6 +106,8 @@ def estimate(
 
     size = _sizes(row, params.depth)
     per_step, per_val = seconds("step"), seconds("validate")
+    # measured at the dry run's load, scaled like the rest to ``load``
+    flooding = dry["flooding_bound_s"] * max(load, cores) / max(dry["load_1m"], cores)
     n_batches, n_val = -(-rows // spec.batch_size), -(-val_rows // spec.batch_size)
     steps = spec.epochs * n_batches
     upload = seconds("upload_train") * n_batches + seconds("upload_val") * n_val
@@ -140,10 +144,10 @@ def estimate(
         epochs=spec.epochs,
         steps=steps,
         seconds_per_iteration=per_step,
-        seconds_validation_per_epoch=per_val * n_val,
+        seconds_validation_per_epoch=per_val * n_val + flooding / spec.epochs,
         seconds_setup=setup,
         seconds_upload=upload,
-        seconds_total=setup + upload + steps * per_step + spec.epochs * n_val * per_val,
+        seconds_total=setup + upload + steps * per_step + spec.epochs * n_val * per_val + flooding,
         server_memory_gb=memory_mb / 1e3,
         bundle_mb=bundle,
         mb_to_server=to_server,
@@ -191,6 +195,11 @@ def _dry_run(spec: TrainSpec, preset: str) -> dict:
             run("step", lambda: [Message("train_step", {"batch": 0, "epoch": 0})])
         run("validate", lambda: [Message("validate")])
         run("get_model", lambda: [Message("get_model")])
+        # the client's flooding bound, simulated once per run at its first validation: timed
+        # here, as it runs on the simulator in a real run too
+        t = time.perf_counter()
+        s.client._simulated_error_stds  # noqa: B018 - a cached property, computed here
+        out["flooding_bound_s"], out["load_1m"] = time.perf_counter() - t, os.getloadavg()[0]
         trainer = s.server.trainer
         out["server_ciphertexts"] = {
             "weights": len(trainer.w.blocks),
