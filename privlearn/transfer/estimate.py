@@ -121,6 +121,7 @@ def estimate(
         "step": steps,
         "validate": spec.epochs * n_val,
         "get_model": 1,
+        "set_model": 1,
     }
     by_kind: Counter[str] = Counter({"bundle": bundle})
     for phase, times in repeat.items():
@@ -164,9 +165,11 @@ TO_SERVER = ("bundle", "setup", "upload", "refreshed", "set_model", "predict", "
 
 
 def _sizes(row: dict, depth: int):
-    """Serialized ciphertext MB at a level, linear in the limbs between level 1 and the top."""
+    """Serialized ciphertext MB at a level: linear in its RNS limbs (level + 1), through the
+    sizes measured at level 1 (2 limbs) and at the top."""
     lo, hi = row["sizes_mb"]["ciphertext_mb_level1"], row["sizes_mb"]["ciphertext_mb_top"]
-    return lambda level: lo + (hi - lo) * (max(level, 1) - 1) / max(depth - 1, 1)
+    per_limb = (hi - lo) / max(depth - 1, 1)
+    return lambda level: lo + per_limb * (level - 1)
 
 
 def _dry_run(spec: TrainSpec, preset: str) -> dict:
@@ -195,6 +198,8 @@ def _dry_run(spec: TrainSpec, preset: str) -> dict:
             run("step", lambda: [Message("train_step", {"batch": 0, "epoch": 0})])
         run("validate", lambda: [Message("validate")])
         run("get_model", lambda: [Message("get_model")])
+        zeros = np.zeros((spec.classes, spec.features))
+        run("set_model", lambda: [s.client.set_model(zeros)])  # the weights served after fit
         # the client's flooding bound, simulated once per run at its first validation: timed
         # here, as it runs on the simulator in a real run too
         t = time.perf_counter()
