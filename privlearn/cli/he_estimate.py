@@ -59,7 +59,12 @@ ESTIMATE_OPTIONS = [
     _int("batch_size", "mini-batch size", TrainSpec.batch_size, True),
     _param(
         "out",
-        typer.Option(None, help="also write the figures here (JSON)", callback=check_out_file),
+        typer.Option(
+            None,
+            help="also write the figures here (JSON)",
+            callback=check_out_file,
+            show_default="none",
+        ),
         Path | None,
     ),
 ]

@@ -101,7 +101,11 @@ PREDICT_OPTIONS = [
         "model",
         inspect.Parameter.KEYWORD_ONLY,
         default=typer.Option(
-            ..., exists=True, file_okay=False, help="folder `he train --data` saved the model in"
+            ...,
+            exists=True,
+            file_okay=False,
+            help="folder `he train --data` saved the model in",
+            show_default="required",
         ),
         annotation=Path,
     ),
