@@ -122,11 +122,10 @@ def train(ctx: typer.Context, **kw) -> None:
     if source.data is not None:
         if ctx.get_parameter_source("task") is click.core.ParameterSource.COMMANDLINE:
             raise UsageError("give --task or --data, not both")
-    elif kw["include_secret_key"]:
-        raise UsageError("--include-secret-key saves a model trained with --data")
-    if source.data is not None:
         he_model.train_own_data(source, preset=preset, hyper=hyper, **_run_options(kw))
         return
+    if kw["include_secret_key"]:
+        raise UsageError("--include-secret-key saves a model trained with --data")
     from privlearn.transfer.experiment import TASK_DEFAULTS, run_task
     from privlearn.transfer.report import print_result
 
