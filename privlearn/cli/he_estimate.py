@@ -128,7 +128,9 @@ def estimate(ctx: typer.Context, model: Path | None, out: Path | None, **kw) -> 
     est = e.as_dict()
     for key, name, fmt in FIGURES:
         cells = [name, fmt.format(est[key])]
-        if got:
+        if got and got[key] is None:
+            cells += ["-", "-"]
+        elif got:
             cells += [fmt.format(got[key]), f"{got[key] / est[key]:.2f}" if est[key] else "-"]
         t.add_row(*cells)
     for kind in sorted(set(est["mb_by_kind"]) | set(got["mb_by_kind"] if got else ())):

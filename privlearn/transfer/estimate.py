@@ -228,7 +228,7 @@ def measured(run: dict) -> dict:
     """The figures of :class:`Estimate` as a run measured them, by the same names, from its
     :meth:`EncryptedRun.summary` (a saved model's manifest keeps it). Memory is the peak of
     the process that held the server (with the client too unless it ran apart)."""
-    s, by_kind = run["seconds"], run.get("bytes_by_kind", {})
+    s, by_kind, peak = run["seconds"], run.get("bytes_by_kind", {}), run["peak_memory_gb"]
     return {
         "steps": run["steps"],
         "seconds_per_iteration": s["train"] / max(run["steps"], 1),
@@ -236,8 +236,8 @@ def measured(run: dict) -> dict:
         "seconds_setup": s["keygen"] + s["setup"],
         "seconds_upload": s["encrypt_upload"],
         "seconds_total": s["total"],
-        "server_memory_gb": run["peak_memory_gb"].get("server")
-        or run["peak_memory_gb"]["client+server"],
+        # None when the server ran in its own process and its peak arrived only at close
+        "server_memory_gb": peak.get("server") or peak.get("client+server"),
         "bundle_mb": by_kind.get("bundle", 0) / 1e6,
         "mb_to_server": sum(v for k, v in by_kind.items() if k in TO_SERVER) / 1e6,
         "mb_by_kind": {k: v / 1e6 for k, v in by_kind.items()},
