@@ -104,3 +104,5 @@ def test_measured_reads_a_run_summary_by_the_same_names():
     assert got["seconds_per_iteration"] == 2.0 and got["seconds_validation_per_epoch"] == 1.0
     assert got["seconds_setup"] == 3.0 and got["server_memory_gb"] == 1.5
     assert got["mb_to_server"] == 11.0 and got["bundle_mb"] == 5.0
+    apart = measured({**run, "peak_memory_gb": {"client": 1.2}})  # server's peak comes at close
+    assert apart["server_memory_gb"] is None
