@@ -262,6 +262,38 @@ class ClientContext(_Context):
         params = get_params(preset, insecure_for_testing=insecure_for_testing)
         return _backend_module(backend).Client(params, seed=seed)
 
+    @staticmethod
+    def load(path: str | os.PathLike, *, insecure_for_testing: bool = False) -> ClientContext:
+        """The client :meth:`save` wrote to ``path``: the same keys, so it decrypts what was
+        encrypted under them. The file must be readable by its owner only."""
+        env = io.unpack(io.read_private(path), kind="secret_key")
+        try:
+            params = CKKSParams.from_summary(env.meta["params"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise io.CorruptError(f"{path}: its parameters are unreadable ({e})") from None
+        if params.fingerprint() != env.params_fingerprint:
+            raise io.CorruptError(f"{path}: its parameters do not match its fingerprint")
+        params.validate(insecure_for_testing=insecure_for_testing)
+        return _backend_module(env.backend).Client.restore(params, env)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this client's keys, the secret key included, to a new file of mode 0600.
+        Whoever reads it can decrypt everything encrypted under this key: keep it apart from
+        what the server holds."""
+        meta, payload = self._secret_material()
+        blob = io.pack(
+            "secret_key",
+            self.backend_name,
+            self.params.fingerprint(),
+            payload,
+            {**meta, "params": self.params.summary()},
+        )
+        return io.write_private(path, blob)
+
+    @abstractmethod
+    def _secret_material(self) -> tuple[dict, bytes]:
+        """What :meth:`save` writes: header fields and the serialized keys."""
+
     @abstractmethod
     def encrypt(self, values: Any, *, level: int | None = None) -> Ciphertext:
         """Encrypt up to ``slots`` real or complex values (zero-padded) at ``level`` (default:

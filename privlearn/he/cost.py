@@ -145,7 +145,7 @@ class TimeModel:
         """The fit for ``preset``/``backend`` from a ``bench he-ops`` JSON document."""
         for row in results["rows"]:
             if row["preset"] == preset and row["backend"] == backend:
-                m = results["machine"]
+                m = row.get("machine", results.get("machine"))
                 return cls(
                     backend,
                     preset,
@@ -156,8 +156,22 @@ class TimeModel:
 
     @classmethod
     def default(cls, preset: str, backend: str = "openfhe") -> TimeModel:
-        text = resources.files("privlearn.he").joinpath("time_models.json").read_text()
-        return cls.from_bench(json.loads(text), preset, backend)
+        return cls.from_bench(_measured(), preset, backend)
+
+
+def measured_preset(preset: str, backend: str = "openfhe") -> dict:
+    """What ``bench he-ops`` measured for ``preset`` here (``time_models.json``): the time
+    model, ciphertext and key sizes (``sizes_mb``), ``seconds`` of key generation, bundle
+    writing, encryption and decryption at the top level, and the machine and its load."""
+    for row in _measured()["rows"]:
+        if row["preset"] == preset and row["backend"] == backend:
+            return row
+    presets = sorted({r["preset"] for r in _measured()["rows"]})
+    raise KeyError(f"no he-ops measurement for {preset} on {backend}; measured: {presets}")
+
+
+def _measured() -> dict:
+    return json.loads(resources.files("privlearn.he").joinpath("time_models.json").read_text())
 
 
 # ops the bench does not time separately, timed like their closest sibling

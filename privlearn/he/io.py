@@ -271,3 +271,29 @@ def unpack_sections(data: bytes) -> dict[str, bytes]:
     except (struct.error, UnicodeDecodeError) as e:
         raise CorruptError(f"bundle sections are unreadable: {e}") from None
     return sections
+
+
+def write_private(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` (secret-key material) to a new file only its owner can read (mode 0600,
+    set when the file is created, so it is never readable by others, not even briefly). An
+    existing file is never overwritten: a key is not replaced by accident."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def read_private(path: str | os.PathLike) -> bytes:
+    """The bytes of a file :func:`write_private` wrote; refused if others may read or write it
+    (as ssh refuses a private key), which means it may have been read or swapped."""
+    path = Path(path)
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise CorruptError(f"{path} is not a regular file")
+    if mode & 0o077:
+        raise PermissionError(
+            f"{path} holds a secret key but its mode is {stat.S_IMODE(mode):04o}: others may "
+            f"read or change it. Restrict it with `chmod 600 {path}` if you trust its contents"
+        )
+    return path.read_bytes()

@@ -246,6 +246,39 @@ class Client(_OpenFHEMixin, ClientContext):
             "public_bundle", BACKEND, self.params.fingerprint(), io.pack_sections(sections), meta
         )
 
+    def _secret_material(self) -> tuple[dict, bytes]:
+        sections = {
+            "context": ofhe.Serialize(self._cc, SER),
+            "public_key": ofhe.Serialize(self._public_key, SER),
+            "secret_key": ofhe.Serialize(self._secret_key, SER),
+            "relin_key": self._relin_key_bytes(),
+        }
+        return {}, io.pack_sections(sections)
+
+    @classmethod
+    def restore(cls, params: CKKSParams, env: io.Envelope) -> Client:
+        """A client from :meth:`ClientContext.save`'s file (its owner's own, so trusted)."""
+        s = io.unpack_sections(env.payload)
+        self = cls.__new__(cls)
+        ClientContext.__init__(self, params)
+        try:
+            self._cc = ofhe.DeserializeCryptoContextString(s["context"], SER)
+            _check_context(self._cc, params)
+            for feature in ("PKE", "KEYSWITCH", "LEVELEDSHE", "ADVANCEDSHE", "FHE"):
+                self._cc.Enable(getattr(ofhe.PKESchemeFeature, feature))
+            self._public_key = ofhe.DeserializePublicKeyString(s["public_key"], SER)
+            self._secret_key = ofhe.DeserializePrivateKeyString(s["secret_key"], SER)
+            self._tag = self.key_id = self._secret_key.GetKeyTag()
+            if self._public_key.GetKeyTag() != self._tag:
+                raise io.CorruptError("the saved public and secret keys are not one pair")
+            load_relin_key(self._cc, s["relin_key"], self._tag)
+        except (KeyError, RuntimeError) as e:
+            raise io.CorruptError(f"OpenFHE could not read the saved keys: {e}") from None
+        self._relin = self._cc.GetEvalMultKeyVector(self._tag)
+        self._bootstrap_ready = False
+        self._material = None
+        return self
+
     def _relin_key_bytes(self) -> bytes:
         """This client's relinearisation key as OpenFHE's table holds it, put back from the
         client's own copy if the table has none for its tag (a bundle that failed to load in

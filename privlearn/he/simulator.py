@@ -101,6 +101,18 @@ class Client(_SimMixin, ClientContext):
     def _secret_key_bytes(self) -> bytes:
         return self._secret
 
+    def _secret_material(self) -> tuple[dict, bytes]:
+        return {"key": self.key_id, "seed": self._seed}, self._secret
+
+    @classmethod
+    def restore(cls, params: CKKSParams, env: io.Envelope) -> Client:
+        key, seed = env.meta.get("key"), env.meta.get("seed")
+        if not isinstance(key, str) or type(seed) is not int:
+            raise io.CorruptError("simulator key file lacks its key id or seed")
+        self = cls(params, seed=seed)
+        self._secret, self.key_id = env.payload, key
+        return self
+
 
 class Evaluator(_SimMixin, _EvaluatorBase):
     @classmethod

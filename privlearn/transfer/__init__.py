@@ -1,5 +1,11 @@
 """Encrypted transfer learning after HETAL: a server fine-tunes a softmax head on ciphertexts."""
 
 from privlearn.transfer.estimator import EncryptedSoftmaxClassifier
+from privlearn.transfer.userdata import DataSource, UserData, load_data
 
-__all__ = ["EncryptedSoftmaxClassifier"]
+__all__ = [
+    "DataSource",
+    "EncryptedSoftmaxClassifier",
+    "UserData",
+    "load_data",
+]

@@ -9,28 +9,47 @@ Features are scaled as :mod:`privlearn.transfer.prepare` says (``scaler_``); a r
 training range is clipped onto it or refused, by ``out_of_range``.
 
 A fitted classifier pickles (``pickle``, ``joblib``) without its session: no server, process
-or key travels. Plaintext inference needs only the decrypted weights. Encrypted inference
-after unpickling opens a new session on first use: fresh keys, as ``fit`` generated, and the
-weights encrypted under them (nothing encrypted under the old key survives, so it is not
-needed).
+or key travels. The pickle holds the decrypted weights (``coef_``, ``intercept_``), the
+scaler, the spec, the classes and the run's figures (``run_``); no key at all. Plaintext
+inference needs only the decrypted weights. Encrypted inference after unpickling opens a new
+session on first use: fresh keys, as ``fit`` generated, and the weights encrypted under them
+(nothing encrypted under the old key survives, so it is not needed). ``save(path)`` writes
+that pickle and a ``manifest.json`` saying what it holds into a folder; ``load(path)`` reads
+it back. Unpickling runs code: load only folders you saved yourself.
+
+``save(path, include_secret_key=True)`` also writes the key material: ``keys/secret_key.plhe``
+(mode 0600, through :mod:`privlearn.he.io`), the public bundle ``keys/bundle/`` and the
+weights encrypted under that key, ``encrypted_model.plhe``, which a server loads with the
+bundle alone. A model loaded from such a folder serves encrypted inference under the saved
+key instead of fresh ones. The manifest names the key file; the pickle holds no key material.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pickle
+import shutil
 import warnings
 import weakref
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
+from privlearn.he import ClientContext
+from privlearn.transfer.estimate import Estimate, estimate
 from privlearn.transfer.prepare import prepare
 from privlearn.transfer.reference import add_bias, exact_softmax
 from privlearn.transfer.session import EncryptedRun, EncryptedSession
 from privlearn.transfer.train import TrainSpec
+
+MODEL_FILE, MANIFEST_FILE, SAVE_FORMAT = "model.pkl", "manifest.json", 1
+SECRET_KEY_FILE, ENCRYPTED_MODEL_FILE = "secret_key.plhe", "encrypted_model.plhe"
 
 # the TrainSpec fields that are the estimator's parameters (classes and features come from data)
 SPEC_PARAMS = tuple(
@@ -124,6 +143,7 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
             range_tolerance=self.range_tolerance,
             **{name: getattr(self, name) for name in SPEC_PARAMS},
         )
+        self.fit_rows_ = {"train": len(x), "val": len(x_val)}
         session = self._open_session()
         self.run_: EncryptedRun = session.fit(
             self.scaler_.transform(x),
@@ -198,11 +218,104 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self._labels(y)
         return super().score(X, y, sample_weight=sample_weight)
 
+    def estimate(self, X, y) -> Estimate:
+        """What ``fit(X, y)`` will cost on OpenFHE at this preset, before it runs: seconds per
+        iteration and in total, server memory, bundle size and bytes to the server (see
+        :mod:`privlearn.transfer.estimate`; nothing is encrypted)."""
+        x, y = check_X_y(X, y, dtype=np.float64, ensure_all_finite=False)
+        spec = {name: getattr(self, name) for name in SPEC_PARAMS}
+        return estimate(
+            len(x),
+            x.shape[1],
+            np.unique(y).size,
+            preset=self.preset,
+            validation_fraction=self.validation_fraction,
+            **spec,
+        )
+
+    # -- saved models ------------------------------------------------------------------------------
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        data: dict | None = None,
+        include_secret_key: bool = False,
+    ) -> Path:
+        """Write the fitted classifier to the folder ``path``: ``model.pkl`` (this pickle,
+        written whole or not at all) and ``manifest.json`` (what the pickle holds, in plain
+        JSON; ``data`` describes the features for whoever predicts, e.g. their columns).
+        ``include_secret_key`` adds the key material (see the module's docstring)."""
+        check_is_fitted(self)
+        import privlearn
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        files = {"secret_key": None, "public_bundle": None, "encrypted_model": None}
+        if include_secret_key:
+            files = self._save_keys(path)
+        holds = "decrypted weights, feature scaler, training spec, classes, run figures; " + (
+            "the secret key is in keys/secret_key.plhe (mode 0600), not in the pickle"
+            if include_secret_key
+            else "no key (encrypted inference after loading generates fresh keys)"
+        )
+        manifest = {
+            "format": SAVE_FORMAT,
+            "privlearn": privlearn.__version__,
+            "estimator": type(self).__name__,
+            "holds": holds,
+            **files,
+            "classes": self.classes_.tolist(),
+            "n_features": int(self.n_features_in_),
+            "backend": self.run_.backend,
+            "real_encryption": self.run_.real_encryption,
+            "preset": self.run_.preset,
+            "spec": self.spec_.to_meta(),
+            "rows": self.fit_rows_,
+            "run": self.run_.summary(),
+            "data": data or {},
+        }
+        _atomic_write(path / MODEL_FILE, pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        _atomic_write(path / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+        return path
+
+    def _save_keys(self, path: Path) -> dict:
+        """The secret key (0600), the public bundle and the weights encrypted under them."""
+        keys = path / "keys"
+        if keys.exists():
+            raise FileExistsError(
+                f"{keys} exists: a saved key is never overwritten; save to a new folder"
+            )
+        keys.mkdir()
+        session = self._serving()
+        session.ctx.save(keys / SECRET_KEY_FILE)
+        shutil.copytree(session.bundle_dir, keys / "bundle")
+        model = session.client.set_model(self._weights()).to_bytes()
+        _atomic_write(path / ENCRYPTED_MODEL_FILE, model)
+        return {
+            "secret_key": f"keys/{SECRET_KEY_FILE}",
+            "public_bundle": "keys/bundle",
+            "encrypted_model": ENCRYPTED_MODEL_FILE,
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EncryptedSoftmaxClassifier:
+        """The classifier :meth:`save` wrote to ``path`` (unpickled: trust the folder)."""
+        manifest = read_manifest(path)
+        with open(Path(path) / MODEL_FILE, "rb") as f:
+            model = pickle.load(f)
+        if not isinstance(model, cls):
+            raise ValueError(f"{path}/{MODEL_FILE} holds a {type(model).__name__}, not a {cls}")
+        if model.classes_.tolist() != manifest["classes"]:
+            raise ValueError(f"{path}: the manifest and the model disagree on the classes")
+        if manifest.get("secret_key"):
+            model._key_file = Path(path) / manifest["secret_key"]
+        return model
+
     # -- the session: live, never pickled ---------------------------------------------------------
     def _weights(self) -> np.ndarray:
         return np.column_stack([self.coef_, self.intercept_])
 
-    def _open_session(self) -> EncryptedSession:
+    def _open_session(self, ctx: ClientContext | None = None) -> EncryptedSession:
         self.close()  # a refit ends the previous server session
         session = EncryptedSession(
             self.spec_,
@@ -211,15 +324,21 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
             seed=self.random_state,
             separate_process=self.separate_process,
             insecure_for_testing=self.insecure_for_testing,
+            ctx=ctx,
         )
         self._session = session
         self._closer = weakref.finalize(self, session.close)  # no leaked process or temp dir
         return session
 
     def _serving(self) -> EncryptedSession:
-        """The session serving encrypted inference: fit's, or after unpickling a new one."""
+        """The session serving encrypted inference: fit's, or after loading a new one, under
+        the saved key if the model was saved with it, else under fresh keys."""
         if "_session" not in self.__dict__:
-            self._open_session().serve(self._weights())
+            key = self.__dict__.get("_key_file")
+            ctx = None
+            if key is not None:
+                ctx = ClientContext.load(key, insecure_for_testing=self.insecure_for_testing)
+            self._open_session(ctx).serve(self._weights())
         return self._session
 
     def close(self) -> None:
@@ -233,7 +352,37 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         state = dict(super().__getstate__())  # a copy: on 3.11+ object's is __dict__ itself
         state.pop("_session", None)
         state.pop("_closer", None)
+        state.pop("_key_file", None)  # where a loaded model's key lies: the folder says
         return state
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The ``manifest.json`` of a folder :meth:`EncryptedSoftmaxClassifier.save` wrote."""
+    path = Path(path)
+    for name in (MANIFEST_FILE, MODEL_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a saved model: it has no {name} (save one with "
+                f"`privlearn he train --data FILE --model {path}` or clf.save({str(path)!r}))"
+            )
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}/{MANIFEST_FILE} is unreadable: {e}") from None
+    version = manifest.get("format") if isinstance(manifest, dict) else None
+    if version != SAVE_FORMAT:
+        raise ValueError(
+            f"{path} was saved in format {version!r}; "
+            f"this privlearn reads format {SAVE_FORMAT}: save the model again"
+        )
+    return manifest
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (an interrupted save leaves no torn file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _finite(x: np.ndarray) -> np.ndarray:

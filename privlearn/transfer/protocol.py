@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -89,8 +90,11 @@ def link_token() -> bytes:
 
 
 def _reply(data: bytes) -> Message:
+    return _checked_reply(Message.from_bytes(data))
+
+
+def _checked_reply(msg: Message) -> Message:
     """A reply, or the other side's refusal raised here as a ProtocolError."""
-    msg = Message.from_bytes(data)
     if msg.kind == "error":
         raise ProtocolError(f"the other side refused the request: {msg.meta.get('error')}")
     return msg
@@ -105,6 +109,10 @@ class Endpoint:
         self.handler = handler
         self.transcript = transcript
         self.bytes_sent = self.bytes_received = 0
+        self.bytes_by_kind: Counter[str] = Counter()  # both ways, by message kind
+
+    def _count(self, msg: Message, size: int) -> None:
+        self.bytes_by_kind[msg.kind] += size
 
     def _record(self, *blobs: bytes) -> None:
         if self.transcript is not None:
@@ -115,12 +123,15 @@ class Endpoint:
         if self.handler is None:
             raise ProtocolError("this endpoint answers no requests")
         try:
-            answer = self.handler(Message.from_bytes(data))
+            request = Message.from_bytes(data)
+            self._count(request, len(data))
+            answer = self.handler(request)
         except SessionAborted:
             raise
         except Exception as e:  # noqa: BLE001 - one bad request must not end this side
             answer = Message("error", {"error": f"{type(e).__name__}: {e}"[:2000]})
         reply = answer.to_bytes()
+        self._count(answer, len(reply))
         self.bytes_received += len(data)
         self.bytes_sent += len(reply)
         self._record(data, reply)
@@ -157,12 +168,15 @@ class PipeEndpoint(Endpoint):
         out = msg.to_bytes()
         self.channel.send(b"Q" + out)
         self.bytes_sent += len(out)
+        self._count(msg, len(out))
         while True:
             frame = self.channel.recv()
             if frame[:1] == b"A":
                 self.bytes_received += len(frame) - 1
                 self._record(out, frame[1:])
-                return _reply(frame[1:])
+                reply = Message.from_bytes(frame[1:])
+                self._count(reply, len(frame) - 1)
+                return _checked_reply(reply)
             self._answer(frame)
 
     def serve_forever(self) -> None:

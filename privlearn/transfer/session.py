@@ -10,6 +10,7 @@ of its own, linked by a pipe, so the two never share memory.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import resource
 import tempfile
 import time
@@ -43,6 +44,10 @@ class EncryptedRun:
     bytes_to_client: int
     server_ops: dict[str, int]
     peak_memory_gb: dict[str, float]
+    # both ways, by message kind, and "bundle": the public bundle's files (which a server
+    # on another machine must receive once)
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
+    load_1m: tuple[float, float] | None = None  # the machine's load when fit began and ended
     transcript: list[bytes] | None = field(default=None, repr=False)
 
     def summary(self) -> dict:
@@ -81,10 +86,18 @@ class EncryptedSession:
         workdir: str | None = None,
         record_transcript: bool = False,
         insecure_for_testing: bool = False,
+        ctx: ClientContext | None = None,
     ) -> None:
+        """``ctx``: the client's keys, if they exist already (``ClientContext.load``);
+        otherwise fresh ones for ``preset`` on ``backend``."""
         t0 = self._t0 = time.perf_counter()
         self.spec, self.seed = spec, seed
-        self.ctx = ClientContext.create(
+        if ctx is not None and (ctx.params.name, ctx.backend_name) != (preset, backend):
+            raise ValueError(
+                f"the keys are {ctx.params.name} on {ctx.backend_name}; the session is "
+                f"{preset} on {backend}"
+            )
+        self.ctx = ctx or ClientContext.create(
             preset, backend, seed=seed, insecure_for_testing=insecure_for_testing
         )
         self.client = Client(self.ctx, spec, seed=seed)
@@ -121,6 +134,7 @@ class EncryptedSession:
         t = time.perf_counter()
         self.link.request(self.client.setup(self.bundle_dir))
         self.seconds["setup"] = time.perf_counter() - t
+        self.bundle_bytes = sum(f.stat().st_size for f in self.bundle_dir.iterdir())
         self.server_ops: dict[str, int] = {}
         self.server_peak_gb: float | None = None
 
@@ -148,6 +162,7 @@ class EncryptedSession:
         """Upload, train with early stopping, fetch and decrypt the best epoch's weights; the
         server then serves those weights (re-encrypted by the client) for inference."""
         spec, client, link = self.spec, self.client, self.link
+        load_start = os.getloadavg()[0]
         t = time.perf_counter()
         for msg in client.batches(x, y, "train", self.data_level) + client.batches(
             x_val, y_val, "val", self.data_level
@@ -214,6 +229,8 @@ class EncryptedSession:
             bytes_to_client=link.bytes_received,
             server_ops=(self.server.ev.cost.total.as_dict() if self.server else {}),
             peak_memory_gb={"client" if self.proc else "client+server": _peak_gb()},
+            bytes_by_kind={"bundle": self.bundle_bytes, **self.link.bytes_by_kind},
+            load_1m=(load_start, os.getloadavg()[0]),
             transcript=getattr(self.link, "transcript", None),
         )
 

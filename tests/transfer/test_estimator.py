@@ -12,7 +12,13 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from privlearn.he import ClientContext, Evaluator
-from privlearn.transfer.estimator import SPEC_PARAMS, EncryptedSoftmaxClassifier
+from privlearn.transfer.estimator import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SPEC_PARAMS,
+    EncryptedSoftmaxClassifier,
+    read_manifest,
+)
 from privlearn.transfer.roles import Client, Server
 from privlearn.transfer.session import EncryptedSession
 from privlearn.transfer.train import TrainSpec
@@ -223,3 +229,104 @@ def test_scikit_learn_protocol():
     twin = clone(clf)
     assert twin.get_params() == clf.get_params() and twin is not clf
     assert twin.set_params(epochs=5).epochs == 5
+
+
+def test_save_and_load_predict_the_same_and_the_folder_holds_no_key(fitted, tmp_path):
+    clf, x, _ = fitted
+    rows = x[140:]
+    secret = clf._session.ctx._secret_key_bytes()
+    folder = clf.save(tmp_path / "model", data={"columns": None})
+    assert sorted(f.name for f in folder.iterdir()) == [MANIFEST_FILE, MODEL_FILE]
+    for f in folder.iterdir():
+        assert secret not in f.read_bytes(), f.name
+    manifest = read_manifest(folder)
+    assert manifest["classes"] == clf.classes_.tolist() and manifest["n_features"] == 13
+    assert manifest["spec"] == clf.spec_.to_meta() and "no key" in manifest["holds"]
+    loaded = EncryptedSoftmaxClassifier.load(folder)
+    assert np.array_equal(loaded.predict(rows), clf.predict(rows))
+    assert np.array_equal(loaded.predict_proba(rows), clf.predict_proba(rows))
+    assert np.array_equal(loaded.coef_, clf.coef_) and loaded.scaler_.norm == clf.scaler_.norm
+    try:
+        enc = loaded.decision_function(rows, encrypted=True)
+        assert np.max(np.abs(enc - clf.decision_function(rows))) < 1e-5
+    finally:
+        loaded.close()
+
+
+def test_saving_leaves_no_torn_file_and_loading_refuses_what_is_not_a_model(fitted, tmp_path):
+    clf, _, _ = fitted
+    folder = clf.save(tmp_path / "m")
+    assert not [f for f in folder.iterdir() if f.name.startswith(".")]  # no temporary left
+    with pytest.raises(FileNotFoundError, match="is not a saved model: it has no manifest.json"):
+        EncryptedSoftmaxClassifier.load(tmp_path)
+    (folder / MANIFEST_FILE).write_text('{"format": 99}')
+    with pytest.raises(ValueError, match="saved in format 99; this privlearn reads format 1"):
+        EncryptedSoftmaxClassifier.load(folder)
+    with pytest.raises(NotFittedError):
+        EncryptedSoftmaxClassifier(backend="simulator").save(tmp_path / "n")
+
+
+@pytest.mark.openfhe
+def test_real_encryption_fitted_pickles_joblibs_and_saves_without_its_key(tmp_path):
+    """On OpenFHE the session holds a CryptoContext that cannot be pickled: none travels."""
+    x, y = load_breast_cancer(return_X_y=True)
+    x, y = x[:120, :6], y[:120]
+    clf = EncryptedSoftmaxClassifier(
+        preset="toy-n12", insecure_for_testing=True, epochs=1, batch_size=64, progress=False
+    )
+    try:
+        clf.fit(x, y)
+        assert clf.run_.real_encryption
+        secret = clf._session.ctx._secret_key_bytes()
+        blob = pickle.dumps(clf)
+        joblib.dump(clf, tmp_path / "clf.joblib")
+        clf.save(tmp_path / "model")
+        files = [tmp_path / "clf.joblib", *(tmp_path / "model").iterdir()]
+        window = secret[len(secret) // 2 : len(secret) // 2 + 64]
+        assert window not in blob and all(window not in f.read_bytes() for f in files)
+        loaded = [
+            pickle.loads(blob),
+            joblib.load(tmp_path / "clf.joblib"),
+            EncryptedSoftmaxClassifier.load(tmp_path / "model"),
+        ]
+        for m in loaded:
+            assert np.array_equal(m.predict(x), clf.predict(x))
+    finally:
+        clf.close()
+
+
+def test_saved_with_its_secret_key_it_serves_under_that_key(fitted, tmp_path):
+    """The key only when asked: mode 0600, beside a bundle and encrypted weights that a
+    server loads with public material alone; the pickle holds no key."""
+    from privlearn.he import io as he_io
+    from privlearn.transfer.protocol import Message
+    from privlearn.transfer.roles import read_matrix
+
+    clf, x, _ = fitted
+    rows = x[140:150]
+    secret = clf._session.ctx._secret_key_bytes()
+    folder = clf.save(tmp_path / "m", include_secret_key=True)
+    key = folder / "keys" / "secret_key.plhe"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert secret in key.read_bytes()
+    assert all(secret not in f.read_bytes() for f in folder.iterdir() if f.is_file())
+    manifest = read_manifest(folder)
+    assert manifest["secret_key"] == "keys/secret_key.plhe"
+    # the server's side: the bundle and the encrypted model file, nothing else
+    ev = Evaluator.from_bundle(folder / manifest["public_bundle"])
+    msg = Message.from_bytes((folder / manifest["encrypted_model"]).read_bytes())
+    w = read_matrix(ev, msg.meta["weights"], msg.blobs)
+    assert w.shape == (3, 14)
+    loaded = EncryptedSoftmaxClassifier.load(folder)
+    try:
+        enc = loaded.decision_function(rows, encrypted=True)
+        assert loaded._session.ctx._secret_key_bytes() == secret  # the saved key, not fresh
+        assert np.max(np.abs(enc - clf.decision_function(rows))) < 1e-5
+    finally:
+        loaded.close()
+    assert "_key_file" not in pickle.loads(pickle.dumps(loaded)).__dict__
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        clf.save(folder, include_secret_key=True)
+    key.chmod(0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        he_io.read_private(key)
