@@ -110,9 +110,9 @@ def run_baseline(cfg: RunConfig, rounds: int, kind: str) -> dict:
     with torch.no_grad():
         for r in range(rounds):
             t0 = time.perf_counter()
-            plan = plan_round(
-                exp.data.clients, cfg.sampling_spec(), cfg.work(), cfg.seed, r
-            ).to(cfg.device)
+            plan = plan_round(exp.data.clients, cfg.sampling_spec(), cfg.work(), cfg.seed, r).to(
+                cfg.device
+            )
             if len(plan):
                 params = step(exp, params, plan, exp.data.round_features(r))
             seconds.append(time.perf_counter() - t0)
