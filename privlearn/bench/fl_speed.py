@@ -380,7 +380,8 @@ def _f(v, spec: str) -> str:
 
 
 def print_table(doc: dict, console: Console) -> None:
-    """One table per workload: medians over the repetitions, ratios of medians."""
+    """One table per workload: medians over the repetitions, ratios of medians (throughput
+    and peak memory are in the JSON)."""
     console.print(
         f"privlearn: 1 thread; Flower {doc.get('flwr')}: Ray workers x 1 CPU as in each "
         f"flower row; 'load' is the 1-minute load before each repetition; medians of "
@@ -393,8 +394,6 @@ def print_table(doc: dict, console: Console) -> None:
         "load",
         "s/round",
         "1st round s",
-        "clients/s",
-        "peak GB",
         "test acc",
         "|Δθ| vs seq",
         "× Flower",
@@ -406,7 +405,7 @@ def print_table(doc: dict, console: Console) -> None:
     for w, res in doc["results"].items():
         t = Table(title=w)
         for col in cols:
-            t.add_column(col, justify="right")
+            t.add_column(col, justify="right", no_wrap=col == "engine")
         for e, r in res.items():
             if "n/a" in r or "error" in r or "steady_seconds_per_round" not in r:
                 why = r.get("n/a") or r.get("error") or "not run"
@@ -421,8 +420,6 @@ def print_table(doc: dict, console: Console) -> None:
                 loads,
                 f"{r['steady_seconds_per_round']:.3f}",
                 f"{r['first_round_seconds']:.2f}",
-                f"{r['clients_per_second']:.0f}",
-                f"{r['peak_rss_gb']:.2f}",
                 f"{r['test_acc']:.4f}",
                 _f(r.get("max_param_diff_vs_sequential"), ".0e"),
                 _f(r.get("speedup_vs_flower"), ".1f"),
