@@ -207,6 +207,8 @@ def _run_subprocess(spec: dict, timeout: float) -> dict:
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "RAY_DEDUP_LOGS": "0",
+        # Flower starts its own Ray instance, never joins a cluster found running on the host
+        "RAY_ADDRESS": "local",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "privlearn.bench.fl_speed", json.dumps(spec)],
