@@ -121,6 +121,7 @@ NON_DEFAULT = {
     "device": "cuda",
     "chunk_size": 2,
     "compile": True,
+    "closed_form": True,
     "threads": 1,
     "seed": 3,
     "eval_every": 2,
