@@ -450,7 +450,7 @@ def plot(doc: dict, path: Path) -> Path:
     ax.set_ylabel("seconds per round (log)")
     ax.set_title("privlearn engines vs Flower simulation (lower is better)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
