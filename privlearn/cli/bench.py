@@ -311,12 +311,15 @@ def fl_speed(
         None, "--workload", help="repeatable (see `--list`)", show_default="all"
     ),
     engines: str = typer.Option(
-        "sequential,vectorised,vectorised+compile,flower", help="comma-separated"
+        "sequential,vectorised,vectorised+closed,vectorised+compile,"
+        "vectorised+closed+compile,baseline-vmap,baseline-closed,flower",
+        help="comma-separated",
     ),
     rounds: int = typer.Option(
         None, min=1, help="rounds of every workload", show_default="each workload's"
     ),
     flower_workers: int = typer.Option(2, min=1, help="Ray workers (1 CPU each) for Flower"),
+    repeats: int = typer.Option(3, min=1, help="interleaved repetitions of every pair"),
     seed: int = typer.Option(0, help="seed shared by every engine"),
     list_: bool = typer.Option(False, "--list", help="list the workloads and exit"),
     out: Path = typer.Option(
@@ -336,7 +339,14 @@ def fl_speed(
     choices("workload", names, bench.WORKLOADS)
     choices("engines", engines.split(","), bench.ENGINES)
     doc = bench.run(
-        names, engines.split(","), out, seed, flower_workers, rounds=rounds, console=console
+        names,
+        engines.split(","),
+        out,
+        seed,
+        flower_workers,
+        rounds=rounds,
+        console=console,
+        repeats=repeats,
     )
     bench.print_table(doc, console)
     bench.plot(doc, out.with_suffix(".png"))

@@ -9,6 +9,7 @@ Initialisation matches torch's defaults for Linear/Conv2d: U(-1/sqrt(fan_in), 1/
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,15 @@ class Model:
     layers: tuple[_Layer, ...]
     plan: tuple[tuple[str, str], ...]  # (op, layer name or ""): linear|conv|bn|relu|pool|flatten
     local_keys: frozenset[str] = field(default=frozenset())  # batch-norm entries (FedBN)
+    # the masked loss's gradient written out instead of autograd (with_closed_form)
+    closed_form: bool = False
+
+    @property
+    def linear_layer(self) -> str | None:
+        """The layer's name when the model is one linear map of the flattened input."""
+        if len(self.plan) == 2 and self.plan[0][0] == "flatten" and self.plan[1][0] == "linear":
+            return self.plan[1][1]
+        return None
 
     def init(self, generator: torch.Generator) -> tuple[Params, Params]:
         params: Params = {}
@@ -252,6 +262,17 @@ def simple_cnn(input_shape: Sequence[int], n_classes: int, batch_norm: bool = Fa
         tuple(plan),
         _bn_keys(layers),
     )
+
+
+def with_closed_form(model: Model) -> Model:
+    """`model` whose training gradient skips autograd (algorithms/base.py `linear_loss_grad`):
+    only a single linear layer has one written out here."""
+    if model.linear_layer is None:
+        raise ValueError(
+            f"closed-form gradients exist for mclr (one linear layer) only, not {model.name!r}: "
+            "turn closed_form off for this model"
+        )
+    return dataclasses.replace(model, closed_form=True)
 
 
 MODELS = ("mclr", "mlp", "mlp-bn", "cnn", "cnn-bn")

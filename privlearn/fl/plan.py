@@ -188,6 +188,36 @@ class RoundPlan:
         )
         return self.order[pos], mask
 
+    def step_batches(
+        self, rows: torch.Tensor, widths: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Every step's batch_rows at once, for an engine that stacks the first widths[t] of
+        `rows` at step t: indices [sum(widths), B], mask, and each step's offset into them.
+        Built in one pass per round, so a step only slices (no per-step index arithmetic)."""
+        dev = self.n.device
+        w = torch.as_tensor(widths, dtype=torch.long, device=dev)
+        offsets = [0]
+        for x in widths:
+            offsets.append(offsets[-1] + x)
+        total = offsets[-1]
+        t = torch.repeat_interleave(torch.arange(len(widths), device=dev), w)
+        starts = torch.as_tensor(offsets[:-1], dtype=torch.long, device=dev)
+        r = rows[torch.arange(total, device=dev) - torch.repeat_interleave(starts, w)]
+        live = self.steps[r] > t
+        offs = torch.arange(self.batch_size, device=dev)
+        if self.drawn is not None:
+            t_in = t.clamp_max(max(self.drawn.shape[1] - 1, 0))
+            mask = offs[None, :] < (self.drawn_len[r, t_in] * live)[:, None]
+            return self.drawn[r, t_in], mask, offsets
+        n, nb = self.n[r], self.nb[r]
+        e = t // nb
+        b = t - e * nb
+        start = self.base[r] + e * n + b * self.batch_size
+        length = torch.clamp(n - b * self.batch_size, max=self.batch_size) * live
+        mask = offs[None, :] < length[:, None]
+        pos = torch.where(mask, start[:, None] + offs[None, :], 0)
+        return self.order[pos], mask, offsets
+
     def client_batch(self, row: int, t: int) -> torch.Tensor:
         """Sample indices of step t of plan row `row`, unpadded (the sequential engine)."""
         if self.drawn is not None:

@@ -78,7 +78,7 @@ from privlearn.fl.data import (
 )
 from privlearn.fl.engine import ENGINES, TrainData, make_engine
 from privlearn.fl.evaluate import global_accuracy, personal_accuracy
-from privlearn.fl.models import build_model
+from privlearn.fl.models import build_model, with_closed_form
 from privlearn.fl.plan import LocalWork, Sampling, plan_round
 from privlearn.fl.privacy import local as local_dp
 from privlearn.fl.privacy.accountant import ACCOUNTANTS, Participation
@@ -443,6 +443,9 @@ class RunConfig:
         "Flower deployment: seconds the server waits for the nodes to join and for each "
         "round's replies (a node that has not replied is left out of that round)",
     )
+    closed_form: bool = _opt(
+        False, "mclr only: the loss gradient written out, no autograd (float-tolerance equal)"
+    )
     threads: int | None = _opt(
         None, "torch and BLAS threads; 1 is fastest on small, shared CPUs", unset="torch's"
     )
@@ -510,6 +513,11 @@ class RunConfig:
                     f"config keys {', '.join(central_only)} set central DP's aggregation; "
                     "--dp local clips and noises each client's gradients (--clip, "
                     "--noise-multiplier)"
+                )
+            if self.closed_form:
+                raise ValueError(
+                    "config key closed_form: --dp local clips per-sample gradients, which "
+                    "autograd computes; turn closed_form off"
                 )
             if self.compile:
                 raise ValueError(
@@ -735,6 +743,11 @@ class Experiment:
                 raise ValueError(f"config key {e}") from None
         data = build_federated(cfg.data_spec(), cfg.seed).to(cfg.device)
         model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.hidden)
+        if cfg.closed_form:
+            try:
+                model = with_closed_form(model)
+            except ValueError as e:
+                raise ValueError(f"config key closed_form: {e}") from None
         algo = build_algorithm(
             cfg.algorithm,
             model,

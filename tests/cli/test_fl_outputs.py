@@ -97,6 +97,7 @@ def test_bench_fl_speed_leaves_workloads_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(fl_speed, "_run_subprocess", fake)
     name = "A 10/round E=1"
     args = ["bench", "fl-speed", "--workload", name, "--engines", "sequential", "--rounds", "1"]
+    args += ["--repeats", "1"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "s.json")])
     assert result.exit_code == 0, result.output
     assert [s["rounds"] for s in specs] == [1]

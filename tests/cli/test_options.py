@@ -122,6 +122,7 @@ NON_DEFAULT = {
     "chunk_size": 2,
     "compile": True,
     "flower_timeout": 30.0,
+    "closed_form": True,
     "threads": 1,
     "seed": 3,
     "eval_every": 2,

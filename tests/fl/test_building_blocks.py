@@ -187,6 +187,24 @@ def test_a_plans_rows_taken_keep_their_batches(work):
         assert set(part.order.tolist()) == mine
 
 
+@pytest.mark.parametrize("sampler", ["shuffle", "poisson"])
+def test_step_batches_are_every_steps_batch_rows_at_once(sampler):
+    """The vectorised engine's per-round layout holds what batch_rows gives step by step,
+    for a shrinking stack and for rows kept (masked) past their last step."""
+    work = LocalWork(2, 8, epochs_range=(1, 3), sampler=sampler)
+    plan = plan_round(_clients(), Sampling("all"), work, seed=0, round_idx=1)
+    rows = torch.argsort(-plan.steps, stable=True)
+    steps = plan.steps[rows].tolist()
+    widths = [max(1, sum(s > t for s in steps)) for t in range(steps[0])]
+    widths[0] = len(rows)  # a row kept at step 0 whatever its count
+    idx, mask, at = plan.step_batches(rows, widths)
+    assert at[-1] == sum(widths) == len(idx) == len(mask)
+    for t, w in enumerate(widths):
+        want_idx, want_mask = plan.batch_rows(rows[:w], t)
+        assert torch.equal(mask[at[t] : at[t + 1]], want_mask)
+        assert torch.equal(idx[at[t] : at[t + 1]][want_mask], want_idx[want_mask])
+
+
 def test_stragglers_heterogeneous_epochs_and_determinism():
     clients = [np.arange(i * 40, i * 40 + 40) for i in range(10)]
     drop = plan_round(clients, Sampling("all"), LocalWork(5, 10, stragglers=0.5), 1, 3)

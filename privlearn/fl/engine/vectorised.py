@@ -153,14 +153,12 @@ class VectorisedEngine:
             return local
         if self.compile:  # compiled graphs are specialised on strides: no expanded views
             local = T.tree_map(lambda t: t.contiguous(), local)
+        widths = self._widths(steps)
+        idx, mask, at = plan.step_batches(rows, widths)
+        mask = mask.to(data.dtype)
         done = []  # rows of clients that finished, most recently finished first
         width = len(rows)
-        t = 0
-        while t < steps[0]:
-            active = width
-            while active > 0 and steps[active - 1] <= t:
-                active -= 1
-            keep = self._stack_width(active, width)
+        for t, keep in enumerate(widths):
             if keep < width:
                 done.append(T.rows(local, slice(keep, width)))
                 local = T.rows(local, slice(0, keep))
@@ -168,20 +166,29 @@ class VectorisedEngine:
             if width == 1 and not self.compile:
                 # one client left (a heavy tail): unbatched steps skip vmap's overhead
                 one = T.rows(local, 0)
-                for tt in range(t, steps[0]):
-                    batch = data.batch(plan.client_batch(int(rows[0]), tt))
+                real = mask[at[t] :].sum(1).to(torch.long).tolist()  # unpadded, as sequential
+                for tt in range(t, len(widths)):
+                    batch = data.batch(idx[at[tt], : real[at[tt] - at[t]]])
                     if noise is not None:
                         one, batch["noise"] = noise(one, False)
                     one = single_step(one, batch)
                 local = T.tree_map(lambda v: v.unsqueeze(0), one)
                 break
-            idx, mask = plan.batch_rows(rows[:width], t)
-            batch = data.batch(idx, mask)
+            batch = data.batch(idx[at[t] : at[t + 1]], mask[at[t] : at[t + 1]])
             if noise is not None:
                 local, batch["noise"] = noise(local, True)
             local = step(local, batch)
-            t += 1
         return T.cat([local] + done[::-1])
+
+    def _widths(self, steps: list[int]) -> list[int]:
+        """Rows stacked at each step, for clients sorted by descending step counts."""
+        widths, width, active = [], len(steps), len(steps)
+        for t in range(steps[0]):
+            while active > 0 and steps[active - 1] <= t:
+                active -= 1
+            width = self._stack_width(active, width)
+            widths.append(width)
+        return widths
 
     def _stack_width(self, active: int, width: int) -> int:
         """How many rows to keep stacked: exactly the active ones in eager mode; the next power
