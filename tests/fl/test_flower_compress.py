@@ -152,3 +152,15 @@ def test_dadaquant_is_refused_on_flower():
     cfg = RunConfig(**TINY, rounds=1, compress="dadaquant")
     with pytest.raises(ValueError, match="config key compress: dadaquant's per-client levels"):
         refuse(cfg)
+
+
+def test_bench_flower_refuses_dadaquant_before_starting_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from privlearn.cli import app
+
+    work, out = tmp_path / "work", tmp_path / "bench.json"
+    args = ["bench", "flower", "--compress", "dadaquant", "--work", str(work), "--out", str(out)]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2 and "dadaquant's per-client levels" in done.output, done.output
+    assert not (work / "serve.log").exists() and not out.exists()
