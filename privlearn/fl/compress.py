@@ -376,6 +376,17 @@ class Compressor:
         memory = {"g": g_new} if self.feedback == "ef21" else {"v": v, "g": g_new}
         return Upload(g_new, payloads, memory, levels)
 
+    def payload_size(self, n_params: int) -> int | None:
+        """The bytes of every payload this compressor sends for P = n_params (None for
+        DAdaQuant, whose levels vary by client and round)."""
+        if self.method in SPARSIFIERS:
+            return _record(
+                TOPK if self.method == "topk" else RANDK, n_params, self.k(n_params)
+            ).itemsize
+        if self.method == "qsgd":
+            return _record(QSGD, n_params, bits=level_bits(self.start_levels)).itemsize
+        return None
+
     def server_init(self, n_clients: int, n_params: int, dtype: torch.dtype) -> dict:
         """What a server that sees only payloads keeps: EF21's g_i bank ([N, P]), else nothing."""
         if self.feedback not in ("ef21", "ef21-sgdm"):

@@ -270,6 +270,7 @@ class Fleet:
             like = _template(exp.algo, server, T.rows(bank, 0), 0, 1, self.dtype, self.probe)
             flat = delta_rows(T.stack([like]), self.n_params)  # refuses what it cannot encode
             self.value_bytes = flat.element_size()
+            self.payload_size = self.compressor.payload_size(self.n_params)
             self.memory = self.compressor.server_init(len(sizes), self.n_params, flat.dtype)
 
     def plan(self, r: int) -> RoundPlan:
@@ -324,6 +325,11 @@ class Fleet:
                     continue
                 rest = from_record(reply.content["update"], dataclasses.replace(like, delta={}))
                 payload = _payload(reply.content)
+                if len(payload) != self.payload_size:
+                    raise ValueError(
+                        f"sent a {len(payload)}-byte payload where this run's compression "
+                        f"settings give {self.payload_size} bytes"
+                    )
                 sent.append(decode([payload], self.n_params))
                 payloads[row] = payload
                 updates.append(dataclasses.replace(rest, delta=like.delta))

@@ -122,7 +122,7 @@ def test_a_rejected_payload_leaves_both_memories_as_they_were():
     cfg = RunConfig(**TINY, rounds=2, compress="topk", compress_ratio=0.05, error_feedback="ef21")
     strategy = _flower_rounds(cfg, cut)
     (lost,) = strategy.rounds[0]["rejected"]
-    assert lost.startswith("client 1: SuperNode 11: a 9-byte payload"), lost
+    assert lost.startswith("client 1: SuperNode 11: sent a 9-byte payload where"), lost
     assert strategy.rounds[1]["rejected"] == []
 
     exp = Experiment.build(cfg)
