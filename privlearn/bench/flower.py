@@ -6,7 +6,8 @@ Reports each run's final test accuracy, seconds per round (Flower: the server's 
 from sending a round's messages to its model update, which includes Flower's per-message
 `flwr-clientapp` process start and the SuperNodes' polling; engine: `run_round`'s), the
 bytes on the wire per round (Flower's serialised message content, both ways) and the
-largest difference between the two final models.
+largest difference between the two final models. With `compress`, both hosts run the same
+compressed uploads, and each also reports its exact payload bytes per round (compress's count).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from privlearn.bench import machine, save_json
 from privlearn.cli.fields import flag
 from privlearn.fl import flower_deploy as D
 from privlearn.fl import tree as T
-from privlearn.fl.flower import SERVER_STATE
+from privlearn.fl.flower import SERVER_STATE, refuse
 from privlearn.fl.run import Experiment, RunConfig
 
 
@@ -98,8 +99,25 @@ def deploy(cfg: RunConfig, work: Path, timeout: float) -> dict:
     return json.loads((Path(cfg.out) / "metrics.json").read_text())
 
 
-def run(rounds: int, n_clients: int, algorithm: str, out: Path, work: Path, timeout: float) -> dict:
-    """The deployment and the engine on the same config; the results document (also `out`)."""
+def _payload_per_round(uploads: list[dict | None]) -> float | None:
+    """Mean payload bytes per round (None without compression)."""
+    if not uploads or uploads[0] is None:
+        return None
+    return sum(u["bytes"] for u in uploads) / len(uploads)
+
+
+def run(
+    rounds: int,
+    n_clients: int,
+    algorithm: str,
+    out: Path,
+    work: Path,
+    timeout: float,
+    model: str = "mclr",
+    compress: dict | None = None,
+) -> dict:
+    """The deployment and the engine on the same config; the results document (also `out`).
+    `compress`: RunConfig's compression fields (compress, compress_ratio, ...)."""
     cfg = RunConfig(
         dataset="digits",
         n_clients=n_clients,
@@ -107,21 +125,24 @@ def run(rounds: int, n_clients: int, algorithm: str, out: Path, work: Path, time
         rounds=rounds,
         epochs=1,
         batch_size=32,
-        model="mclr",
+        model=model,
         algorithm=algorithm,
         engine="sequential",
         threads=1,
         out=str(work / "run"),
+        **(compress or {}),
     )
+    refuse(cfg)  # before any process starts
     t0 = time.perf_counter()
     doc = deploy(cfg, work, timeout)
     flower_wall = time.perf_counter() - t0
     exp = Experiment.build(cfg)
     server, bank = exp.init_state()
-    seconds = []
+    seconds, uploads = [], []
     for r in range(rounds):
         server, stats, _ = exp.round(server, bank, r)
         seconds.append(stats.seconds)
+        uploads.append(stats.upload)
     engine_acc = exp.evaluate(server, bank)["test_acc"]
     flower_server = torch.load(Path(cfg.out) / SERVER_STATE, weights_only=True)
     pairs = zip(T.leaves(server), T.leaves(flower_server), strict=True)
@@ -134,10 +155,15 @@ def run(rounds: int, n_clients: int, algorithm: str, out: Path, work: Path, time
             "seconds_per_round": sum(r["seconds"] for r in rows) / len(rows),
             "bytes_down_per_round": sum(r["bytes_down"] for r in rows) / len(rows),
             "bytes_up_per_round": sum(r["bytes_up"] for r in rows) / len(rows),
+            "payload_bytes_per_round": _payload_per_round([r.get("upload") for r in rows]),
             "wall_seconds": flower_wall,
             "rounds": rows,
         },
-        "engine": {"test_acc": engine_acc, "seconds_per_round": sum(seconds) / len(seconds)},
+        "engine": {
+            "test_acc": engine_acc,
+            "seconds_per_round": sum(seconds) / len(seconds),
+            "payload_bytes_per_round": _payload_per_round(uploads),
+        },
         "max_model_difference": max(float((a - b).abs().max()) for a, b in pairs),
     }
     save_json(result, out)
@@ -149,21 +175,37 @@ def print_table(doc: dict, console) -> None:
 
     f, e = doc["flower"], doc["engine"]
     cfg, m = doc["config"], doc["machine"]
+    zip_ = cfg.get("compress")
+    if zip_ is not None:
+        zip_ = ", ".join(
+            str(v)
+            for v in (zip_, cfg.get("compress_ratio"), cfg.get("error_feedback"))
+            if v is not None
+        )
     t = Table(
-        title=f"{cfg['algorithm']} on {cfg['dataset']}, {cfg['n_clients']} SuperNodes on "
-        f"loopback, {cfg['rounds']} rounds ({m['host_cpus']} CPUs, load {m['loadavg_1m']})"
+        title=f"{cfg['algorithm']} ({cfg['model']}) on {cfg['dataset']}, {cfg['n_clients']} "
+        f"SuperNodes on loopback, {cfg['rounds']} rounds, uploads "
+        f"{zip_ or 'uncompressed'} ({m['host_cpus']} CPUs, load {m['loadavg_1m']})"
     )
-    for col in ("host", "test acc", "s / round", "bytes down / round", "bytes up / round"):
+    cols = ("host", "test acc", "s / round", "bytes down / round", "bytes up / round")
+    for col in (*cols, "payload bytes / round"):
         t.add_column(col, justify="right")
+    payload = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
     t.add_row(
         "Flower deployment",
         f"{f['test_acc']:.4f}",
         f"{f['seconds_per_round']:.2f}",
         f"{f['bytes_down_per_round']:.0f}",
         f"{f['bytes_up_per_round']:.0f}",
+        payload(f.get("payload_bytes_per_round")),
     )
     t.add_row(
-        "sequential engine", f"{e['test_acc']:.4f}", f"{e['seconds_per_round']:.4f}", "-", "-"
+        "sequential engine",
+        f"{e['test_acc']:.4f}",
+        f"{e['seconds_per_round']:.4f}",
+        "-",
+        "-",
+        payload(e.get("payload_bytes_per_round")),
     )
     console.print(t)
     console.print(f"largest difference between the final models: {doc['max_model_difference']:.3g}")

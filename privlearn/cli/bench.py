@@ -382,6 +382,11 @@ def flower(
     rounds: int = typer.Option(5, min=1, help="rounds"),
     nodes: int = typer.Option(3, min=1, help="SuperNodes (clients, all sampled every round)"),
     algorithm: str = typer.Option("fedavg", help="the algorithm both hosts run"),
+    model: str = typer.Option("mclr", help="the model both hosts train"),
+    compress: str = typer.Option(None, help="compress uploads (topk, randk, qsgd)"),
+    compress_ratio: float = typer.Option(None, help="top-k / rand-k share of coordinates"),
+    compress_levels: int = typer.Option(None, help="qsgd's levels"),
+    error_feedback: str = typer.Option(None, help="ef, ef21 or ef21-sgdm (sparsifiers)"),
     timeout: float = typer.Option(1800, min=1, help="seconds the deployment may take"),
     out: Path = typer.Option(
         Path("results/bench-flower.json"), help="JSON output", callback=check_out_file
@@ -395,7 +400,17 @@ def flower(
     """A real Flower deployment on loopback (fl serve + fl join) vs the sequential engine."""
     from privlearn.bench import flower as bench
 
-    doc = bench.run(rounds, nodes, algorithm, out, work, timeout)
+    given = {
+        "compress": compress,
+        "compress_ratio": compress_ratio,
+        "compress_levels": compress_levels,
+        "error_feedback": error_feedback,
+    }
+    zip_ = {k: v for k, v in given.items() if v is not None}
+    try:
+        doc = bench.run(rounds, nodes, algorithm, out, work, timeout, model, zip_)
+    except ValueError as e:  # a config the RunConfig or the Flower host refuses
+        raise UsageError(str(e)) from None
     bench.print_table(doc, console)
     console.print(f"wrote {out}")
 

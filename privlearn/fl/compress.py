@@ -27,9 +27,11 @@ a payload is a numpy structured record, so its size is exactly its `len()` in by
 server decodes a whole cohort from the bytes alone (`decode`). Random draws (rand-k's indices,
 QSGD's rounding) come from (seed, round, client) alone (`client_seeds`), so a deployed client
 sends what the simulation sends for it. The error-feedback memory is a
-[N, P] bank per kind (`Compressor.init`), held as one copy: under EF21 the server's g_i equals
-the client's by construction. A client whose upload the server rejects keeps its old memory,
-as it keeps its old algorithm state.
+[N, P] bank per kind (`Compressor.init`), held as one copy in a simulation: under EF21 the
+server's g_i equals the client's by construction. A deployment (privlearn.fl.flower) keeps both
+copies: each client its own one-row memory (`upload` with `slots`), the server its g bank
+(`server_init`, `receive`). A client whose upload the server rejects keeps its old memory, as
+it keeps its old algorithm state.
 """
 
 from __future__ import annotations
@@ -260,6 +262,15 @@ class Upload:
     def n_bytes(self) -> int:
         return sum(len(p) for p in self.payloads)
 
+    def report(self, n_params: int, value_bytes: int) -> dict:
+        """The round's upload entry: payload bytes against the raw deltas' (and the levels)."""
+        k = len(self.payloads)
+        out = {"bytes": self.n_bytes, "uncompressed_bytes": k * n_params * value_bytes}
+        out["clients"] = k
+        if self.levels is not None and k:
+            out["levels"] = [int(self.levels.min()), int(self.levels.max())]
+        return out
+
 
 @dataclass(frozen=True)
 class Compressor:
@@ -365,6 +376,37 @@ class Compressor:
         memory = {"g": g_new} if self.feedback == "ef21" else {"v": v, "g": g_new}
         return Upload(g_new, payloads, memory, levels)
 
+    def payload_size(self, n_params: int) -> int | None:
+        """The bytes of every payload this compressor sends for P = n_params (None for
+        DAdaQuant, whose levels vary by client and round)."""
+        if self.method in SPARSIFIERS:
+            return _record(
+                TOPK if self.method == "topk" else RANDK, n_params, self.k(n_params)
+            ).itemsize
+        if self.method == "qsgd":
+            return _record(QSGD, n_params, bits=level_bits(self.start_levels)).itemsize
+        return None
+
+    def server_init(self, n_clients: int, n_params: int, dtype: torch.dtype) -> dict:
+        """What a server that sees only payloads keeps: EF21's g_i bank ([N, P]), else nothing."""
+        if self.feedback not in ("ef21", "ef21-sgdm"):
+            return {}
+        return {"g": torch.zeros(n_clients, n_params, dtype=dtype)}
+
+    def receive(
+        self, state: dict, payloads: list[bytes], sent: torch.Tensor, slots: torch.Tensor
+    ) -> Upload:
+        """The server's half of `upload`, from the clients' `payloads` and their decoded rows
+        `sent` (`decode`): what it aggregates (under EF21, g_i + c_i from its bank `state`,
+        `server_init`) and the g rows it keeps if it accepts those updates (`keep`)."""
+        levels = None
+        if self.method in QUANTISERS:  # the level count each payload's header names
+            levels = np.array([int(np.frombuffer(p[1:5], "<u4")[0]) for p in payloads])
+        if "g" not in state:
+            return Upload(sent, payloads, {}, levels)
+        g_new = state["g"][slots] + sent.to(state["g"])
+        return Upload(g_new, payloads, {"g": g_new}, levels)
+
     def keep(self, state: dict, slots: torch.Tensor, upload: Upload, kept: torch.Tensor) -> None:
         """Write the memory of the clients whose update the server accepted (rows `kept` of
         the upload) into their `slots` of `state`, in place."""
@@ -463,6 +505,25 @@ class Pending:
 # --- in a run --------------------------------------------------------------------------------
 
 
+def delta_rows(u: ClientUpdate, n_params: int) -> torch.Tensor:
+    """A cohort's deltas as the [K, P] matrix compression encodes; an error when the algorithm
+    uploads more than the delta or less than the whole model's."""
+    if u.extras or u.buffers:
+        what = ", ".join([*u.extras, *(["batch-norm statistics"] if u.buffers else [])])
+        raise ValueError(
+            f"compression encodes the model delta only, and this algorithm also uploads "
+            f"{what}: use fedavg, fedprox or the fedopt family, without batch norm"
+        )
+    flat = T.flat_rows(u.delta) if u.delta else None
+    if flat is None or flat.shape[1] != n_params:
+        got = 0 if flat is None else flat.shape[1]
+        raise ValueError(
+            f"compression encodes the whole model's delta ({n_params} values) and "
+            f"this algorithm uploads {got}: use fedavg, fedprox or the fedopt family"
+        )
+    return flat
+
+
 @dataclass
 class Compression:
     """A run's compressor and its state (checkpointed with the run). `round` compresses a
@@ -489,19 +550,7 @@ class Compression:
         """`u` with each sending client's delta replaced by what the server decodes from its
         payload. Rows in `withheld` (rejected by the engine) and rows that are not finite are
         not sent: they keep their delta, for screening to reject."""
-        if u.extras or u.buffers:
-            what = ", ".join([*u.extras, *(["batch-norm statistics"] if u.buffers else [])])
-            raise ValueError(
-                f"compression encodes the model delta only, and this algorithm also uploads "
-                f"{what}: use fedavg, fedprox or the fedopt family, without batch norm"
-            )
-        flat = T.flat_rows(u.delta) if u.delta else None
-        if flat is None or flat.shape[1] != self.n_params:
-            got = 0 if flat is None else flat.shape[1]
-            raise ValueError(
-                f"compression encodes the whole model's delta ({self.n_params} values) and "
-                f"this algorithm uploads {got}: use fedavg, fedprox or the fedopt family"
-            )
+        flat = delta_rows(u, self.n_params)
         ok = torch.isfinite(flat).all(dim=1)
         ok[list(withheld)] = False
         sent = torch.nonzero(ok).flatten()
@@ -510,10 +559,7 @@ class Compression:
         )
         flat = flat.clone()
         flat[sent] = up.rows
-        raw = len(sent) * flat.shape[1] * flat.element_size()
-        report = {"bytes": up.n_bytes, "uncompressed_bytes": raw, "clients": len(sent)}
-        if up.levels is not None and len(sent):
-            report["levels"] = [int(up.levels.min()), int(up.levels.max())]
+        report = up.report(flat.shape[1], flat.element_size())
         return dataclasses.replace(u, delta=T.unflat_rows(flat, u.delta)), Pending(sent, up, report)
 
     def commit(

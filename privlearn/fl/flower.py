@@ -14,6 +14,12 @@ node (Flower's `Context.state`), never on the server: the node keeps its new sta
 and commits it when the server's next message says that update was kept, so a node's state
 follows the same rule as the bank of `run_round`.
 
+With `compress` (privlearn.fl.compress), a node encodes its delta with the run's Compressor
+and replies with the payload's bytes instead of the raw delta; its compressor memory (EF's
+e_i, EF21's g_i) is pending and committed by the same rule. The server decodes the payloads
+(keeping its own EF21 g_i bank, committed for the updates it kept) and hands the decoded rows
+to run_round, so a Flower run aggregates what the compressed simulation aggregates.
+
 Both apps read the run's `RunConfig` from the Flower run config (`privlearn-config`, JSON);
 `flower_deploy.write_app` writes the app folder that `flwr run` submits. Each node builds
 the dataset the config names and keeps only its `partition-id`'s rows; the server plans
@@ -22,6 +28,7 @@ from the sample counts the nodes report and evaluates on the pooled test set.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -46,6 +53,7 @@ from torch.utils import _pytree as pytree
 from privlearn.fl import tree as T
 from privlearn.fl.aggregate import shape_mismatch
 from privlearn.fl.algorithms.base import Algorithm
+from privlearn.fl.compress import decode, delta_rows
 from privlearn.fl.engine.base import CohortResult, TrainData
 from privlearn.fl.engine.sequential import SequentialEngine
 from privlearn.fl.evaluate import global_accuracy
@@ -56,6 +64,7 @@ from privlearn.fl.run import Experiment, RunConfig
 CONFIG_KEY = "privlearn-config"  # the Flower run-config key holding the RunConfig as JSON
 SERVER_STATE = "server.pt"  # the final server state, beside metrics.json in cfg.out
 _STATE, _PENDING = "privlearn.client-state", "privlearn.pending"
+_MEMORY, _MEMORY_PENDING = "privlearn.compress", "privlearn.compress-pending"
 
 
 # --- the wire format ------------------------------------------------------------------------
@@ -126,6 +135,12 @@ def refuse(cfg: RunConfig) -> None:
             f"config keys {', '.join(given)}: the Flower deployment runs plain algorithms "
             "(no DP, secure aggregation, attacks or defences yet); use `privlearn fl run`"
         )
+    if cfg.compress == "dadaquant":
+        raise ValueError(
+            "config key compress: dadaquant's per-client levels come from the whole cohort's "
+            "weights and the server's loss schedule, which the Flower deployment does not "
+            "send yet; use topk, randk or qsgd there, or `privlearn fl run`"
+        )
 
 
 def _template(
@@ -191,6 +206,8 @@ def _train(msg: Message, context: Context) -> Message:
     state = T.rows(bank0, 0)
     if _PENDING in context.state and int(context.state[_PENDING + ".round"]["round"]) == kept:
         context.state[_STATE] = context.state[_PENDING]  # the server kept that update
+        if _MEMORY_PENDING in context.state:
+            context.state[_MEMORY] = context.state[_MEMORY_PENDING]
     if _STATE in context.state:
         state = from_record(context.state[_STATE], state)
     plan = client_plan(len(idx), pid, steps, nb, batch, cfg.work(), cfg.seed, r)
@@ -198,9 +215,29 @@ def _train(msg: Message, context: Context) -> Message:
     result = SequentialEngine().run_clients(exp.algo, server, T.repeat(state, 1), plan, data)
     if result.rejected:
         raise ValueError(f"this node's own update is malformed: {result.rejected[0]}")
+    reply = {"update": to_record(T.rows(result.updates, 0))}
+    if cfg.compress is not None:
+        reply = _compressed(exp, context, result.updates, pid, r)
     context.state[_PENDING] = to_record(T.rows(result.client_states, 0))
     context.state[_PENDING + ".round"] = ConfigRecord({"round": r})
-    return Message(RecordDict({"update": to_record(T.rows(result.updates, 0))}), reply_to=msg)
+    return Message(RecordDict(reply), reply_to=msg)
+
+
+def _compressed(exp: Experiment, context: Context, u: Any, pid: int, r: int) -> dict:
+    """The reply's content under compression: the update without its delta, and the payload
+    that encodes the delta with this node's compressor memory (its new memory left pending)."""
+    compressor, n_params = exp.cfg.compressor(), exp.model.n_params()
+    flat = delta_rows(u, n_params)
+    if not torch.isfinite(flat).all():
+        raise ValueError("this node's delta is not finite; compression sends only finite ones")
+    memory = compressor.init(1, n_params, flat.dtype)
+    if _MEMORY in context.state:
+        memory = from_record(context.state[_MEMORY], memory)
+    one = torch.tensor([pid])
+    up = compressor.upload(memory, flat, one, u.weight, r, slots=torch.tensor([0]))
+    context.state[_MEMORY_PENDING] = to_record(up.memory)
+    rest = dataclasses.replace(T.rows(u, 0), delta={})
+    return {"update": to_record(rest), "upload": ConfigRecord({"payload": up.payloads[0]})}
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -210,7 +247,9 @@ class Fleet:
     """The joined nodes as an engine: which node holds which client, each client's last kept
     round (what tells a node to commit its pending state), and the bytes sent both ways.
     `messages` is what a round sends; `run_clients` reads the replies the strategy hands it
-    (`replies`, in message order, None where none came)."""
+    (`replies`, in message order, None where none came). Under compression it decodes the
+    replies' payloads (`memory`: the server's EF21 g bank; `upload`: the round's payload
+    bytes, as run_round reports them in a simulation)."""
 
     name = "flower"
 
@@ -223,6 +262,16 @@ class Fleet:
         x = exp.data.x_test
         self.probe = {"x": x[:1], "y": exp.data.y_test[:1], "mask": torch.ones(1, dtype=x.dtype)}
         self.dtype = TrainData(x, exp.data.y_test).dtype
+        self.compressor, self.n_params = exp.cfg.compressor(), exp.model.n_params()
+        self.upload: dict | None = None
+        self._received = None  # the round's (sending clients, Upload) until commit
+        if self.compressor is not None:
+            server, bank = init_federation(exp.algo, exp.model, 1, exp.cfg.seed)
+            like = _template(exp.algo, server, T.rows(bank, 0), 0, 1, self.dtype, self.probe)
+            flat = delta_rows(T.stack([like]), self.n_params)  # refuses what it cannot encode
+            self.value_bytes = flat.element_size()
+            self.payload_size = self.compressor.payload_size(self.n_params)
+            self.memory = self.compressor.server_init(len(sizes), self.n_params, flat.dtype)
 
     def plan(self, r: int) -> RoundPlan:
         """Round r's plan, from the sample counts the nodes reported."""
@@ -256,7 +305,7 @@ class Fleet:
         self, algo: Algorithm, server: dict, client_states: Any, plan: RoundPlan, data: TrainData
     ) -> CohortResult:
         _, bank0 = init_federation(algo, self.exp.model, 1, self.exp.cfg.seed)
-        updates, rejected = [], {}
+        updates, rejected, payloads, sent = [], {}, {}, []
         for row, (c, reply) in enumerate(zip(plan.clients.tolist(), self.replies, strict=True)):
             node, n = self.node_of[c], int(plan.n[row])
             like = _template(algo, server, T.rows(bank0, 0), c, n, self.dtype, self.probe)
@@ -271,19 +320,64 @@ class Fleet:
                 self.bytes_up += wire_bytes(reply.content)
                 if "update" not in reply.content:
                     raise ValueError("replied without an update")
-                updates.append(from_record(reply.content["update"], like))
+                if self.compressor is None:
+                    updates.append(from_record(reply.content["update"], like))
+                    continue
+                rest = from_record(reply.content["update"], dataclasses.replace(like, delta={}))
+                payload = _payload(reply.content)
+                if len(payload) != self.payload_size:
+                    raise ValueError(
+                        f"sent a {len(payload)}-byte payload where this run's compression "
+                        f"settings give {self.payload_size} bytes"
+                    )
+                sent.append(decode([payload], self.n_params))
+                payloads[row] = payload
+                updates.append(dataclasses.replace(rest, delta=like.delta))
             except ValueError as e:
                 rejected[row] = f"SuperNode {node}: {e}"
                 updates.append(T.tree_map(_poisoned, like))
-        return CohortResult(T.stack(updates), {}, rejected)
+        u = T.stack(updates)
+        if self.compressor is not None:
+            u = self._decoded(u, plan, payloads, sent)
+        return CohortResult(u, {}, rejected)
+
+    def _decoded(self, u: Any, plan: RoundPlan, payloads: dict, sent: list) -> Any:
+        """The cohort's update with each sending row's delta what the server aggregates from
+        that row's payload (`Compressor.receive`)."""
+        rows = torch.tensor(sorted(payloads), dtype=torch.long)
+        self._received = None
+        if not len(rows):
+            self.upload = {"bytes": 0, "uncompressed_bytes": 0, "clients": 0}
+            return u
+        slots = plan.clients[rows]
+        up = self.compressor.receive(self.memory, list(payloads.values()), torch.cat(sent), slots)
+        self._received = (slots, up)
+        self.upload = up.report(self.n_params, self.value_bytes)
+        flat = T.flat_rows(u.delta).clone()
+        flat[rows] = up.rows.to(flat.dtype)
+        return dataclasses.replace(u, delta=T.unflat_rows(flat, u.delta))
 
     def commit(self, plan: RoundPlan, stats: RoundStats, r: int) -> None:
-        """Record whose update round r kept (run_round writes those clients' states)."""
+        """Record whose update round r kept (run_round writes those clients' states), and
+        keep their EF21 g rows."""
         if stats.skipped is None:
             lost = {x.client for x in stats.rejected}
             for c in plan.clients.tolist():
                 if c not in lost:
                     self.kept[c] = r
+            if self._received is not None:
+                slots, up = self._received
+                kept = torch.tensor([int(c) not in lost for c in slots.tolist()])
+                self.compressor.keep(self.memory, slots, up, torch.nonzero(kept).flatten())
+
+
+def _payload(content: RecordDict) -> bytes:
+    """A compressed reply's payload bytes."""
+    record = content.get("upload")
+    payload = record.get("payload") if isinstance(record, ConfigRecord) else None
+    if not isinstance(payload, bytes):
+        raise ValueError("replied without a compressed payload (run config sets compress)")
+    return payload
 
 
 def answers(sent: list[Message], replies: Any) -> list[Message | None]:
@@ -378,6 +472,8 @@ class AlgorithmStrategy(Strategy):
             "bytes_down": self.fleet.bytes_down - down,
             "bytes_up": self.fleet.bytes_up - up,
         }
+        if self.fleet.compressor is not None:
+            entry["upload"] = self.fleet.upload
         self.rounds.append(entry)
         metrics = {k: entry[k] for k in ("clients", "bytes_down", "bytes_up")}
         if stats.train_loss is not None:

@@ -152,6 +152,24 @@ def test_fedavg_with_sampling_on_flower_matches_the_engine(federation):
     _check_equivalent(cfg, doc)
 
 
+@pytest.mark.slow
+def test_compressed_fedavg_on_flower_matches_the_engine(federation):
+    """Top-k (5%) with EF21: payload bytes up, the server's g bank and the nodes' g_i."""
+    cfg = RunConfig(
+        **TINY,
+        algorithm="fedavg",
+        rounds=2,
+        compress="topk",
+        compress_ratio=0.05,
+        error_feedback="ef21",
+        out=str(federation.root / "topk"),
+    )
+    doc = federation.run(cfg, "topk")
+    _check_equivalent(cfg, doc)
+    for r in doc["rounds"]:
+        assert r["upload"]["clients"] == N and 0 < r["upload"]["bytes"] <= r["bytes_up"]
+
+
 def _count(log: Path, text: str) -> int:
     return log.read_text(errors="replace").count(text) if log.exists() else 0
 
