@@ -383,10 +383,16 @@ def flower(
     nodes: int = typer.Option(3, min=1, help="SuperNodes (clients, all sampled every round)"),
     algorithm: str = typer.Option("fedavg", help="the algorithm both hosts run"),
     model: str = typer.Option("mclr", help="the model both hosts train"),
-    compress: str = typer.Option(None, help="compress uploads (topk, randk, qsgd)"),
-    compress_ratio: float = typer.Option(None, help="top-k / rand-k share of coordinates"),
-    compress_levels: int = typer.Option(None, help="qsgd's levels"),
-    error_feedback: str = typer.Option(None, help="ef, ef21 or ef21-sgdm (sparsifiers)"),
+    compress: str = typer.Option(
+        None, help="compress uploads (topk, randk, qsgd)", show_default="uncompressed"
+    ),
+    compress_ratio: float = typer.Option(
+        None, help="top-k / rand-k share of coordinates", show_default="0.1"
+    ),
+    compress_levels: int = typer.Option(None, help="qsgd's levels", show_default="8"),
+    error_feedback: str = typer.Option(
+        None, help="ef, ef21 or ef21-sgdm (sparsifiers)", show_default="none"
+    ),
     timeout: float = typer.Option(1800, min=1, help="seconds the deployment may take"),
     out: Path = typer.Option(
         Path("results/bench-flower.json"), help="JSON output", callback=check_out_file
