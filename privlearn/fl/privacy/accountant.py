@@ -17,9 +17,10 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dp_accounting as dpa
-from dp_accounting import pld, rdp
+if TYPE_CHECKING:
+    import dp_accounting as dpa
 
 ACCOUNTANTS = ("rdp", "pld")
 MAX_NOISE_MULTIPLIER = 1e4  # calibration searches below this; a target needing more is refused
@@ -85,6 +86,10 @@ def _quiet():
 
 
 def _event(noise_multiplier: float, steps: int, p: Participation) -> dpa.DpEvent:
+    # dp-accounting is imported where it is used: every client process (Flower's ClientApps)
+    # imports this module through the algorithms, and only a DP run needs the library
+    import dp_accounting as dpa
+
     step = dpa.GaussianDpEvent(noise_multiplier)
     if p.kind == "poisson" and p.rate < 1:
         step = dpa.PoissonSampledDpEvent(p.rate, step)
@@ -94,6 +99,9 @@ def _event(noise_multiplier: float, steps: int, p: Participation) -> dpa.DpEvent
 
 
 def _fresh(p: Participation, accountant: str, coarse: bool = False) -> dpa.PrivacyAccountant:
+    import dp_accounting as dpa
+    from dp_accounting import pld, rdp
+
     relation = (
         dpa.NeighboringRelation.REPLACE_ONE
         if p.kind == "fixed"
@@ -173,6 +181,8 @@ def noise_multiplier_for(
     low = MIN_NOISE_MULTIPLIER if participation.kind == "fixed" else 0.0
     if low and epsilon(low, steps, delta, participation, accountant) <= target_epsilon:
         return low
+    import dp_accounting as dpa
+
     with _quiet():
         z = dpa.calibrate_dp_mechanism(
             lambda: _fresh(participation, accountant, coarse=True),
