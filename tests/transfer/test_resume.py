@@ -1,0 +1,150 @@
+"""Checkpointed encrypted training: an interrupted run resumes to the same result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from privlearn.transfer.protocol import ProtocolError
+from privlearn.transfer.reference import train_reference
+from privlearn.transfer.session import EncryptedSession
+from privlearn.transfer.session_store import CheckpointError
+from privlearn.transfer.train import TrainSpec
+
+SPEC = TrainSpec(
+    classes=3, features=6, batch_size=16, lr=4.0, epochs=6, patience=1, logit_range=16
+)
+TIMINGS = ("train_s", "validate_s")
+
+
+def _problem(n=96, f=5, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(c, f))
+    y = rng.integers(0, c, n)
+    x = centers[y] + 1.5 * rng.normal(size=(n, f))
+    x = (x - x.mean(0)) / x.std(0)
+    x /= np.linalg.norm(x, axis=1).max()
+    k = 2 * n // 3
+    return x[:k], y[:k], x[k:], y[k:]
+
+
+DATA = _problem()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _fit(folder, backend="simulator", spec=SPEC, data=DATA, stop=None):
+    """A checkpointed run; ``stop=(kind, n, sent)`` raises at the n-th ``kind`` message,
+    before it is sent or (``sent``) after the server answered it."""
+    with EncryptedSession(
+        spec,
+        preset="toy-n12",
+        backend=backend,
+        seed=3,
+        insecure_for_testing=True,
+        checkpoint=folder,
+    ) as s:
+        s.client._flood_rng = np.random.default_rng(11)  # both runs flood alike
+        if stop is not None:
+            request, seen = s.link.request, []
+
+            def interrupting(msg):
+                seen.append(msg.kind)
+                if seen.count(stop[0]) == stop[1] and not stop[2]:
+                    raise Interrupted
+                reply = request(msg)
+                if seen.count(stop[0]) == stop[1]:
+                    raise Interrupted
+                return reply
+
+            s.link.request = interrupting
+            with pytest.raises(Interrupted):
+                s.fit(*data, progress=False)
+            return None
+        return s.fit(*data, progress=False)
+
+
+def _resume(folder, **kw):
+    with EncryptedSession.resume(folder, insecure_for_testing=True, **kw) as s:
+        return s.train(progress=False)
+
+
+def _untimed(history):
+    return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return _fit(tmp_path_factory.mktemp("whole") / "ck")
+
+
+@pytest.mark.parametrize(
+    ("stop", "separate_process"),
+    [
+        (("train_step", 3, False), False),  # interrupted before the server took the step
+        (("train_step", 6, True), True),  # after it (the server's state is one ahead)
+        (("validate", 2, True), False),
+    ],
+)
+def test_resumed_run_is_bit_identical_on_the_simulator(
+    tmp_path, uninterrupted, stop, separate_process
+):
+    ck = tmp_path / "ck"
+    _fit(ck, stop=stop)
+    run = _resume(ck, separate_process=separate_process)
+    assert 1 < len(uninterrupted.history) < SPEC.epochs  # early stopping decided
+    assert run.best_epoch == uninterrupted.best_epoch
+    assert run.steps == uninterrupted.steps
+    assert _untimed(run.history) == _untimed(uninterrupted.history)
+    assert np.array_equal(run.weights, uninterrupted.weights)
+
+
+def test_the_server_part_holds_no_secret_key(tmp_path):
+    ck = tmp_path / "ck"
+    _fit(ck, stop=("train_step", 2, True))
+    with EncryptedSession.resume(ck, insecure_for_testing=True) as s:
+        secret = s.ctx._secret_key_bytes()
+    files = [p for p in (ck / "server").rglob("*") if p.is_file()]
+    assert len(files) > 10 and any(p.name.startswith("state-") for p in files)
+    assert all(secret not in p.read_bytes() for p in files)
+    for p in (ck / "client").iterdir():
+        assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_damaged_or_mismatched_checkpoints_are_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fit(a, stop=("train_step", 2, True))
+    _fit(b, stop=("train_step", 2, True))
+    with pytest.raises(CheckpointError, match="not empty"):
+        _fit(a)
+    state = max((a / "server").glob("state-*.plhe"))
+    data = state.read_bytes()
+    state.write_bytes(data[:-7])
+    with pytest.raises(ProtocolError, match="truncated"):
+        _resume(a)
+    state.write_bytes(data)
+    (b / "server").rename(tmp_path / "b-server")
+    (a / "server").rename(b / "server")
+    with pytest.raises(ProtocolError, match="another key"):
+        _resume(b)
+    client_state = b / "client" / "state.plhe"
+    client_state.write_bytes(client_state.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="state.plhe.*|truncated"):
+        _resume(b)
+    with pytest.raises(CheckpointError, match="is missing"):
+        _resume(tmp_path / "nothing")
+
+
+@pytest.mark.openfhe
+def test_resume_under_real_encryption_is_within_ckks_error(tmp_path):
+    spec = TrainSpec(
+        classes=3, features=6, batch_size=32, lr=4.0, epochs=2, early_stopping=False, logit_range=16
+    )
+    ck = tmp_path / "ck"
+    _fit(ck, backend="openfhe", spec=spec, stop=("train_step", 1, True))
+    run = _resume(ck)
+    ref = train_reference(*DATA, spec)
+    assert run.real_encryption and run.steps == ref.steps
+    assert np.max(np.abs(run.weights - ref.weights)) < 1e-5
