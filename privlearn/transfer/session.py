@@ -157,10 +157,14 @@ class EncryptedSession:
         self.bundle_dir = Path(root) / "bundle"
         self._resumed = _resumed
         t = time.perf_counter()
-        if _resumed is None:
-            self._request(self.client.setup(self.bundle_dir))
-        else:
-            self._reconnect(_resumed)
+        try:
+            if _resumed is None:
+                self._request(self.client.setup(self.bundle_dir))
+            else:
+                self._reconnect(_resumed)
+        except BaseException:
+            self.close()  # the caller gets no session to close
+            raise
         self.seconds["setup"] = time.perf_counter() - t
         self.bundle_bytes = sum(f.stat().st_size for f in self.bundle_dir.iterdir())
         self.server_ops: dict[str, int] = {}
@@ -385,7 +389,7 @@ class EncryptedSession:
             if self._thread.is_alive():
                 self.link.close()
                 self._thread.join(60)
-            self.server_ops = self.server.ev.cost.total.as_dict()
+            self.server_ops = self.server.ev.cost.total.as_dict() if self.server.ev else {}
             self.server.close()
         if self._bundle_tmp is not None:
             self._bundle_tmp.cleanup()

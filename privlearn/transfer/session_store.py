@@ -103,6 +103,9 @@ class ClientStore:
                 )
         try:
             ctx = ClientContext.load(self.key_path, insecure_for_testing=insecure_for_testing)
+        except io.EnvelopeError as e:
+            raise CheckpointError(f"{self.key_path}: {e}") from None
+        try:
             env = io.unpack(
                 io.read_private(self.state_path),
                 kind=_CLIENT_STATE,
@@ -111,7 +114,7 @@ class ClientStore:
             )
             state = json.loads(env.payload)
         except (io.EnvelopeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{self.folder}: {e}") from None
+            raise CheckpointError(f"{self.state_path}: {e}") from None
         if not isinstance(state, dict) or state.get("key") != ctx.key_id:
             raise CheckpointError(
                 f"{self.state_path} belongs to another key than {self.key_path}: the two were "

@@ -11,9 +11,9 @@ from privlearn.transfer.session import EncryptedSession
 from privlearn.transfer.session_store import CheckpointError
 from privlearn.transfer.train import TrainSpec
 
-SPEC = TrainSpec(
-    classes=3, features=6, batch_size=16, lr=4.0, epochs=6, patience=1, logit_range=16
-)
+# toy-n12's flooding falls short of 30 bits against the training error: warned, not at issue here
+pytestmark = pytest.mark.filterwarnings("ignore::privlearn.he.flooding.FloodingWarning")
+SPEC = TrainSpec(classes=3, features=6, batch_size=16, lr=4.0, epochs=6, patience=1, logit_range=16)
 TIMINGS = ("train_s", "validate_s")
 
 
@@ -115,8 +115,8 @@ def test_the_server_part_holds_no_secret_key(tmp_path):
 
 def test_damaged_or_mismatched_checkpoints_are_refused(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    _fit(a, stop=("train_step", 2, True))
-    _fit(b, stop=("train_step", 2, True))
+    _fit(a, stop=("train_step", 2, False))  # the newest server state is the client's
+    _fit(b, stop=("train_step", 2, False))
     with pytest.raises(CheckpointError, match="not empty"):
         _fit(a)
     state = max((a / "server").glob("state-*.plhe"))
@@ -131,7 +131,7 @@ def test_damaged_or_mismatched_checkpoints_are_refused(tmp_path):
         _resume(b)
     client_state = b / "client" / "state.plhe"
     client_state.write_bytes(client_state.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="state.plhe.*|truncated"):
+    with pytest.raises(CheckpointError, match="state.plhe: file ends inside its header"):
         _resume(b)
     with pytest.raises(CheckpointError, match="is missing"):
         _resume(tmp_path / "nothing")
