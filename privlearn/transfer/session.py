@@ -10,6 +10,7 @@ of its own, linked by a pipe, so the two never share memory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import multiprocessing as mp
 import os
 import resource
@@ -71,6 +72,16 @@ def _serve(
         endpoint.send_final(Message("ack", {"ops": ops, "peak_gb": _peak_gb()}))
     finally:
         server.close()
+
+
+def _digest(*arrays) -> str:
+    """Names the data a checkpointed run trains on, so a resume with others is refused."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _peak_gb() -> float:
@@ -180,7 +191,9 @@ class EncryptedSession:
         record_transcript: bool = False,
     ) -> EncryptedSession:
         """The session a :meth:`fit` with ``checkpoint`` left there, its server restarted from
-        the folder's ``server/`` part; :meth:`train` continues it at the next step."""
+        the folder's ``server/`` part; :meth:`fit` with the same data continues it at the next
+        step: the same steps, decisions and (on the simulator, bit for bit) weights as if it
+        had never stopped."""
         store = SessionStore(checkpoint)
         ctx, state = store.client.read(insecure_for_testing=insecure_for_testing)
         try:
@@ -247,38 +260,38 @@ class EncryptedSession:
         progress: bool = True,
     ) -> EncryptedRun:
         """Upload, train with early stopping, fetch and decrypt the best epoch's weights; the
-        server then serves those weights (re-encrypted by the client) for inference."""
-        if self._resumed is not None:
-            raise ValueError("this session resumes a checkpoint: continue it with train()")
+        server then serves those weights (re-encrypted by the client) for inference. On a
+        session :meth:`resume` opened, the same data (checked) continue the run instead."""
         load_start = os.getloadavg()[0]
+        digest = _digest(x, y, x_val, y_val)
+        if self._resumed is not None:
+            if self._resumed["data"] != digest:
+                raise CheckpointError(
+                    "these are not the data the checkpoint's run was started with: resume "
+                    "it with the same training and validation rows and labels"
+                )
+            return self._train(self._resumed, progress, load_start)
         t = time.perf_counter()
         for msg in self.client.batches(x, y, "train", self.data_level) + self.client.batches(
             x_val, y_val, "val", self.data_level
         ):
             self._request(msg)
-        stopper = early_stopping(self.spec)
         state = {
             "spec": self.spec.to_meta(),
             "seed": self.seed,
+            "data": digest,
             "y_val": np.asarray(y_val).tolist(),
             "n_batches": -(-len(x) // self.spec.batch_size),
             "epoch": 0,
             "done": 0,  # steps done in this epoch
             "steps": 0,
             "stopped": False,
-            "stopper": dataclasses.asdict(stopper),
+            "stopper": dataclasses.asdict(early_stopping(self.spec)),
             "epoch_train_s": 0.0,
             "history": [],
             "seconds": {"encrypt_upload": time.perf_counter() - t, "train": 0.0, "validate": 0.0},
         }
         return self._train(state, progress, load_start)
-
-    def train(self, *, progress: bool = True) -> EncryptedRun:
-        """Continue the run :meth:`resume` found: the same steps, decisions and (on the
-        simulator, bit for bit) weights as if it had never stopped."""
-        if self._resumed is None:
-            raise ValueError("train() continues a resumed session; start one with fit()")
-        return self._train(self._resumed, progress, os.getloadavg()[0])
 
     def _save(self, state: dict) -> None:
         if self.store is not None:

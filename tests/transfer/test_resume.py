@@ -65,9 +65,9 @@ def _fit(folder, backend="simulator", spec=SPEC, data=DATA, stop=None):
         return s.fit(*data, progress=False)
 
 
-def _resume(folder, **kw):
+def _resume(folder, data=DATA, **kw):
     with EncryptedSession.resume(folder, insecure_for_testing=True, **kw) as s:
-        return s.train(progress=False)
+        return s.fit(*data, progress=False)
 
 
 def _untimed(history):
@@ -118,6 +118,9 @@ def test_damaged_or_mismatched_checkpoints_are_refused(tmp_path):
     _fit(b, stop=("train_step", 2, False))
     with pytest.raises(CheckpointError, match="not empty"):
         _fit(a)
+    other = (DATA[0][::-1], *DATA[1:])
+    with pytest.raises(CheckpointError, match="not the data"):
+        _resume(a, data=other)
     state = max((a / "server").glob("state-*.plhe"))
     data = state.read_bytes()
     state.write_bytes(data[:-7])
