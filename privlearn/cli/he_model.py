@@ -33,8 +33,10 @@ def train_own_data(
     seed: int,
     out: Path,
     include_secret_key: bool,
+    checkpoint: Path | None,
 ) -> None:
-    """Load and check ``source``, train on it under encryption, save the model in ``out``."""
+    """Load and check ``source``, train on it under encryption (resumably, with a
+    ``checkpoint`` folder), save the model in ``out``."""
     from privlearn.transfer.estimator import EncryptedSoftmaxClassifier
 
     data = load_data(source)
@@ -47,6 +49,7 @@ def train_own_data(
         refresh=refresh,
         separate_process=separate_process,
         random_state=seed,
+        checkpoint=checkpoint,
         **hyper,
     )
     try:

@@ -131,8 +131,18 @@ class SessionStore:
         self.server = ServerStore(self.root / "server")
         self.client = ClientStore(self.root / "client")
 
+    @property
+    def started(self) -> bool:
+        """Whether a run's training began here (its data were uploaded): one to resume."""
+        return self.client.state_path.is_file()
+
     def create(self, ctx: ClientContext) -> None:
         """Start a new checkpoint: ``root`` must be new or empty (one is never overwritten)."""
+        if self.client.key_path.is_file() and not self.started:
+            raise CheckpointError(
+                f"{self.root} holds a run stopped before its data were uploaded: nothing to "
+                f"resume; delete the folder and start again"
+            )
         if self.root.exists() and any(self.root.iterdir()):
             raise CheckpointError(
                 f"{self.root} is not empty: resume the checkpoint there (EncryptedSession.resume, "

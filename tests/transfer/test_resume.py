@@ -149,3 +149,49 @@ def test_resume_under_real_encryption_is_within_ckks_error(tmp_path):
     run = _resume(tmp_path / "ck")
     assert run.real_encryption and run.steps == whole.steps == 2
     assert np.max(np.abs(run.weights - whole.weights)) < 1e-5
+
+
+def test_he_train_with_a_checkpoint_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    """`privlearn he train --data F --checkpoint DIR`, interrupted, then run again: the model
+    is the uninterrupted run's (one epoch: no choice the unseeded flooding could change)."""
+    import pickle
+
+    from typer.testing import CliRunner
+
+    from privlearn.cli import app
+
+    x, y, *_ = _problem(n=150, f=4, c=2)
+    data = tmp_path / "train.csv"
+    np.savetxt(data, np.column_stack([x, y]), delimiter=",", header="a,b,c,d,label", comments="")
+    args = ["he", "train", "--data", data, "--target", "label", "--backend", "simulator"]
+    args += ["--epochs", "1", "--batch-size", "32"]
+
+    def train(out, checkpoint=None):
+        extra = ["--checkpoint", checkpoint] if checkpoint else []
+        r = CliRunner().invoke(app, [str(a) for a in [*args, "--out", out, *extra]])
+        return r, out / "model.pkl"
+
+    r, whole = train(tmp_path / "whole")
+    assert r.exit_code == 0, r.output
+    request, steps = EncryptedSession._request, []
+
+    def interrupting(self, msg):
+        steps.append(msg.kind)
+        if steps.count("train_step") == 2:
+            raise KeyboardInterrupt
+        return request(self, msg)
+
+    monkeypatch.setattr(EncryptedSession, "_request", interrupting)
+    r, _ = train(tmp_path / "first", tmp_path / "ck")
+    assert r.exit_code != 0 and not (tmp_path / "first" / "model.pkl").exists()
+    monkeypatch.setattr(EncryptedSession, "_request", request)
+    r, resumed = train(tmp_path / "resumed", tmp_path / "ck")
+    assert r.exit_code == 0, r.output
+    a, b = (pickle.loads(p.read_bytes()) for p in (whole, resumed))
+    assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+    assert a.run_.steps == b.run_.steps > 2
+    r, _ = train(tmp_path / "other", tmp_path / "ck")  # the finished run, resumed again
+    assert r.exit_code == 0, r.output
+    args[-1] = "64"
+    r, _ = train(tmp_path / "other", tmp_path / "ck")
+    assert r.exit_code == 2 and "holds a run of" in r.output
