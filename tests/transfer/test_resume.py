@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from privlearn.he import ClientContext
 from privlearn.transfer.protocol import ProtocolError
 from privlearn.transfer.session import EncryptedSession
 from privlearn.transfer.session_store import CheckpointError
@@ -149,6 +150,12 @@ def test_resume_under_real_encryption_is_within_ckks_error(tmp_path):
     run = _resume(tmp_path / "ck")
     assert run.real_encryption and run.steps == whole.steps == 2
     assert np.max(np.abs(run.weights - whole.weights)) < 1e-5
+    secret = ClientContext.load(
+        tmp_path / "ck" / "client" / "secret_key.plhe", insecure_for_testing=True
+    )._secret_key_bytes()
+    assert len(secret) > 1000
+    for p in (tmp_path / "ck" / "server").rglob("*"):
+        assert not p.is_file() or secret not in p.read_bytes(), p
 
 
 def test_he_train_with_a_checkpoint_resumes_an_interrupted_run(tmp_path, monkeypatch):
