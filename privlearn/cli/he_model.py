@@ -56,6 +56,11 @@ def train_own_data(
         clf.fit(x, y)
         clf.save(out, data=_describe(source, data.columns), include_secret_key=include_secret_key)
         _print_run(clf, source, x, out, include_secret_key)
+        if checkpoint is not None:
+            console.print(
+                f"the checkpoint in {checkpoint}/ is kept (its client/ part holds the secret "
+                f"key): delete it once the model is saved"
+            )
     finally:
         clf.close()
 
