@@ -263,7 +263,7 @@ class EncryptedSession:
         server then serves those weights (re-encrypted by the client) for inference. On a
         session :meth:`resume` opened, the same data (checked) continue the run instead."""
         load_start = os.getloadavg()[0]
-        digest = _digest(x, y, x_val, y_val)
+        digest = _digest(x, y, x_val, y_val) if self.store is not None else None
         if self._resumed is not None:
             if self._resumed["data"] != digest:
                 raise CheckpointError(
