@@ -95,6 +95,17 @@ TRAIN_OPTIONS = [
         ),
         bool,
     ),
+    _param(
+        "checkpoint",
+        typer.Option(
+            None,
+            file_okay=False,
+            help="with --data: keep the run's state in this folder after every step; the same "
+            "command on a folder holding an interrupted run resumes it",
+            show_default="none",
+        ),
+        Path | None,
+    ),
     _param("seed", typer.Option(0, help="seed of the split, the batches and the keys"), int),
     _param(
         "out",
@@ -126,6 +137,8 @@ def train(ctx: typer.Context, **kw) -> None:
         return
     if kw["include_secret_key"]:
         raise UsageError("--include-secret-key saves a model trained with --data")
+    if kw["checkpoint"] is not None:
+        raise UsageError("--checkpoint keeps a run on --data resumable")
     from privlearn.transfer.experiment import TASK_DEFAULTS, run_task
     from privlearn.transfer.report import print_result
 
@@ -146,7 +159,7 @@ def train(ctx: typer.Context, **kw) -> None:
 
 def _run_options(kw: dict) -> dict:
     names = ("refresh", "backend", "max_train", "separate_process", "seed", "out")
-    return {k: kw[k] for k in (*names, "include_secret_key")}
+    return {k: kw[k] for k in (*names, "include_secret_key", "checkpoint")}
 
 
 app.command("predict")(he_model.predict)

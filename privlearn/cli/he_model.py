@@ -33,8 +33,10 @@ def train_own_data(
     seed: int,
     out: Path,
     include_secret_key: bool,
+    checkpoint: Path | None,
 ) -> None:
-    """Load and check ``source``, train on it under encryption, save the model in ``out``."""
+    """Load and check ``source``, train on it under encryption (resumably, with a
+    ``checkpoint`` folder), save the model in ``out``."""
     from privlearn.transfer.estimator import EncryptedSoftmaxClassifier
 
     data = load_data(source)
@@ -47,12 +49,18 @@ def train_own_data(
         refresh=refresh,
         separate_process=separate_process,
         random_state=seed,
+        checkpoint=checkpoint,
         **hyper,
     )
     try:
         clf.fit(x, y)
         clf.save(out, data=_describe(source, data.columns), include_secret_key=include_secret_key)
         _print_run(clf, source, x, out, include_secret_key)
+        if checkpoint is not None:
+            console.print(
+                f"the checkpoint in {checkpoint}/ is kept (its client/ part holds the secret "
+                f"key): delete it once the model is saved"
+            )
     finally:
         clf.close()
 

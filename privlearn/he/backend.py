@@ -180,6 +180,17 @@ class _Context(ABC):
         out[: v.size] = v
         return out
 
+    def noise_state(self) -> dict | None:
+        """The state of the randomness this context draws itself, for a checkpoint to resume
+        bit-identically: the simulator's noise generator. None where the backend draws from
+        the operating system (OpenFHE), which no checkpoint can replay."""
+        return None
+
+    def set_noise_state(self, state: dict | None) -> None:
+        """Continue from :meth:`noise_state`'s ``state``."""
+        if state is not None:
+            raise ValueError(f"the {self.backend_name} backend has no noise state to restore")
+
     # -- serialization --------------------------------------------------------------------------
     def serialize(self, ct: Ciphertext) -> bytes:
         """Ciphertext -> enveloped bytes (see :mod:`privlearn.he.io`)."""

@@ -284,6 +284,22 @@ def write_private(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def write_atomic(path: str | os.PathLike, data: bytes, *, private: bool = False) -> Path:
+    """Replace ``path`` with ``data`` so a crash leaves the old file or the new one, never a
+    torn one: written beside it, flushed to disk, then renamed over it. ``private``: the file
+    is created mode 0600 (:func:`write_private`)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash mid-write
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 def read_private(path: str | os.PathLike) -> bytes:
     """The bytes of a file :func:`write_private` wrote; refused if others may read or write it
     (as ssh refuses a private key), which means it may have been read or swapped."""

@@ -44,6 +44,14 @@ class _SimMixin:
         n = raw.size
         return raw + sigma * (self._rng.standard_normal(n) + 1j * self._rng.standard_normal(n))
 
+    def noise_state(self) -> dict:
+        return self._rng.bit_generator.state
+
+    def set_noise_state(self, state: dict | None) -> None:
+        if not isinstance(state, dict):
+            raise ValueError(f"the simulator's noise state is a mapping, got {state!r:.60}")
+        self._rng.bit_generator.state = state
+
     def _raw_to_bytes(self, raw: np.ndarray) -> bytes:
         return raw.astype(np.complex128).tobytes()
 

@@ -46,6 +46,7 @@ from privlearn.transfer.estimate import Estimate, estimate
 from privlearn.transfer.prepare import prepare
 from privlearn.transfer.reference import add_bias, exact_softmax
 from privlearn.transfer.session import EncryptedRun, EncryptedSession
+from privlearn.transfer.session_store import CheckpointError, SessionStore
 from privlearn.transfer.train import TrainSpec
 
 MODEL_FILE, MANIFEST_FILE, SAVE_FORMAT = "model.pkl", "manifest.json", 1
@@ -67,7 +68,9 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
     is held out (stratified) for early stopping when ``fit`` gets no validation set.
     ``out_of_range`` (``"clip"`` or ``"error"``) and ``range_tolerance`` say what happens to
     a row whose scaled norm exceeds ``1 + range_tolerance``: see
-    :mod:`privlearn.transfer.prepare`.
+    :mod:`privlearn.transfer.prepare`. ``checkpoint``: a folder where ``fit`` keeps the
+    run's state after every step (:mod:`privlearn.transfer.session_store`); a ``fit`` with
+    the same data and parameters on a folder holding an interrupted run resumes it.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         random_state: int = 0,
         progress: bool = True,
         insecure_for_testing: bool = False,
+        checkpoint: str | os.PathLike | None = None,
     ) -> None:
         self.backend, self.preset, self.refresh = backend, preset, refresh
         self.lr, self.epochs, self.batch_size = lr, epochs, batch_size
@@ -100,6 +104,7 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self.out_of_range, self.range_tolerance = out_of_range, range_tolerance
         self.separate_process, self.random_state = separate_process, random_state
         self.progress, self.insecure_for_testing = progress, insecure_for_testing
+        self.checkpoint = checkpoint
 
     # -- validation ------------------------------------------------------------------------------
     def _features(self, x, *, reset: bool) -> np.ndarray:
@@ -144,7 +149,7 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
             **{name: getattr(self, name) for name in SPEC_PARAMS},
         )
         self.fit_rows_ = {"train": len(x), "val": len(x_val)}
-        session = self._open_session()
+        session = self._open_session(checkpoint=self.checkpoint)
         self.run_: EncryptedRun = session.fit(
             self.scaler_.transform(x),
             self._labels(y),
@@ -315,17 +320,34 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
     def _weights(self) -> np.ndarray:
         return np.column_stack([self.coef_, self.intercept_])
 
-    def _open_session(self, ctx: ClientContext | None = None) -> EncryptedSession:
+    def _open_session(
+        self, ctx: ClientContext | None = None, checkpoint: str | os.PathLike | None = None
+    ) -> EncryptedSession:
         self.close()  # a refit ends the previous server session
-        session = EncryptedSession(
-            self.spec_,
-            preset=self.preset,
-            backend=self.backend,
-            seed=self.random_state,
-            separate_process=self.separate_process,
-            insecure_for_testing=self.insecure_for_testing,
-            ctx=ctx,
-        )
+        if checkpoint is not None and SessionStore(checkpoint).started:
+            session = EncryptedSession.resume(
+                checkpoint,
+                separate_process=self.separate_process,
+                insecure_for_testing=self.insecure_for_testing,
+            )
+            theirs = (session.spec, session.ctx.params.name, session.ctx.backend_name)
+            if theirs != (self.spec_, self.preset, self.backend):
+                session.close()
+                raise CheckpointError(
+                    f"{checkpoint} holds a run of {theirs[0]} at {theirs[1]} on {theirs[2]}; "
+                    f"these parameters give {self.spec_} at {self.preset} on {self.backend}"
+                )
+        else:
+            session = EncryptedSession(
+                self.spec_,
+                preset=self.preset,
+                backend=self.backend,
+                seed=self.random_state,
+                separate_process=self.separate_process,
+                insecure_for_testing=self.insecure_for_testing,
+                ctx=ctx,
+                checkpoint=checkpoint,
+            )
         self._session = session
         self._closer = weakref.finalize(self, session.close)  # no leaked process or temp dir
         return session

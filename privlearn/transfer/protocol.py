@@ -27,6 +27,8 @@ from privlearn.he.channel import Channel
 KINDS = {
     "setup": "client -> server: public bundle (or a bundle directory's path), the training "
     "spec and the encrypted initial weights",
+    "resume": "client -> server: continue a checkpointed session from the server's stored "
+    "state of the named generation (meta: the bundle's name, the spec, the key id)",
     "upload": "client -> server: one encrypted batch (features, labels) of a split",
     "train_step": "client -> server: one step on the named training batch",
     "validate": "client -> server: forward pass over the validation batches",

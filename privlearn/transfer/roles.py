@@ -34,6 +34,7 @@ from privlearn.linalg.packing import BlockShape, EncMatrix, Layout
 from privlearn.transfer.flooding_bound import FLOOD_SIGMAS, simulated_error_stds
 from privlearn.transfer.protocol import Endpoint, Message, ProtocolError, SessionAborted
 from privlearn.transfer.reference import EarlyStopping, add_bias, fixed_batches, one_hot
+from privlearn.transfer.session_store import ServerStore
 from privlearn.transfer.train import EncryptedTrainer, TrainSpec, brier_from_squared_errors
 
 
@@ -84,6 +85,8 @@ def read_matrices(ctx: _Context, metas: object, blobs) -> list[EncMatrix]:
 
 
 # -- the server ---------------------------------------------------------------------------------
+# The messages that change the training state: each makes a new generation (session_store).
+TRAINING_MESSAGES = ("setup", "upload", "train_step", "validate", "get_model")
 _BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # a file name, never a path
 
 
@@ -97,13 +100,20 @@ class Server:
         *,
         bundle_root: str | Path | None = None,
         insecure_for_testing: bool = False,
+        checkpoint: bool = False,
     ):
         """``bundle_root``: the one directory whose bundles a ``setup`` may name (by a plain
-        name: a client's path is never opened as given)."""
+        name: a client's path is never opened as given). ``checkpoint``: write the training
+        state to ``workdir`` after every training message (:mod:`.session_store`), so a
+        ``resume`` message can continue from it, in this process or a restarted one."""
         self.insecure_for_testing = insecure_for_testing  # accept a bundle short of 128 bits
         self.bundle_root = Path(bundle_root) if bundle_root is not None else None
+        if checkpoint and workdir is None:
+            raise ValueError("a checkpointing server needs a workdir to keep its state in")
         self._tmp = None if workdir else tempfile.mkdtemp(prefix="privlearn-server-")
         self.workdir = Path(workdir or self._tmp)
+        self.store = ServerStore(self.workdir) if checkpoint else None
+        self.generation = 0  # training messages handled: names the state a client resumes
         self.endpoint: Endpoint | None = None
         self.ev: Evaluator | None = None
         self.trainer: EncryptedTrainer | None = None
@@ -118,6 +128,7 @@ class Server:
     def handle(self, msg: Message) -> Message:
         handler = {
             "setup": self._setup,
+            "resume": self._resume,
             "upload": self._upload,
             "train_step": self._train_step,
             "validate": self._validate,
@@ -127,12 +138,67 @@ class Server:
         }.get(msg.kind)
         if handler is None:
             raise ProtocolError(f"the server does not take {msg.kind!r} messages")
-        if msg.kind != "setup" and self.trainer is None:
+        if msg.kind not in ("setup", "resume") and self.trainer is None:
             raise ProtocolError("the server has no setup yet")
         try:
-            return handler(msg)
+            reply = handler(msg)
         except (KeyError, TypeError, IndexError) as e:  # a field missing or of the wrong type
             raise ProtocolError(f"malformed {msg.kind!r} message: {type(e).__name__} {e}") from e
+        if msg.kind in TRAINING_MESSAGES:
+            self.generation += 1
+            if self.store is not None:
+                self._checkpoint()
+        return reply
+
+    def _checkpoint(self) -> None:
+        """Everything a restarted server needs beside its bundle and uploads (public: spec,
+        positions, ciphertexts, the simulator's noise state whose seed the bundle holds)."""
+        t = self.trainer
+        matrices = [t.w, t.v_prev, *(w for _, w in self.snapshots)]
+        meta = {
+            "spec": t.spec.to_meta(),
+            "batches": self.batches,
+            "epoch": self.epoch,
+            "step": t.step_count,
+            "snapshot_epochs": [e for e, _ in self.snapshots],
+            "matrices": [matrix_meta(m) for m in matrices],
+            "noise": self.ev.noise_state(),
+        }
+        blobs = [b for m in matrices for b in matrix_blobs(self.ev, m)]
+        self.store.write(
+            self.generation, self.ev.backend_name, self.ev.params.fingerprint(), meta, blobs
+        )
+
+    def _resume(self, msg: Message) -> Message:
+        """Continue from the stored state of the generation the client names: the bundle
+        and uploads are this server's own files; the client's spec and key must match."""
+        if self.store is None:
+            raise ProtocolError("this server keeps no checkpoint to resume from")
+        generation = msg.meta["generation"]
+        if type(generation) is not int or generation < 1:
+            raise ProtocolError(f"resume needs a positive generation, got {generation!r}")
+        self.ev = Evaluator.from_bundle(
+            self._bundle(msg.meta["bundle"]), insecure_for_testing=self.insecure_for_testing
+        )
+        if msg.meta["key"] != self.ev.key_id:
+            raise ProtocolError("the checkpoint was made under another key than the client's")
+        meta, blobs = self.store.read(
+            generation, self.ev.backend_name, self.ev.params.fingerprint()
+        )
+        if meta["spec"] != msg.meta["spec"]:
+            raise ProtocolError(
+                f"the checkpoint trains {meta['spec']}; the client asks for {msg.meta['spec']}"
+            )
+        spec = TrainSpec(**meta["spec"])
+        w, v_prev, *snapshots = read_matrices(self.ev, meta["matrices"], blobs)
+        refresh = self._refresh if spec.refresh == "client" else None
+        self.trainer = EncryptedTrainer(self.ev, spec, w, refresh=refresh)
+        self.trainer.v_prev, self.trainer.step_count = v_prev, meta["step"]
+        self.snapshots = deque(zip(meta["snapshot_epochs"], snapshots, strict=True))
+        self.batches = {k: [tuple(b) for b in v] for k, v in meta["batches"].items()}
+        self.epoch, self.generation = meta["epoch"], generation
+        self.ev.set_noise_state(meta["noise"])
+        return Message("ack", {"step": self.trainer.step_count})
 
     def _setup(self, msg: Message) -> Message:
         try:
@@ -274,6 +340,20 @@ class Client:
         self.flood_security = flood_security
         self._flood_rng = np.random.default_rng()  # never seeded: the server must not replay it
         self.refreshes = 0
+
+    def random_state(self) -> dict:
+        """What a checkpoint needs to continue this client's randomness and counts. Private:
+        whoever knew the flooding generator's state could subtract the flooding noise."""
+        return {
+            "flood": self._flood_rng.bit_generator.state,
+            "noise": self.ctx.noise_state(),
+            "refreshes": self.refreshes,
+        }
+
+    def restore_random_state(self, state: dict) -> None:
+        self._flood_rng.bit_generator.state = state["flood"]
+        self.ctx.set_noise_state(state["noise"])
+        self.refreshes = state["refreshes"]
 
     # messages the client sends
     def setup(self, bundle_dir: str | Path) -> Message:
