@@ -23,15 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ConfigRecord, Message, RecordDict
 
-pytest.importorskip("flwr")
-
-from flwr.app import Array, ConfigRecord, Message, RecordDict  # noqa: E402
-
-from privlearn.fl import flower_deploy as D  # noqa: E402
-from privlearn.fl import tree as T  # noqa: E402
-from privlearn.fl.flower import SERVER_STATE, from_record, to_record, wire_bytes  # noqa: E402
-from privlearn.fl.run import Experiment, RunConfig  # noqa: E402
+from privlearn.fl import flower_deploy as D
+from privlearn.fl import tree as T
+from privlearn.fl.flower import SERVER_STATE, from_record, to_record, wire_bytes
+from privlearn.fl.run import Experiment, RunConfig
 
 N = 3
 TINY = dict(

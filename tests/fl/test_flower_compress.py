@@ -12,14 +12,11 @@ import dataclasses
 import json
 
 import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-pytest.importorskip("flwr")
-
-from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
-
-from privlearn.fl import tree as T  # noqa: E402
-from privlearn.fl.flower import CONFIG_KEY, AlgorithmStrategy, Fleet, _train, refuse  # noqa: E402
-from privlearn.fl.run import Experiment, RunConfig  # noqa: E402
+from privlearn.fl import tree as T
+from privlearn.fl.flower import CONFIG_KEY, AlgorithmStrategy, Fleet, _train, refuse
+from privlearn.fl.run import Experiment, RunConfig
 
 N = 3
 TINY = dict(

@@ -13,20 +13,19 @@ import socket
 import time
 
 import pytest
+import ray
 import torch
 
 from privlearn.fl import run as run_module
 from privlearn.fl.engine import TrainData, VectorisedEngine, make_engine
+from privlearn.fl.engine.ray import RayEngine
 from privlearn.fl.plan import plan_round
 from privlearn.fl.rounds import init_federation, run_round, server_rng
 from privlearn.fl.run import Experiment, RunConfig, run_experiment
 
 from .helpers import LocalWork, Sampling, make, max_abs_diff, run
 
-ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore:Tip. In future versions of Ray:FutureWarning")
-
-from privlearn.fl.engine.ray import RayEngine  # noqa: E402
 
 # unequal work: heterogeneous epochs and partial stragglers, so shards differ in steps
 WORK = LocalWork(
