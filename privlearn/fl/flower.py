@@ -54,7 +54,7 @@ from privlearn.fl import tree as T
 from privlearn.fl.aggregate import shape_mismatch
 from privlearn.fl.algorithms.base import Algorithm
 from privlearn.fl.compress import decode, delta_rows
-from privlearn.fl.engine.base import CohortResult, TrainData
+from privlearn.fl.engine.base import CohortResult, TrainData, poisoned, untrained_update
 from privlearn.fl.engine.sequential import SequentialEngine
 from privlearn.fl.evaluate import global_accuracy
 from privlearn.fl.plan import RoundPlan, client_plan, plan_round
@@ -155,9 +155,7 @@ def _template(
     """What a well-formed update of `client` looks like, without training (as the
     sequential engine builds it); `probe` is one batch for algorithms that score clients."""
     info = {"id": torch.tensor(client), "n": torch.tensor(float(n), dtype=dtype)}
-    if algo.client_score is not None:
-        info["score"] = algo.client_score(server, client_state, info, probe)
-    return algo.client_final(server, algo.client_init(server, client_state, info))[0]
+    return untrained_update(algo, server, client_state, info, probe)
 
 
 # --- the node -------------------------------------------------------------------------------
@@ -335,7 +333,7 @@ class Fleet:
                 updates.append(dataclasses.replace(rest, delta=like.delta))
             except ValueError as e:
                 rejected[row] = f"SuperNode {node}: {e}"
-                updates.append(T.tree_map(_poisoned, like))
+                updates.append(T.tree_map(poisoned, like))
         u = T.stack(updates)
         if self.compressor is not None:
             u = self._decoded(u, plan, payloads, sent)
@@ -500,11 +498,6 @@ class AlgorithmStrategy(Strategy):
             return None
         self.rounds[-1]["test_acc"] = g[0]
         return MetricRecord({"test_acc": g[0]})
-
-
-def _poisoned(t: torch.Tensor) -> torch.Tensor:
-    """A rejected client's stand-in leaf, as the sequential engine makes it."""
-    return torch.full_like(t, float("nan")) if t.is_floating_point() else torch.zeros_like(t)
 
 
 server_app = ServerApp()

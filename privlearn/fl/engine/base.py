@@ -63,6 +63,16 @@ def client_info(plan: RoundPlan, dtype: torch.dtype) -> dict:
     return {"id": plan.clients, "n": plan.n.to(dtype)}
 
 
+def untrained_update(
+    algo: Algorithm, server: dict, client_state: Any, info: dict, probe: dict | None
+) -> ClientUpdate:
+    """What a well-formed update looks like, without training: client_final right after
+    client_init (`probe`, one batch, gives the score of algorithms that score clients)."""
+    if algo.client_score is not None:
+        info = {**info, "score": algo.client_score(server, client_state, info, probe)}
+    return algo.client_final(server, algo.client_init(server, client_state, info))[0]
+
+
 def poisoned(t: torch.Tensor) -> torch.Tensor:
     """A rejected client's stand-in leaf: NaN, or 0 where the field holds integers (so that
     screening drops the row by name)."""

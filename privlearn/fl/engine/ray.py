@@ -29,7 +29,13 @@ import torch
 
 from privlearn.fl import tree as T
 from privlearn.fl.algorithms.base import Algorithm
-from privlearn.fl.engine.base import CohortResult, TrainData, client_info, poisoned
+from privlearn.fl.engine.base import (
+    CohortResult,
+    TrainData,
+    client_info,
+    poisoned,
+    untrained_update,
+)
 from privlearn.fl.engine.vectorised import VectorisedEngine
 from privlearn.fl.plan import RoundPlan
 
@@ -265,7 +271,6 @@ def _blank_update(algo: Algorithm, server: dict, client_states: Any, plan, data)
     """One NaN update of the right fields and shapes (plan row 0's, untrained): a lost
     client's stand-in, which screening rejects by name."""
     cs, info = T.rows(client_states, 0), T.rows(client_info(plan, data.dtype), 0)
-    if algo.client_score is not None:
-        info["score"] = algo.client_score(server, cs, info, data.batch(plan.client_batch(0, 0)))
-    update = algo.client_final(server, algo.client_init(server, cs, info))[0]
+    probe = None if algo.client_score is None else data.batch(plan.client_batch(0, 0))
+    update = untrained_update(algo, server, cs, info, probe)
     return T.tree_map(poisoned, update)
