@@ -42,6 +42,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
 from privlearn.he import ClientContext
+from privlearn.he.io import write_atomic
 from privlearn.transfer.estimate import Estimate, estimate
 from privlearn.transfer.prepare import prepare
 from privlearn.transfer.reference import add_bias, exact_softmax
@@ -279,8 +280,8 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
             "run": self.run_.summary(),
             "data": data or {},
         }
-        _atomic_write(path / MODEL_FILE, pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
-        _atomic_write(path / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+        write_atomic(path / MODEL_FILE, pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        write_atomic(path / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
         return path
 
     def _save_keys(self, path: Path) -> dict:
@@ -295,7 +296,7 @@ class EncryptedSoftmaxClassifier(ClassifierMixin, BaseEstimator):
         session.ctx.save(keys / SECRET_KEY_FILE)
         shutil.copytree(session.bundle_dir, keys / "bundle")
         model = session.client.set_model(self._weights()).to_bytes()
-        _atomic_write(path / ENCRYPTED_MODEL_FILE, model)
+        write_atomic(path / ENCRYPTED_MODEL_FILE, model)
         return {
             "secret_key": f"keys/{SECRET_KEY_FILE}",
             "public_bundle": "keys/bundle",
@@ -398,13 +399,6 @@ def read_manifest(path: str | os.PathLike) -> dict:
             f"this privlearn reads format {SAVE_FORMAT}: save the model again"
         )
     return manifest
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all (an interrupted save leaves no torn file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _finite(x: np.ndarray) -> np.ndarray:

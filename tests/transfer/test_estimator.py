@@ -256,7 +256,8 @@ def test_save_and_load_predict_the_same_and_the_folder_holds_no_key(fitted, tmp_
 def test_saving_leaves_no_torn_file_and_loading_refuses_what_is_not_a_model(fitted, tmp_path):
     clf, _, _ = fitted
     folder = clf.save(tmp_path / "m")
-    assert not [f for f in folder.iterdir() if f.name.startswith(".")]  # no temporary left
+    # no temporary left
+    assert not [f for f in folder.iterdir() if f.name.startswith(".") or f.name.endswith(".tmp")]
     with pytest.raises(FileNotFoundError, match="is not a saved model: it has no manifest.json"):
         EncryptedSoftmaxClassifier.load(tmp_path)
     (folder / MANIFEST_FILE).write_text('{"format": 99}')
