@@ -4,7 +4,6 @@ beside a finished run's measured figures (``--model``)."""
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import typer
@@ -152,6 +151,7 @@ def estimate(ctx: typer.Context, model: Path | None, out: Path | None, **kw) -> 
     if got and run["backend"] != "openfhe":
         console.print("the measured run used the simulator: its seconds are not OpenFHE's")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"estimate": est, "measured": got}, indent=1))
+        from privlearn.bench import save_json
+
+        save_json({"estimate": est, "measured": got}, out)
         console.print(f"wrote {out}")
