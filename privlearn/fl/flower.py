@@ -263,9 +263,11 @@ class Fleet:
         self.compressor, self.n_params = exp.cfg.compressor(), exp.model.n_params()
         self.upload: dict | None = None
         self._received = None  # the round's (sending clients, Upload) until commit
+        # a fresh client state: what the update templates are built from
+        server, bank = init_federation(exp.algo, exp.model, 1, exp.cfg.seed)
+        self.state0 = T.rows(bank, 0)
         if self.compressor is not None:
-            server, bank = init_federation(exp.algo, exp.model, 1, exp.cfg.seed)
-            like = _template(exp.algo, server, T.rows(bank, 0), 0, 1, self.dtype, self.probe)
+            like = _template(exp.algo, server, self.state0, 0, 1, self.dtype, self.probe)
             flat = delta_rows(T.stack([like]), self.n_params)  # refuses what it cannot encode
             self.value_bytes = flat.element_size()
             self.payload_size = self.compressor.payload_size(self.n_params)
@@ -302,11 +304,12 @@ class Fleet:
     def run_clients(
         self, algo: Algorithm, server: dict, client_states: Any, plan: RoundPlan, data: TrainData
     ) -> CohortResult:
-        _, bank0 = init_federation(algo, self.exp.model, 1, self.exp.cfg.seed)
         updates, rejected, payloads, sent = [], {}, {}, []
+        if len(plan):  # fields and shapes are every client's: one template serves the round
+            c0, n0 = int(plan.clients[0]), int(plan.n[0])
+            like = _template(algo, server, self.state0, c0, n0, self.dtype, self.probe)
         for row, (c, reply) in enumerate(zip(plan.clients.tolist(), self.replies, strict=True)):
-            node, n = self.node_of[c], int(plan.n[row])
-            like = _template(algo, server, T.rows(bank0, 0), c, n, self.dtype, self.probe)
+            node = self.node_of[c]
             try:
                 if reply is None:
                     raise ValueError(
