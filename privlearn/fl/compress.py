@@ -560,7 +560,7 @@ class Compression:
         flat = flat.clone()
         flat[sent] = up.rows
         report = up.report(flat.shape[1], flat.element_size())
-        return dataclasses.replace(u, delta=T.unflat_rows(flat, u.delta)), Pending(sent, up, report)
+        return dataclasses.replace(u, delta=T.unflat(flat, u.delta)), Pending(sent, up, report)
 
     def commit(
         self, pending: Pending, clients: torch.Tensor, keep: torch.Tensor, loss: float

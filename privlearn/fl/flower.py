@@ -356,7 +356,7 @@ class Fleet:
         self.upload = up.report(self.n_params, self.value_bytes)
         flat = T.flat_rows(u.delta).clone()
         flat[rows] = up.rows.to(flat.dtype)
-        return dataclasses.replace(u, delta=T.unflat_rows(flat, u.delta))
+        return dataclasses.replace(u, delta=T.unflat(flat, u.delta))
 
     def commit(self, plan: RoundPlan, stats: RoundStats, r: int) -> None:
         """Record whose update round r kept (run_round writes those clients' states), and

@@ -66,17 +66,17 @@ def flat_rows(tree: Tree) -> torch.Tensor:
 
 
 def unflat(flat: torch.Tensor, like: Tree) -> Tree:
-    """flat_rows inverted for one row: a [P] vector back into `like`'s leaf shapes (without
-    the leading axis) and dtypes."""
+    """flat_rows inverted: the last axis of `flat` back into `like`'s leaf shapes (without
+    `like`'s leading axis) and dtypes; a [P] vector gives one row, a [K, P] matrix K rows."""
     flat_leaves, spec = pytree.tree_flatten(like)
     out, at = [], 0
     for t in flat_leaves:
         shape = t.shape[1:]
         size = int(torch.Size(shape).numel())
-        out.append(flat[at : at + size].reshape(shape).to(t.dtype))
+        out.append(flat[..., at : at + size].reshape(flat.shape[:-1] + shape).to(t.dtype))
         at += size
-    if at != flat.numel():
-        raise ValueError(f"a flat vector of {flat.numel()} values for a tree of {at}")
+    if at != flat.shape[-1]:
+        raise ValueError(f"flat values of length {flat.shape[-1]} for a tree of {at}")
     return pytree.tree_unflatten(out, spec)
 
 
@@ -105,16 +105,3 @@ def sq_norm(tree: Tree) -> torch.Tensor:
 def weighted_sum(tree: Tree, weights: torch.Tensor) -> Tree:
     """Sum over axis 0 of a stacked tree, row k scaled by weights[k]."""
     return tree_map(lambda t: torch.tensordot(weights.to(t.dtype), t, dims=1), tree)
-
-
-def unflat_rows(flat: torch.Tensor, like: Tree) -> Tree:
-    """flat_rows inverted: a [K, P] matrix back into the stacked tree `like`'s shapes and dtypes."""
-    flat_leaves, spec = pytree.tree_flatten(like)
-    out, at = [], 0
-    for t in flat_leaves:
-        size = int(torch.Size(t.shape[1:]).numel())
-        out.append(flat[:, at : at + size].reshape(t.shape).to(t.dtype))
-        at += size
-    if at != flat.shape[1]:
-        raise ValueError(f"rows of {flat.shape[1]} values for a tree of {at}")
-    return pytree.tree_unflatten(out, spec)
